@@ -1,0 +1,1 @@
+//! plinth-agent (under construction).

@@ -1,0 +1,1 @@
+//! plinth-jobs (under construction).

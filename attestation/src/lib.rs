@@ -1,0 +1,1 @@
+//! plinth-attestation (under construction).

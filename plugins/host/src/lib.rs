@@ -1,0 +1,1 @@
+//! plinth-plugin-host (under construction).

@@ -1,0 +1,1 @@
+//! plinth-plugin-sdk (under construction).
