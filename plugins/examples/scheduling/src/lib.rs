@@ -1,0 +1,87 @@
+//! Example scheduling plugin: best-fit bin-packing that keeps a job's GPUs inside one
+//! NVLink domain (else one NUMA node), never hands out drained or leased GPUs, defers
+//! when the GPUs exist but are busy, and rejects what this host can never run.
+//!
+//! Operator configuration (all optional): `allow-split` (`true` lets a job span domains
+//! when no single domain fits), `defer-s` (retry hint, default 60).
+
+use std::collections::BTreeMap;
+
+use plinth_plugin_sdk::scheduling::{
+    Gpu, Guest, HostState, JobRequest, PolicyError, ScheduleDecision,
+};
+
+struct BinPacking;
+
+fn matches(req: &JobRequest, gpu: &Gpu) -> bool {
+    if gpu.drained || gpu.memory_mib < req.min_gpu_memory_mib {
+        return false;
+    }
+    match &req.gpu_model {
+        Some(wanted) => gpu
+            .model
+            .to_ascii_lowercase()
+            .contains(&wanted.to_ascii_lowercase()),
+        None => true,
+    }
+}
+
+/// Best fit: among groups with at least `wanted` free GPUs, the one with the fewest free
+/// GPUs (ties broken by lowest key), so that large domains stay whole for large jobs.
+fn best_fit(groups: &BTreeMap<u32, Vec<u32>>, wanted: usize) -> Option<Vec<u32>> {
+    groups
+        .iter()
+        .filter(|(_, members)| members.len() >= wanted)
+        .min_by_key(|(key, members)| (members.len(), **key))
+        .map(|(_, members)| members[..wanted].to_vec())
+}
+
+impl Guest for BinPacking {
+    fn schedule(req: JobRequest, state: HostState) -> Result<ScheduleDecision, PolicyError> {
+        plinth_plugin_sdk::init_logging();
+        let allow_split = plinth_plugin_sdk::config_parse("allow-split", false)
+            .map_err(PolicyError::BadConfig)?;
+        let defer_s =
+            plinth_plugin_sdk::config_parse("defer-s", 60u32).map_err(PolicyError::BadConfig)?;
+        if req.gpu_count == 0 {
+            return Err(PolicyError::InvalidInput("gpu-count is 0".to_string()));
+        }
+        let wanted = req.gpu_count as usize;
+        let usable: Vec<&Gpu> = state.gpus.iter().filter(|gpu| matches(&req, gpu)).collect();
+        if usable.len() < wanted {
+            return Ok(ScheduleDecision::Reject(format!(
+                "host has {} usable gpus for this request, {wanted} wanted",
+                usable.len()
+            )));
+        }
+        let free: Vec<&Gpu> = usable
+            .iter()
+            .copied()
+            .filter(|gpu| !gpu.allocated)
+            .collect();
+        let mut by_nvlink: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        let mut by_numa: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        for gpu in &free {
+            by_nvlink
+                .entry(gpu.nvlink_domain)
+                .or_default()
+                .push(gpu.index);
+            by_numa.entry(gpu.numa_node).or_default().push(gpu.index);
+        }
+        if let Some(chosen) = best_fit(&by_nvlink, wanted).or_else(|| best_fit(&by_numa, wanted)) {
+            plinth_plugin_sdk::log::debug!("{} admitted on {chosen:?}", req.request_id);
+            return Ok(ScheduleDecision::Admit(chosen));
+        }
+        if allow_split && free.len() >= wanted {
+            // Take whole domains, largest first, to span as few as possible.
+            let mut groups: Vec<&Vec<u32>> = by_nvlink.values().collect();
+            groups.sort_by_key(|members| std::cmp::Reverse(members.len()));
+            let mut chosen: Vec<u32> = groups.into_iter().flatten().copied().take(wanted).collect();
+            chosen.sort_unstable();
+            return Ok(ScheduleDecision::Admit(chosen));
+        }
+        Ok(ScheduleDecision::Defer(defer_s))
+    }
+}
+
+plinth_plugin_sdk::export_scheduling!(BinPacking);
