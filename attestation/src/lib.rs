@@ -1,1 +1,29 @@
-//! plinth-attestation (under construction).
+//! plinth-attestation: the offline verifier behind `plinth-verify`.
+//!
+//! Everything in this crate is pure Rust: signatures are checked with `ring`,
+//! certificates are parsed with `x509-parser`, and no module does network I/O.
+//! Each kind of evidence has its own module with a parser (fuzzed, see `fuzz/`)
+//! and a verifier that reports every check by name:
+//!
+//! - [`snp`]: AMD SEV-SNP attestation reports and the VCEK/VLEK -> ASK/ASVK -> ARK chain.
+//! - [`gpu`]: NVIDIA SPDM GET_MEASUREMENTS reports, the device certificate chain and RIMs.
+//! - [`tpm`]: TPM 2.0 quotes, AK public keys, PCR files and TCG event logs.
+//! - [`policy`]: the appraisal policy file (TOML) with reference values and minimums.
+//! - [`ear`]: the signed EAR result token (draft-ietf-rats-ear).
+//! - [`check`]: the named pass/fail checks every verifier returns.
+//!
+//! Hardware collectors (the agent side) are not part of this crate yet; they will
+//! slot in beside the verifiers behind cargo features, so that the verifier always
+//! builds on a laptop without TPM, SEV or NVIDIA software.
+
+pub mod bytes;
+pub mod check;
+// pub mod cli;
+pub mod ear;
+pub mod gpu;
+pub mod policy;
+pub mod snp;
+pub mod tpm;
+pub mod x509chain;
+
+pub use check::{Appraisal, Check, CheckStatus};

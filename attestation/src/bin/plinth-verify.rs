@@ -1,0 +1,3 @@
+//! plinth-verify (being wired up).
+
+fn main() {}

@@ -1,0 +1,225 @@
+//! The appraisal policy: reference values and minimums, from a TOML file.
+//!
+//! Every section is optional; unknown keys are rejected so that a typo in a
+//! policy never silently weakens it. See `docs/attestation.md` for an example.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use thiserror::Error;
+
+/// Errors loading a policy file.
+#[derive(Debug, Error)]
+pub enum PolicyError {
+    /// The file could not be read.
+    #[error("cannot read policy file {path}")]
+    Read {
+        /// The policy path.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a valid policy.
+    #[error("invalid policy file {path}")]
+    Parse {
+        /// The policy path.
+        path: String,
+        /// The TOML error (names the key and line).
+        #[source]
+        source: toml::de::Error,
+    },
+}
+
+/// Bytes written in the policy as a hex string.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HexBytes(pub Vec<u8>);
+
+impl<'de> Deserialize<'de> for HexBytes {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        crate::bytes::decode_hex_text(&text)
+            .map(HexBytes)
+            .map_err(|err| serde::de::Error::custom(format!("'{text}' is not hex: {err}")))
+    }
+}
+
+/// The whole appraisal policy.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Reference values for SEV-SNP reports.
+    #[serde(default)]
+    pub snp: SnpPolicy,
+    /// Reference values for NVIDIA GPU reports.
+    #[serde(default)]
+    pub gpu: GpuPolicy,
+    /// Reference values for TPM quotes and event logs.
+    #[serde(default)]
+    pub tpm: TpmPolicy,
+    /// Settings for the EAR token.
+    #[serde(default)]
+    pub ear: EarPolicy,
+}
+
+impl Policy {
+    /// Loads and validates a policy file.
+    pub fn load(path: &Path) -> Result<Self, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|source| PolicyError::Parse {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+
+    /// Parses a policy from TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+}
+
+/// Minimum TCB component versions (security patch levels).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MinTcb {
+    /// Minimum boot loader SPL.
+    #[serde(default)]
+    pub bootloader: u8,
+    /// Minimum PSP OS (TEE) SPL.
+    #[serde(default)]
+    pub tee: u8,
+    /// Minimum SNP firmware SPL.
+    #[serde(default)]
+    pub snp: u8,
+    /// Minimum CPU microcode SPL.
+    #[serde(default)]
+    pub microcode: u8,
+    /// Minimum FMC SPL (Turin and later; ignored for older products).
+    #[serde(default)]
+    pub fmc: u8,
+}
+
+/// SEV-SNP reference values.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnpPolicy {
+    /// Accept guests launched with the DEBUG policy bit (default: no).
+    #[serde(default)]
+    pub allow_debug: bool,
+    /// Minimum reported TCB.
+    pub min_tcb: Option<MinTcb>,
+    /// Allowed launch measurements (48-byte hex each); empty = any.
+    #[serde(default)]
+    pub measurements: Vec<HexBytes>,
+    /// Expected REPORT_DATA (up to 64 bytes, zero-padded).
+    pub report_data: Option<HexBytes>,
+    /// Accept reports signed with a VLEK (default: yes).
+    #[serde(default = "default_true")]
+    pub allow_vlek: bool,
+    /// Minimum guest SVN.
+    pub min_guest_svn: Option<u32>,
+    /// Required VMPL of the report (e.g. 0).
+    pub vmpl: Option<u32>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// NVIDIA GPU reference values.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuPolicy {
+    /// Expected nonce (32 bytes hex); `--nonce` overrides it.
+    pub nonce: Option<HexBytes>,
+    /// Allowed driver versions as the report states them (e.g. "550.144.03"); empty = any.
+    #[serde(default)]
+    pub driver_versions: Vec<String>,
+    /// Allowed VBIOS versions as the report states them (e.g. "96.00.74.00.1C"); empty = any.
+    #[serde(default)]
+    pub vbios_versions: Vec<String>,
+    /// Reference measurements by block index ("2" = ["hex", ...]): each listed
+    /// block must equal one of its values.
+    #[serde(default)]
+    pub measurements: BTreeMap<String, Vec<HexBytes>>,
+}
+
+/// TPM reference values.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TpmPolicy {
+    /// Expected qualifying data (nonce), hex; `--nonce` overrides it.
+    pub nonce: Option<HexBytes>,
+    /// Golden PCR values: bank name ("sha256") -> PCR index ("7") -> hex value.
+    #[serde(default)]
+    pub pcrs: BTreeMap<String, BTreeMap<String, HexBytes>>,
+}
+
+/// EAR token settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EarPolicy {
+    /// `ear.verifier-id.developer`.
+    #[serde(default = "default_developer")]
+    pub developer: String,
+    /// `ear.appraisal-policy-id` written into each submodule.
+    pub policy_id: Option<String>,
+}
+
+impl Default for EarPolicy {
+    fn default() -> Self {
+        Self {
+            developer: default_developer(),
+            policy_id: None,
+        }
+    }
+}
+
+fn default_developer() -> String {
+    "plinth".to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_full_policy() {
+        let policy = Policy::from_toml(
+            r#"
+            [snp]
+            allow_debug = false
+            min_tcb = { bootloader = 2, snp = 5, microcode = 68 }
+            measurements = ["00ff"]
+            report_data = "abcd"
+            [gpu]
+            nonce = "0x11"
+            driver_versions = ["550.144.03"]
+            measurements = { "2" = ["aa"] }
+            [tpm]
+            nonce = "beef"
+            pcrs.sha256 = { "0" = "00" }
+            [ear]
+            developer = "auditor"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(policy.snp.min_tcb.unwrap().snp, 5);
+        assert_eq!(policy.snp.measurements[0].0, vec![0, 0xff]);
+        assert!(policy.snp.allow_vlek);
+        assert_eq!(policy.gpu.nonce.unwrap().0, vec![0x11]);
+        assert_eq!(policy.tpm.pcrs["sha256"]["0"].0, vec![0]);
+        assert_eq!(policy.ear.developer, "auditor");
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_bad_hex() {
+        assert!(Policy::from_toml("[snp]\nallow_debugg = true\n").is_err());
+        assert!(Policy::from_toml("[snp]\nreport_data = \"xyz\"\n").is_err());
+        assert!(Policy::from_toml("[nope]\n").is_err());
+    }
+}

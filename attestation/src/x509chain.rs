@@ -1,0 +1,537 @@
+//! Certificate bundles, signatures and chains, checked with `ring`.
+//!
+//! `x509-parser` does the parsing; every signature (RSA PKCS#1 v1.5, RSA-PSS,
+//! ECDSA P-256/P-384, Ed25519) is verified here with `ring` so that the AMD
+//! RSA-PSS chains and the NVIDIA ECDSA chains go through one audited path.
+
+use x509_parser::certificate::X509Certificate;
+use x509_parser::prelude::FromDer;
+use x509_parser::public_key::PublicKey;
+use x509_parser::signature_algorithm::SignatureAlgorithm;
+use x509_parser::x509::SubjectPublicKeyInfo;
+
+use thiserror::Error;
+
+/// Errors from certificate handling.
+#[derive(Debug, Error)]
+pub enum X509ChainError {
+    /// The input held no certificate.
+    #[error("{source_name}: no certificate found (expected PEM or DER)")]
+    Empty {
+        /// The file or field the bundle came from.
+        source_name: String,
+    },
+    /// A PEM block could not be decoded.
+    #[error("{source_name}: PEM block {index} is not valid base64 or not a certificate")]
+    BadPem {
+        /// The file or field the bundle came from.
+        source_name: String,
+        /// Index of the block, from 0.
+        index: usize,
+    },
+    /// DER could not be parsed as a certificate.
+    #[error("{source_name}: certificate {index} is not valid X.509 DER: {reason}")]
+    BadDer {
+        /// The file or field the bundle came from.
+        source_name: String,
+        /// Index of the certificate, from 0.
+        index: usize,
+        /// The parser's complaint.
+        reason: String,
+    },
+    /// The signature algorithm is not one this verifier supports.
+    #[error("certificate '{subject}': unsupported signature algorithm {algorithm}")]
+    UnsupportedAlgorithm {
+        /// Subject of the certificate.
+        subject: String,
+        /// OID or description of the algorithm.
+        algorithm: String,
+    },
+    /// The signature did not verify.
+    #[error("certificate '{subject}': signature does not verify with the key of '{issuer}'")]
+    BadSignature {
+        /// Subject of the certificate.
+        subject: String,
+        /// Subject of the issuer certificate whose key was used.
+        issuer: String,
+    },
+    /// The certificate is outside its validity window.
+    #[error("certificate '{subject}' is not valid at {at}: valid from {not_before} to {not_after}")]
+    Expired {
+        /// Subject of the certificate.
+        subject: String,
+        /// The time checked (RFC 3339).
+        at: String,
+        /// Start of validity (RFC 3339).
+        not_before: String,
+        /// End of validity (RFC 3339).
+        not_after: String,
+    },
+    /// An issuer certificate is not a CA.
+    #[error(
+        "certificate '{subject}' signs another certificate but its basicConstraints say it is not a CA"
+    )]
+    NotCa {
+        /// Subject of the certificate.
+        subject: String,
+    },
+    /// The chain does not end at a trusted root.
+    #[error("chain ending at '{subject}' does not lead to a trusted root")]
+    UntrustedRoot {
+        /// Subject of the last certificate.
+        subject: String,
+    },
+    /// A public key could not be used.
+    #[error("public key of '{subject}' is unusable: {reason}")]
+    BadKey {
+        /// Subject of the certificate.
+        subject: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Reads a bundle of certificates: one or more PEM blocks, or a single DER
+/// certificate. Returns the DER of each, in file order.
+pub fn parse_bundle(bytes: &[u8], source_name: &str) -> Result<Vec<Vec<u8>>, X509ChainError> {
+    let looks_like_pem = bytes.windows(11).any(|window| window == b"-----BEGIN ");
+    let ders = if looks_like_pem {
+        let mut ders = Vec::new();
+        let text = String::from_utf8_lossy(bytes);
+        let mut index = 0;
+        let mut rest: &str = &text;
+        while let Some(start) = rest.find("-----BEGIN CERTIFICATE-----") {
+            let body_start = start + "-----BEGIN CERTIFICATE-----".len();
+            let Some(end_rel) = rest[body_start..].find("-----END CERTIFICATE-----") else {
+                return Err(X509ChainError::BadPem {
+                    source_name: source_name.to_owned(),
+                    index,
+                });
+            };
+            let body: String = rest[body_start..body_start + end_rel]
+                .chars()
+                .filter(|c| !c.is_whitespace())
+                .collect();
+            use base64::Engine as _;
+            let der = base64::engine::general_purpose::STANDARD
+                .decode(body.as_bytes())
+                .map_err(|_| X509ChainError::BadPem {
+                    source_name: source_name.to_owned(),
+                    index,
+                })?;
+            ders.push(der);
+            index += 1;
+            rest = &rest[body_start + end_rel + "-----END CERTIFICATE-----".len()..];
+        }
+        ders
+    } else if bytes.is_empty() {
+        Vec::new()
+    } else {
+        vec![bytes.to_vec()]
+    };
+    if ders.is_empty() {
+        return Err(X509ChainError::Empty {
+            source_name: source_name.to_owned(),
+        });
+    }
+    for (index, der) in ders.iter().enumerate() {
+        parse_cert(der, source_name, index)?;
+    }
+    Ok(ders)
+}
+
+/// Parses one DER certificate, requiring that nothing trails it.
+pub fn parse_cert<'a>(
+    der: &'a [u8],
+    source_name: &str,
+    index: usize,
+) -> Result<X509Certificate<'a>, X509ChainError> {
+    match X509Certificate::from_der(der) {
+        Ok((rest, cert)) if rest.is_empty() => Ok(cert),
+        Ok((rest, _)) => Err(X509ChainError::BadDer {
+            source_name: source_name.to_owned(),
+            index,
+            reason: format!("{} trailing bytes", rest.len()),
+        }),
+        Err(err) => Err(X509ChainError::BadDer {
+            source_name: source_name.to_owned(),
+            index,
+            reason: err.to_string(),
+        }),
+    }
+}
+
+/// The subject common name (or the whole subject when it has no CN).
+pub fn subject_name(cert: &X509Certificate<'_>) -> String {
+    cert.subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_owned)
+        .unwrap_or_else(|| cert.subject().to_string())
+}
+
+/// The raw value of the extension with dotted OID `oid`, if present.
+pub fn extension_value<'a>(cert: &'a X509Certificate<'a>, oid: &str) -> Option<&'a [u8]> {
+    cert.extensions()
+        .iter()
+        .find(|ext| ext.oid.to_id_string() == oid)
+        .map(|ext| ext.value)
+}
+
+fn rfc3339(ts: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(ts)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ts.to_string())
+}
+
+/// Checks that `cert` is valid at unix time `at`.
+pub fn check_validity(cert: &X509Certificate<'_>, at: i64) -> Result<(), X509ChainError> {
+    let not_before = cert.validity().not_before.timestamp();
+    let not_after = cert.validity().not_after.timestamp();
+    if at < not_before || at > not_after {
+        return Err(X509ChainError::Expired {
+            subject: subject_name(cert),
+            at: rfc3339(at),
+            not_before: rfc3339(not_before),
+            not_after: rfc3339(not_after),
+        });
+    }
+    Ok(())
+}
+
+const OID_SHA1: &str = "1.3.14.3.2.26";
+const OID_SHA256: &str = "2.16.840.1.101.3.4.2.1";
+const OID_SHA384: &str = "2.16.840.1.101.3.4.2.2";
+const OID_SHA512: &str = "2.16.840.1.101.3.4.2.3";
+const OID_P256: &str = "1.2.840.10045.3.1.7";
+const OID_P384: &str = "1.3.132.0.34";
+
+/// The named curve of an EC public key, if the key is EC.
+pub fn ec_curve(spki: &SubjectPublicKeyInfo<'_>) -> Option<String> {
+    spki.algorithm
+        .parameters
+        .as_ref()
+        .and_then(|any| any.as_oid().ok())
+        .map(|oid| oid.to_id_string())
+}
+
+/// Verifies that `issuer` signed `child`.
+pub fn verify_signed_by(
+    child: &X509Certificate<'_>,
+    issuer: &X509Certificate<'_>,
+) -> Result<(), X509ChainError> {
+    let subject = subject_name(child);
+    let issuer_name = subject_name(issuer);
+    let unsupported = |algorithm: String| X509ChainError::UnsupportedAlgorithm {
+        subject: subject.clone(),
+        algorithm,
+    };
+    let sig_alg_oid = child.signature_algorithm.algorithm.to_id_string();
+    let algorithm = SignatureAlgorithm::try_from(&child.signature_algorithm)
+        .map_err(|_| unsupported(sig_alg_oid.clone()))?;
+    let spki = issuer.public_key();
+    let verification: &'static dyn ring::signature::VerificationAlgorithm = match algorithm {
+        SignatureAlgorithm::RSA => match sig_alg_oid.as_str() {
+            "1.2.840.113549.1.1.5" => {
+                &ring::signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY
+            }
+            "1.2.840.113549.1.1.11" => &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+            "1.2.840.113549.1.1.12" => &ring::signature::RSA_PKCS1_2048_8192_SHA384,
+            "1.2.840.113549.1.1.13" => &ring::signature::RSA_PKCS1_2048_8192_SHA512,
+            other => return Err(unsupported(other.to_owned())),
+        },
+        SignatureAlgorithm::RSASSA_PSS(params) => {
+            let hash = params.hash_algorithm_oid().to_id_string();
+            // ring fixes the salt length to the digest length, as AMD and
+            // every PSS profile we meet here do.
+            if params.salt_length() as usize != pss_salt_len(&hash) {
+                return Err(unsupported(format!(
+                    "RSA-PSS with salt length {} for hash {hash}",
+                    params.salt_length()
+                )));
+            }
+            match hash.as_str() {
+                OID_SHA256 => &ring::signature::RSA_PSS_2048_8192_SHA256,
+                OID_SHA384 => &ring::signature::RSA_PSS_2048_8192_SHA384,
+                OID_SHA512 => &ring::signature::RSA_PSS_2048_8192_SHA512,
+                other => return Err(unsupported(format!("RSA-PSS with hash {other}"))),
+            }
+        }
+        SignatureAlgorithm::ECDSA => {
+            let curve = ec_curve(spki).unwrap_or_default();
+            match (sig_alg_oid.as_str(), curve.as_str()) {
+                ("1.2.840.10045.4.3.2", OID_P256) => &ring::signature::ECDSA_P256_SHA256_ASN1,
+                ("1.2.840.10045.4.3.3", OID_P256) => &ring::signature::ECDSA_P256_SHA384_ASN1,
+                ("1.2.840.10045.4.3.2", OID_P384) => &ring::signature::ECDSA_P384_SHA256_ASN1,
+                ("1.2.840.10045.4.3.3", OID_P384) => &ring::signature::ECDSA_P384_SHA384_ASN1,
+                (alg, curve) => {
+                    return Err(unsupported(format!("ECDSA {alg} on curve {curve}")));
+                }
+            }
+        }
+        SignatureAlgorithm::ED25519 => &ring::signature::ED25519,
+        _ => return Err(unsupported(sig_alg_oid)),
+    };
+    let key = ring::signature::UnparsedPublicKey::new(verification, &spki.subject_public_key.data);
+    key.verify(child.tbs_certificate.as_ref(), &child.signature_value.data)
+        .map_err(|_| X509ChainError::BadSignature {
+            subject,
+            issuer: issuer_name,
+        })
+}
+
+fn pss_salt_len(hash_oid: &str) -> usize {
+    match hash_oid {
+        OID_SHA1 => 20,
+        OID_SHA256 => 32,
+        OID_SHA384 => 48,
+        OID_SHA512 => 64,
+        _ => 0,
+    }
+}
+
+fn check_is_ca(cert: &X509Certificate<'_>) -> Result<(), X509ChainError> {
+    match cert.basic_constraints() {
+        Ok(Some(bc)) if !bc.value.ca => Err(X509ChainError::NotCa {
+            subject: subject_name(cert),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// What a verified chain looked like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainSummary {
+    /// Subject names from leaf to root.
+    pub subjects: Vec<String>,
+    /// Index into the anchors of the root the chain ended at.
+    pub anchor_index: usize,
+}
+
+/// Verifies `chain` (DER, leaf first) up to one of `anchors` (DER) at unix time
+/// `at`. The chain may end with the anchor itself or with a certificate the
+/// anchor signed. Every certificate, anchor included, must be valid at `at`.
+pub fn verify_chain(
+    chain: &[Vec<u8>],
+    anchors: &[Vec<u8>],
+    at: i64,
+) -> Result<ChainSummary, X509ChainError> {
+    let certs = chain
+        .iter()
+        .enumerate()
+        .map(|(index, der)| parse_cert(der, "chain", index))
+        .collect::<Result<Vec<_>, _>>()?;
+    let anchor_certs = anchors
+        .iter()
+        .enumerate()
+        .map(|(index, der)| parse_cert(der, "trust anchors", index))
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some(last) = certs.last() else {
+        return Err(X509ChainError::Empty {
+            source_name: "chain".to_owned(),
+        });
+    };
+    let mut subjects = Vec::new();
+    for (index, cert) in certs.iter().enumerate() {
+        check_validity(cert, at)?;
+        subjects.push(subject_name(cert));
+        if let Some(issuer) = certs.get(index + 1) {
+            check_is_ca(issuer)?;
+            verify_signed_by(cert, issuer)?;
+        }
+    }
+    let last_der = chain.last().map(Vec::as_slice).unwrap_or_default();
+    // The chain may include the anchor itself.
+    if let Some(anchor_index) = anchors.iter().position(|a| a.as_slice() == last_der) {
+        return Ok(ChainSummary {
+            subjects,
+            anchor_index,
+        });
+    }
+    for (anchor_index, anchor) in anchor_certs.iter().enumerate() {
+        if anchor.subject() == last.issuer() && verify_signed_by(last, anchor).is_ok() {
+            check_validity(anchor, at)?;
+            subjects.push(subject_name(anchor));
+            return Ok(ChainSummary {
+                subjects,
+                anchor_index,
+            });
+        }
+    }
+    Err(X509ChainError::UntrustedRoot {
+        subject: subject_name(last),
+    })
+}
+
+/// A public key usable for raw (non-certificate) signature checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawPublicKey {
+    /// RSA modulus and exponent, big-endian, without leading zeros.
+    Rsa {
+        /// Modulus.
+        n: Vec<u8>,
+        /// Public exponent.
+        e: Vec<u8>,
+    },
+    /// EC point (uncompressed SEC1) on P-256.
+    P256(Vec<u8>),
+    /// EC point (uncompressed SEC1) on P-384.
+    P384(Vec<u8>),
+}
+
+/// Extracts a raw public key from a SubjectPublicKeyInfo.
+pub fn raw_public_key(
+    spki: &SubjectPublicKeyInfo<'_>,
+    subject: &str,
+) -> Result<RawPublicKey, X509ChainError> {
+    let bad = |reason: &str| X509ChainError::BadKey {
+        subject: subject.to_owned(),
+        reason: reason.to_owned(),
+    };
+    match spki.parsed().map_err(|err| bad(&err.to_string()))? {
+        PublicKey::RSA(rsa) => Ok(RawPublicKey::Rsa {
+            n: strip_leading_zeros(rsa.modulus).to_vec(),
+            e: strip_leading_zeros(rsa.exponent).to_vec(),
+        }),
+        PublicKey::EC(point) => match ec_curve(spki).as_deref() {
+            Some(OID_P256) => Ok(RawPublicKey::P256(point.data().to_vec())),
+            Some(OID_P384) => Ok(RawPublicKey::P384(point.data().to_vec())),
+            other => Err(bad(&format!(
+                "unsupported curve {}",
+                other.unwrap_or("none")
+            ))),
+        },
+        _ => Err(bad("not an RSA or EC key")),
+    }
+}
+
+/// Parses a PEM `PUBLIC KEY` (SubjectPublicKeyInfo) or a certificate and
+/// returns its key.
+pub fn raw_public_key_from_pem_or_der(
+    bytes: &[u8],
+    source_name: &str,
+) -> Result<RawPublicKey, X509ChainError> {
+    let text = String::from_utf8_lossy(bytes);
+    if text.contains("-----BEGIN CERTIFICATE-----") {
+        let ders = parse_bundle(bytes, source_name)?;
+        let der = ders.first().map(Vec::as_slice).unwrap_or_default();
+        let cert = parse_cert(der, source_name, 0)?;
+        return raw_public_key(cert.public_key(), &subject_name(&cert));
+    }
+    let der = if let Some(start) = text.find("-----BEGIN PUBLIC KEY-----") {
+        let body_start = start + "-----BEGIN PUBLIC KEY-----".len();
+        let end = text[body_start..]
+            .find("-----END PUBLIC KEY-----")
+            .ok_or_else(|| X509ChainError::BadPem {
+                source_name: source_name.to_owned(),
+                index: 0,
+            })?;
+        let body: String = text[body_start..body_start + end]
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(body.as_bytes())
+            .map_err(|_| X509ChainError::BadPem {
+                source_name: source_name.to_owned(),
+                index: 0,
+            })?
+    } else {
+        bytes.to_vec()
+    };
+    let (_, spki) = SubjectPublicKeyInfo::from_der(&der).map_err(|err| X509ChainError::BadKey {
+        subject: source_name.to_owned(),
+        reason: err.to_string(),
+    })?;
+    raw_public_key(&spki, source_name)
+}
+
+/// Strips leading zero bytes from a big-endian integer.
+pub fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
+    let first = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
+    bytes.get(first..).unwrap_or_default()
+}
+
+/// Parses a DER INTEGER (tag 0x02) and returns it as u64, as AMD's VCEK
+/// extensions encode their SPL values.
+pub fn der_integer_u64(value: &[u8]) -> Option<u64> {
+    let (&tag, rest) = value.split_first()?;
+    if tag != 0x02 {
+        return None;
+    }
+    let (&len, body) = rest.split_first()?;
+    let len = usize::from(len);
+    if len == 0 || len > 9 || body.len() != len {
+        return None;
+    }
+    let digits = strip_leading_zeros(body);
+    if digits.len() > 8 {
+        return None;
+    }
+    Some(
+        digits
+            .iter()
+            .fold(0u64, |acc, b| (acc << 8) | u64::from(*b)),
+    )
+}
+
+/// Parses a DER OCTET STRING (tag 0x04, short or long form length) and returns
+/// its content.
+pub fn der_octet_string(value: &[u8]) -> Option<&[u8]> {
+    let (&tag, rest) = value.split_first()?;
+    if tag != 0x04 {
+        return None;
+    }
+    let (&first, rest) = rest.split_first()?;
+    let (len, body) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n_len_bytes = usize::from(first & 0x7f);
+        if n_len_bytes == 0 || n_len_bytes > 2 || rest.len() < n_len_bytes {
+            return None;
+        }
+        let (len_bytes, body) = rest.split_at(n_len_bytes);
+        let len = len_bytes
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        (len, body)
+    };
+    (body.len() == len).then_some(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn der_helpers() {
+        assert_eq!(der_integer_u64(&[0x02, 0x01, 0x05]), Some(5));
+        assert_eq!(der_integer_u64(&[0x02, 0x02, 0x00, 0x80]), Some(128));
+        assert_eq!(der_integer_u64(&[0x04, 0x01, 0x05]), None);
+        assert_eq!(der_integer_u64(&[0x02, 0x02, 0x05]), None);
+        assert_eq!(der_octet_string(&[0x04, 0x02, 1, 2]), Some(&[1u8, 2][..]));
+        assert_eq!(der_octet_string(&[0x04, 0x81, 0x01, 7]), Some(&[7u8][..]));
+        assert_eq!(der_octet_string(&[0x04, 0x03, 1]), None);
+    }
+
+    #[test]
+    fn empty_bundle_is_an_error() {
+        assert!(matches!(
+            parse_bundle(b"", "x.pem"),
+            Err(X509ChainError::Empty { .. })
+        ));
+        assert!(
+            parse_bundle(
+                b"-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----",
+                "x.pem"
+            )
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,6 @@
+//! Integration tests for plinth-attestation against real evidence vectors
+//! (../shared/vectors, or $PLINTH_VECTORS) and against swtpm.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+mod snp;

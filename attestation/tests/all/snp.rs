@@ -1,0 +1,162 @@
+//! SEV-SNP reports from real Milan machines.
+
+use plinth_attestation::policy::{HexBytes, MinTcb, SnpPolicy};
+use plinth_attestation::snp::{self, SnpEvidence, SnpReport};
+use plinth_attestation::x509chain;
+
+use crate::common::{AT_2026, read, vectors};
+
+fn evidence(dir: &std::path::Path, report: &str, vcek: &str) -> SnpEvidence {
+    SnpEvidence {
+        report: SnpReport::parse(&read(dir, report)).unwrap(),
+        vcek_der: read(dir, vcek),
+        chain: None,
+    }
+}
+
+/// The go-sev-guest report was launched with the DEBUG policy bit, so its
+/// appraisal needs `allow_debug`; the default policy must reject it.
+fn lenient() -> SnpPolicy {
+    SnpPolicy {
+        allow_debug: true,
+        ..SnpPolicy::default()
+    }
+}
+
+const PAIRS: &[(&str, &str)] = &[
+    (
+        "virtee-sev/tests/certs_data/report_milan.hex",
+        "virtee-sev/tests/certs_data/vcek_milan.der",
+    ),
+    (
+        "go-sev-guest/verify/testdata/attestation.bin",
+        "go-sev-guest/verify/testdata/vcek.testcer",
+    ),
+];
+
+#[test]
+fn positive_vectors_verify() {
+    let Some(dir) = vectors() else { return };
+    for (report, vcek) in PAIRS {
+        let ev = evidence(&dir, report, vcek);
+        let appraisal = snp::verify(&ev, &lenient(), AT_2026).unwrap();
+        assert!(appraisal.verified(), "{report}:\n{}", appraisal.to_human());
+        assert!(
+            appraisal
+                .checks
+                .iter()
+                .any(|c| c.name == "snp.chip_id"
+                    && c.status == plinth_attestation::CheckStatus::Pass)
+        );
+    }
+}
+
+#[test]
+fn explicit_chain_file_verifies_and_must_end_at_pinned_ark() {
+    let Some(dir) = vectors() else { return };
+    let mut ev = evidence(&dir, PAIRS[0].0, PAIRS[0].1);
+    ev.chain = Some(
+        x509chain::parse_bundle(
+            &read(&dir, "virtee-sev/tests/certs_data/cert_chain_milan"),
+            "chain",
+        )
+        .unwrap(),
+    );
+    assert!(
+        snp::verify(&ev, &SnpPolicy::default(), AT_2026)
+            .unwrap()
+            .verified()
+    );
+    // A Genoa chain does not sign a Milan VCEK.
+    ev.chain = Some(
+        x509chain::parse_bundle(
+            &read(&dir, "go-sev-guest/verify/trust/ask_ark_genoa.pem"),
+            "chain",
+        )
+        .unwrap(),
+    );
+    let appraisal = snp::verify(&ev, &SnpPolicy::default(), AT_2026).unwrap();
+    assert!(!appraisal.verified());
+}
+
+#[test]
+fn every_single_byte_flip_is_rejected() {
+    let Some(dir) = vectors() else { return };
+    for (report, vcek) in PAIRS {
+        let ev = evidence(&dir, report, vcek);
+        let raw = ev.report.raw.clone();
+        let vcek_der = ev.vcek_der.clone();
+        for idx in 0..raw.len() {
+            let mut flipped = raw.clone();
+            flipped[idx] ^= 0x01;
+            let accepted = match SnpReport::parse(&flipped) {
+                Err(_) => false,
+                Ok(report) => {
+                    let ev = SnpEvidence {
+                        report,
+                        vcek_der: vcek_der.clone(),
+                        chain: None,
+                    };
+                    snp::verify(&ev, &lenient(), AT_2026).unwrap().verified()
+                }
+            };
+            assert!(!accepted, "{report}: flipping byte {idx:#x} was accepted");
+        }
+    }
+}
+
+#[test]
+fn expired_and_wrong_vcek_are_rejected() {
+    let Some(dir) = vectors() else { return };
+    let ev = evidence(&dir, PAIRS[0].0, PAIRS[0].1);
+    // 2040: after the VCEK's notAfter.
+    let appraisal = snp::verify(&ev, &SnpPolicy::default(), 2_208_988_800).unwrap();
+    assert!(!appraisal.verified());
+    let fail: Vec<_> = appraisal.failures().map(|c| c.name.clone()).collect();
+    assert_eq!(fail, vec!["snp.cert_chain"]);
+    // The other machine's VCEK.
+    let ev = evidence(&dir, PAIRS[0].0, PAIRS[1].1);
+    let appraisal = snp::verify(&ev, &SnpPolicy::default(), AT_2026).unwrap();
+    let fail: Vec<_> = appraisal.failures().map(|c| c.name.clone()).collect();
+    assert!(fail.contains(&"snp.signature".to_owned()), "{fail:?}");
+    assert!(fail.contains(&"snp.chip_id".to_owned()), "{fail:?}");
+}
+
+#[test]
+fn policy_checks() {
+    let Some(dir) = vectors() else { return };
+    let ev = evidence(&dir, PAIRS[1].0, PAIRS[1].1);
+    let tcb_ok = MinTcb {
+        bootloader: 2,
+        tee: 0,
+        snp: 5,
+        microcode: 68,
+        fmc: 0,
+    };
+    let policy = SnpPolicy {
+        min_tcb: Some(tcb_ok),
+        measurements: vec![HexBytes(ev.report.measurement.to_vec())],
+        report_data: Some(HexBytes(ev.report.report_data.to_vec())),
+        ..lenient()
+    };
+    assert!(snp::verify(&ev, &policy, AT_2026).unwrap().verified());
+    let debug_refused = snp::verify(&ev, &SnpPolicy::default(), AT_2026).unwrap();
+    let fail: Vec<_> = debug_refused.failures().map(|c| c.name.clone()).collect();
+    assert_eq!(fail, vec!["snp.policy.debug"]);
+    let strict = SnpPolicy {
+        min_tcb: Some(MinTcb { snp: 6, ..tcb_ok }),
+        measurements: vec![HexBytes(vec![0; 48])],
+        report_data: Some(HexBytes(vec![1])),
+        ..lenient()
+    };
+    let appraisal = snp::verify(&ev, &strict, AT_2026).unwrap();
+    let fail: Vec<_> = appraisal.failures().map(|c| c.name.clone()).collect();
+    assert_eq!(
+        fail,
+        vec![
+            "snp.policy.min_tcb",
+            "snp.policy.measurement",
+            "snp.policy.report_data"
+        ]
+    );
+}
