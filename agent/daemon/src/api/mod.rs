@@ -1,0 +1,180 @@
+//! The local admin API: HTTP/JSON over a Unix socket.
+//!
+//! Access control is the socket's file mode and group (`api.socket_mode`,
+//! `api.socket_group`): whoever can connect is an administrator. Every route answers
+//! JSON; errors are `{"error": "..."}` with a 4xx status for anything the caller did
+//! wrong. Each area of the API lives in its own submodule that contributes a `routes()`
+//! router merged here.
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use tokio::net::UnixListener;
+
+use crate::config::LoadedConfig;
+use crate::hardware::Hardware;
+use crate::identity::NodeIdentity;
+use crate::store::{PreviousRun, Store};
+
+pub mod status;
+
+/// Errors setting up the admin socket.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The socket's directory could not be created.
+    #[error("cannot create socket directory {path}")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// Another agent already serves this socket.
+    #[error("another agent is already listening on {path}")]
+    InUse {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// Something that is not a socket sits where the socket should be.
+    #[error("{path} exists and is not a socket; refusing to replace it")]
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Binding or configuring the socket failed.
+    #[error("cannot {action} admin socket {path}")]
+    Socket {
+        /// What was being done.
+        action: &'static str,
+        /// The socket path.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The configured socket group does not exist.
+    #[error("socket group {group:?} (api.socket_group) does not exist")]
+    NoSuchGroup {
+        /// The group name.
+        group: String,
+    },
+}
+
+/// Everything request handlers may read, shared by all routes.
+#[derive(Debug)]
+pub struct AgentState {
+    /// The configuration the agent runs with.
+    pub config: LoadedConfig,
+    /// The durable store.
+    pub store: Arc<Store>,
+    /// The node identity.
+    pub identity: Arc<NodeIdentity>,
+    /// What hardware was detected at start.
+    pub hardware: Hardware,
+    /// When the agent started (monotonic, for uptime).
+    pub started: std::time::Instant,
+    /// When the agent started (wall clock, RFC 3339).
+    pub started_at: String,
+    /// How the previous run ended.
+    pub previous_run: PreviousRun,
+}
+
+/// Shared handler state.
+pub type SharedState = Arc<AgentState>;
+
+/// Builds the admin API router.
+pub fn router(state: SharedState) -> Router {
+    Router::new()
+        .merge(status::routes())
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn not_found(uri: axum::http::Uri) -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        format!("no such endpoint: {}", uri.path()),
+    )
+}
+
+/// The JSON body of every error answer.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    /// What went wrong, naming the field or value.
+    pub error: String,
+}
+
+/// Builds a JSON error answer.
+pub fn error_response(status: StatusCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(ErrorBody {
+            error: message.into(),
+        }),
+    )
+        .into_response()
+}
+
+/// Creates the admin socket with restrictive permissions.
+///
+/// A stale socket left by a crashed agent is replaced; a live one (another agent
+/// answering) or a non-socket file is an error.
+pub fn bind_admin_socket(
+    path: &Path,
+    mode: u32,
+    group: Option<&str>,
+) -> Result<UnixListener, ApiError> {
+    let socket_error = |action| {
+        move |source| ApiError::Socket {
+            action,
+            path: path.to_owned(),
+            source,
+        }
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| ApiError::CreateDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(metadata) if metadata.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(ApiError::InUse {
+                    path: path.to_owned(),
+                });
+            }
+            std::fs::remove_file(path).map_err(socket_error("remove stale"))?;
+        }
+        Ok(_) => {
+            return Err(ApiError::NotASocket {
+                path: path.to_owned(),
+            });
+        }
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(source) => return Err(socket_error("inspect")(source)),
+    }
+    let listener = UnixListener::bind(path).map_err(socket_error("bind"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(socket_error("set the mode of"))?;
+    if let Some(group) = group {
+        let gid = nix::unistd::Group::from_name(group)
+            .ok()
+            .flatten()
+            .ok_or_else(|| ApiError::NoSuchGroup {
+                group: group.to_owned(),
+            })?
+            .gid;
+        nix::unistd::chown(path, None, Some(gid))
+            .map_err(|errno| socket_error("set the group of")(io::Error::from(errno)))?;
+    }
+    Ok(listener)
+}

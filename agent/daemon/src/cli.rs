@@ -1,0 +1,112 @@
+//! Command-line definitions of `plinth-agent` and `plinthctl` (clap), kept in the library
+//! so that shell completions and man pages can be generated for both.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// plinth-agent: the plinth provider agent daemon.
+#[derive(Debug, Parser)]
+#[command(name = "plinth-agent", version, about, long_about = None)]
+pub struct AgentCli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: AgentCommand,
+}
+
+/// `plinth-agent` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Run the agent in the foreground (as systemd does).
+    Run(ConfigArg),
+    /// Load and check the configuration, print the merged result, and exit.
+    CheckConfig(ConfigArg),
+}
+
+/// The `--config` option shared by subcommands.
+#[derive(Debug, Args, Clone)]
+pub struct ConfigArg {
+    /// Read this file (and FILE.d/*.toml) instead of /usr/lib/plinth/agent.toml,
+    /// /etc/plinth/agent.toml and /etc/plinth/agent.toml.d/.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// plinthctl: administer the local plinth agent.
+#[derive(Debug, Parser)]
+#[command(name = "plinthctl", version, about, long_about = None)]
+pub struct CtlCli {
+    /// Admin socket of the agent (default: from the agent's configuration).
+    #[arg(long, global = true, env = "PLINTH_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Agent configuration to read the socket path from.
+    #[arg(long, short = 'c', global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+/// `plinthctl` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// Show the agent's status.
+    Status(OutputArgs),
+    /// Print shell completions for plinthctl.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages for plinthctl and plinth-agent into a directory.
+    Man {
+        /// Output directory.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        out_dir: PathBuf,
+    },
+}
+
+/// Output format options.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct OutputArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Writes man pages for both binaries (and each subcommand) into `dir`.
+pub fn write_man_pages(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir)?;
+    let mut written = Vec::new();
+    for command in [CtlCli::command(), AgentCli::command()] {
+        write_man_tree(dir, &command, &mut written)?;
+    }
+    Ok(written)
+}
+
+fn write_man_tree(
+    dir: &std::path::Path,
+    command: &clap::Command,
+    written: &mut Vec<PathBuf>,
+) -> std::io::Result<()> {
+    let command = command.clone();
+    let name = command
+        .get_display_name()
+        .unwrap_or(command.get_name())
+        .to_owned();
+    let mut buffer = Vec::new();
+    clap_mangen::Man::new(command.clone()).render(&mut buffer)?;
+    let path = dir.join(format!("{name}.1"));
+    std::fs::write(&path, buffer)?;
+    written.push(path);
+    for sub in command.get_subcommands() {
+        if sub.get_name() == "help" {
+            continue;
+        }
+        let sub = sub
+            .clone()
+            .display_name(format!("{name}-{}", sub.get_name()));
+        write_man_tree(dir, &sub, written)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,688 @@
+//! Layered, typed and strict agent configuration.
+//!
+//! Sources are applied in this order, later ones overriding earlier ones key by key:
+//!
+//! 1. built-in defaults ([`AgentConfig::default`]);
+//! 2. the vendor file, `/usr/lib/plinth/agent.toml` (shipped by the package);
+//! 3. the main file, `/etc/plinth/agent.toml` (the sysadmin's);
+//! 4. drop-ins, `/etc/plinth/agent.toml.d/*.toml`, in lexical order;
+//! 5. environment variables `PLINTH_<SECTION>_<KEY>` (for example
+//!    `PLINTH_API_SOCKET=/tmp/a.sock`).
+//!
+//! `--config PATH` replaces the vendor and main files with `PATH` alone and reads drop-ins
+//! from `PATH.d/`; this is how tests run the agent unprivileged in a temporary directory.
+//!
+//! Every file is checked on its own against the schema, so an unknown key or a value of
+//! the wrong type is reported with the file, line and key where it was written.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The vendor configuration file shipped by the package.
+pub const VENDOR_CONFIG: &str = "/usr/lib/plinth/agent.toml";
+/// The sysadmin's main configuration file.
+pub const MAIN_CONFIG: &str = "/etc/plinth/agent.toml";
+/// Prefix of the environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "PLINTH_";
+
+/// Errors found while loading or validating the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A configuration file exists but could not be read.
+    #[error("cannot read config file {path}")]
+    ReadFile {
+        /// The file that could not be read.
+        path: PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A drop-in directory exists but could not be listed.
+    #[error("cannot list config drop-in directory {path}")]
+    ReadDir {
+        /// The directory that could not be listed.
+        path: PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file is not valid TOML or does not match the schema (unknown key, wrong type).
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid {
+        /// The file holding the mistake.
+        path: PathBuf,
+        /// 1-based line of the mistake (0 when unknown).
+        line: usize,
+        /// 1-based column of the mistake (0 when unknown).
+        column: usize,
+        /// What was wrong, naming the key.
+        message: String,
+    },
+    /// An environment variable names an unknown key or holds a value of the wrong type.
+    #[error("environment variable {variable}: {message}")]
+    InvalidEnv {
+        /// The offending variable.
+        variable: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// The merged configuration is well-formed but a value is not acceptable.
+    #[error("invalid value for {key}: {message}")]
+    Validate {
+        /// The dotted key, for example `api.socket_mode`.
+        key: String,
+        /// Why the value was refused.
+        message: String,
+    },
+}
+
+/// The whole agent configuration, as the daemon uses it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Where the agent keeps state and how it logs.
+    pub agent: AgentSection,
+    /// The local admin API.
+    pub api: ApiSection,
+}
+
+/// The `[agent]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentSection {
+    /// Directory for persistent state: the database and the node key.
+    pub state_dir: PathBuf,
+    /// Directory for runtime files (sockets); recreated at boot.
+    pub runtime_dir: PathBuf,
+    /// Default log filter, in `tracing` `EnvFilter` syntax (`info`, `plinth_agent=debug`).
+    pub log_level: String,
+    /// Where logs go.
+    pub log_target: LogTarget,
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from("/var/lib/plinth"),
+            runtime_dir: PathBuf::from("/run/plinth"),
+            log_level: "info".to_owned(),
+            log_target: LogTarget::Auto,
+        }
+    }
+}
+
+/// Where the agent sends its logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogTarget {
+    /// journald when started by systemd (`JOURNAL_STREAM` set), stderr otherwise.
+    Auto,
+    /// Always structured logs to journald.
+    Journald,
+    /// Always human-readable text to stderr.
+    Stderr,
+}
+
+/// The `[api]` section: the local admin API on a Unix socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiSection {
+    /// Path of the admin socket. Relative paths are taken under `agent.runtime_dir`.
+    pub socket: PathBuf,
+    /// Permission bits of the socket, as an octal string (`"0660"`).
+    pub socket_mode: String,
+    /// Group that owns the socket (its members may administer the agent); unset keeps the
+    /// agent's primary group.
+    pub socket_group: Option<String>,
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from("admin.sock"),
+            socket_mode: "0660".to_owned(),
+            socket_group: None,
+        }
+    }
+}
+
+impl AgentConfig {
+    /// The admin socket path with relative paths resolved under the runtime directory.
+    pub fn socket_path(&self) -> PathBuf {
+        self.agent.runtime_dir.join(&self.api.socket)
+    }
+
+    /// The SQLite database path.
+    pub fn database_path(&self) -> PathBuf {
+        self.agent.state_dir.join("plinth.db")
+    }
+
+    /// The node key path.
+    pub fn node_key_path(&self) -> PathBuf {
+        self.agent.state_dir.join("node.key")
+    }
+
+    /// The admin socket mode parsed from its octal string.
+    pub fn socket_mode(&self) -> Result<u32, ConfigError> {
+        parse_mode(&self.api.socket_mode)
+    }
+
+    /// Checks values that the schema alone cannot check.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mode = self.socket_mode()?;
+        if mode & 0o007 != 0 {
+            return Err(ConfigError::Validate {
+                key: "api.socket_mode".to_owned(),
+                message: format!(
+                    "{:04o} gives other users access to the admin API; use 0660 or stricter",
+                    mode
+                ),
+            });
+        }
+        for (key, path) in [
+            ("agent.state_dir", &self.agent.state_dir),
+            ("agent.runtime_dir", &self.agent.runtime_dir),
+        ] {
+            if !path.is_absolute() {
+                return Err(ConfigError::Validate {
+                    key: key.to_owned(),
+                    message: format!("{} is not an absolute path", path.display()),
+                });
+            }
+        }
+        if self.api.socket.as_os_str().is_empty() {
+            return Err(ConfigError::Validate {
+                key: "api.socket".to_owned(),
+                message: "must not be empty".to_owned(),
+            });
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.agent.log_level).map_err(|err| {
+            ConfigError::Validate {
+                key: "agent.log_level".to_owned(),
+                message: format!("{:?} is not a log filter: {err}", self.agent.log_level),
+            }
+        })?;
+        Ok(())
+    }
+}
+
+fn parse_mode(text: &str) -> Result<u32, ConfigError> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    u32::from_str_radix(digits, 8)
+        .ok()
+        .filter(|mode| *mode <= 0o777)
+        .ok_or_else(|| ConfigError::Validate {
+            key: "api.socket_mode".to_owned(),
+            message: format!("{text:?} is not an octal permission mode such as \"0660\""),
+        })
+}
+
+/// Where configuration is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigSources {
+    /// Files read in order; missing files are skipped.
+    pub files: Vec<PathBuf>,
+    /// Drop-in directory whose `*.toml` files are read after `files`, in lexical order.
+    pub dropin_dir: Option<PathBuf>,
+    /// Environment variables to apply last (name, value).
+    pub env: Vec<(String, String)>,
+}
+
+impl ConfigSources {
+    /// The standard locations, plus the process environment.
+    pub fn system() -> Self {
+        Self {
+            files: vec![PathBuf::from(VENDOR_CONFIG), PathBuf::from(MAIN_CONFIG)],
+            dropin_dir: Some(PathBuf::from(format!("{MAIN_CONFIG}.d"))),
+            env: std::env::vars().collect(),
+        }
+    }
+
+    /// One explicit file (`--config PATH`) and its `PATH.d/` drop-ins, plus the
+    /// process environment.
+    pub fn explicit(path: &Path) -> Self {
+        let mut dropin = path.as_os_str().to_owned();
+        dropin.push(".d");
+        Self {
+            files: vec![path.to_owned()],
+            dropin_dir: Some(PathBuf::from(dropin)),
+            env: std::env::vars().collect(),
+        }
+    }
+
+    /// `--config PATH` when given, else the standard locations.
+    pub fn from_arg(path: Option<&Path>) -> Self {
+        match path {
+            Some(path) => Self::explicit(path),
+            None => Self::system(),
+        }
+    }
+}
+
+/// A loaded configuration and where it came from.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    /// The merged, validated configuration.
+    pub config: AgentConfig,
+    /// Files that were read, in order.
+    pub files_read: Vec<PathBuf>,
+    /// Environment variables that were applied.
+    pub env_applied: Vec<String>,
+    /// Non-fatal remarks to log once logging is up (for example ignored variables).
+    pub warnings: Vec<String>,
+    /// SHA-256 of the merged configuration (canonical TOML), for attestation claims.
+    pub sha256: String,
+}
+
+impl fmt::Display for LoadedConfig {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.files_read.is_empty() {
+            writeln!(formatter, "# no config files found; built-in defaults")?;
+        }
+        for file in &self.files_read {
+            writeln!(formatter, "# read {}", file.display())?;
+        }
+        for variable in &self.env_applied {
+            writeln!(formatter, "# applied ${variable}")?;
+        }
+        writeln!(formatter, "# sha256 {}", self.sha256)?;
+        let text = toml::to_string_pretty(&self.config).map_err(|_| fmt::Error)?;
+        write!(formatter, "{text}")
+    }
+}
+
+/// Variables with the `PLINTH_` prefix that are not configuration keys.
+const NON_CONFIG_ENV: &[&str] = &["PLINTH_VECTORS", "PLINTH_SOCKET", "PLINTH_LOG"];
+
+/// Loads, merges and validates configuration from `sources`.
+pub fn load(sources: &ConfigSources) -> Result<LoadedConfig, ConfigError> {
+    let mut merged =
+        toml::Table::try_from(AgentConfig::default()).map_err(|err| ConfigError::Validate {
+            key: "(defaults)".to_owned(),
+            message: err.to_string(),
+        })?;
+    let mut files_read = Vec::new();
+    let mut paths: Vec<PathBuf> = sources.files.clone();
+    if let Some(dir) = &sources.dropin_dir {
+        paths.extend(dropin_files(dir)?);
+    }
+    for path in paths {
+        let Some(table) = read_file(&path)? else {
+            continue;
+        };
+        merge(&mut merged, table);
+        files_read.push(path);
+    }
+
+    let mut env_applied = Vec::new();
+    let mut warnings = Vec::new();
+    let mut env: Vec<&(String, String)> = sources
+        .env
+        .iter()
+        .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+        .collect();
+    env.sort();
+    for (name, value) in env {
+        if NON_CONFIG_ENV.contains(&name.as_str()) {
+            continue;
+        }
+        match apply_env(&mut merged, name, value)? {
+            true => env_applied.push(name.clone()),
+            false => warnings.push(format!(
+                "ignoring environment variable {name}: it names no configuration section"
+            )),
+        }
+    }
+
+    let config: AgentConfig =
+        AgentConfig::deserialize(toml::Value::Table(merged)).map_err(|err| {
+            ConfigError::InvalidEnv {
+                variable: "(merged configuration)".to_owned(),
+                message: err.to_string(),
+            }
+        })?;
+    config.validate()?;
+    let canonical = toml::to_string(&config).map_err(|err| ConfigError::Validate {
+        key: "(all)".to_owned(),
+        message: err.to_string(),
+    })?;
+    let sha256 = hex::encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        canonical.as_bytes(),
+    ));
+    Ok(LoadedConfig {
+        config,
+        files_read,
+        env_applied,
+        warnings,
+        sha256,
+    })
+}
+
+fn dropin_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(ConfigError::ReadDir {
+                path: dir.to_owned(),
+                source,
+            });
+        }
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| ConfigError::ReadDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let path = entry.path();
+        if path.extension().is_some_and(|ext| ext == "toml") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Reads one file, checking it against the schema; `None` when it does not exist.
+fn read_file(path: &Path) -> Result<Option<toml::Table>, ConfigError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(ConfigError::ReadFile {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    // Checking the file alone against the schema gives errors that point into it.
+    toml::from_str::<AgentConfig>(&text).map_err(|err| invalid(path, &text, &err))?;
+    let table = toml::from_str::<toml::Table>(&text).map_err(|err| invalid(path, &text, &err))?;
+    Ok(Some(table))
+}
+
+fn invalid(path: &Path, text: &str, err: &toml::de::Error) -> ConfigError {
+    let (line, column) = err
+        .span()
+        .map(|span| line_column(text, span.start))
+        .unwrap_or((0, 0));
+    ConfigError::Invalid {
+        path: path.to_owned(),
+        line,
+        column,
+        message: err.message().trim().to_owned(),
+    }
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map_or(0, |tail| tail.chars().count())
+        + 1;
+    (line, column)
+}
+
+fn merge(base: &mut toml::Table, overlay: toml::Table) {
+    for (key, value) in overlay {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(base_table)), toml::Value::Table(overlay_table)) => {
+                merge(base_table, overlay_table);
+            }
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// Applies `PLINTH_<SECTION>_<KEY>`; returns false when no section matches.
+fn apply_env(merged: &mut toml::Table, name: &str, value: &str) -> Result<bool, ConfigError> {
+    let rest = name.strip_prefix(ENV_PREFIX).unwrap_or(name).to_lowercase();
+    let Some((section, key)) = rest.split_once('_') else {
+        return Ok(false);
+    };
+    let Some(toml::Value::Table(section_table)) = merged.get_mut(section) else {
+        return Ok(false);
+    };
+    section_table.insert(key.to_owned(), env_value(value));
+    // Check the section with the new value now, so the error names the variable.
+    let mut probe = toml::Table::new();
+    probe.insert(
+        section.to_owned(),
+        toml::Value::Table(section_table.clone()),
+    );
+    AgentConfig::deserialize(toml::Value::Table(probe)).map_err(|err| ConfigError::InvalidEnv {
+        variable: name.to_owned(),
+        message: err.message().trim().to_owned(),
+    })?;
+    Ok(true)
+}
+
+/// Interprets an environment value as a TOML value when it parses as one (numbers,
+/// booleans, arrays, quoted strings), else as a bare string.
+fn env_value(value: &str) -> toml::Value {
+    let document = format!("value = {value}");
+    match toml::from_str::<BTreeMap<String, toml::Value>>(&document) {
+        Ok(mut parsed) => parsed
+            .remove("value")
+            .unwrap_or_else(|| toml::Value::String(value.to_owned())),
+        Err(_) => toml::Value::String(value.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            Self {
+                dir: tempfile::tempdir().unwrap(),
+            }
+        }
+
+        fn write(&self, name: &str, text: &str) -> PathBuf {
+            let path = self.dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, text).unwrap();
+            path
+        }
+
+        fn sources(&self, env: &[(&str, &str)]) -> ConfigSources {
+            ConfigSources {
+                files: vec![
+                    self.dir.path().join("vendor.toml"),
+                    self.dir.path().join("agent.toml"),
+                ],
+                dropin_dir: Some(self.dir.path().join("agent.toml.d")),
+                env: env
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            }
+        }
+    }
+
+    #[test]
+    fn defaults_when_nothing_exists() {
+        let fixture = Fixture::new();
+        let loaded = load(&fixture.sources(&[])).unwrap();
+        assert_eq!(loaded.config, AgentConfig::default());
+        assert!(loaded.files_read.is_empty());
+        assert_eq!(
+            loaded.config.socket_path(),
+            PathBuf::from("/run/plinth/admin.sock")
+        );
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let fixture = Fixture::new();
+        fixture.write(
+            "vendor.toml",
+            "[agent]\nstate_dir = \"/v\"\nlog_level = \"debug\"\n",
+        );
+        fixture.write("agent.toml", "[agent]\nstate_dir = \"/main\"\n");
+        fixture.write("agent.toml.d/20-b.toml", "[api]\nsocket_mode = \"0600\"\n");
+        fixture.write(
+            "agent.toml.d/10-a.toml",
+            "[api]\nsocket_mode = \"0640\"\nsocket = \"a.sock\"\n",
+        );
+        fixture.write("agent.toml.d/ignored.conf", "garbage = [");
+        let loaded = load(&fixture.sources(&[("PLINTH_AGENT_RUNTIME_DIR", "/rt")])).unwrap();
+        let config = loaded.config;
+        assert_eq!(config.agent.state_dir, PathBuf::from("/main"));
+        assert_eq!(config.agent.log_level, "debug");
+        assert_eq!(config.api.socket_mode, "0600", "later drop-in wins");
+        assert_eq!(config.socket_path(), PathBuf::from("/rt/a.sock"));
+        assert_eq!(loaded.files_read.len(), 4);
+        assert_eq!(loaded.env_applied, vec!["PLINTH_AGENT_RUNTIME_DIR"]);
+    }
+
+    #[test]
+    fn env_overrides_files_and_parses_types() {
+        let fixture = Fixture::new();
+        fixture.write("agent.toml", "[api]\nsocket_group = \"wheel\"\n");
+        let loaded = load(&fixture.sources(&[
+            ("PLINTH_API_SOCKET_GROUP", "plinth"),
+            ("PLINTH_AGENT_LOG_TARGET", "stderr"),
+        ]))
+        .unwrap();
+        assert_eq!(loaded.config.api.socket_group.as_deref(), Some("plinth"));
+        assert_eq!(loaded.config.agent.log_target, LogTarget::Stderr);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let fixture = Fixture::new();
+        let path = fixture.write(
+            "agent.toml",
+            "[agent]\nstate_dir = \"/x\"\nstate_dri = \"/y\"\n",
+        );
+        let err = load(&fixture.sources(&[])).unwrap_err();
+        let ConfigError::Invalid {
+            path: err_path,
+            line,
+            message,
+            ..
+        } = &err
+        else {
+            panic!("unexpected error {err:?}");
+        };
+        assert_eq!(err_path, &path);
+        assert_eq!(*line, 3);
+        assert!(message.contains("state_dri"), "{message}");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{}:3:", path.display()))
+        );
+    }
+
+    #[test]
+    fn unknown_section_is_refused() {
+        let fixture = Fixture::new();
+        fixture.write("agent.toml.d/50-x.toml", "\n[agnet]\nstate_dir = \"/x\"\n");
+        let err = load(&fixture.sources(&[])).unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { line: 2, .. }), "{err}");
+        assert!(err.to_string().contains("agnet"));
+        assert!(err.to_string().contains("50-x.toml"));
+    }
+
+    #[test]
+    fn wrong_type_is_refused() {
+        let fixture = Fixture::new();
+        fixture.write("agent.toml", "[agent]\nlog_target = 3\n");
+        let err = load(&fixture.sources(&[])).unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { line: 2, .. }), "{err}");
+        fixture.write("agent.toml", "[agent]\nlog_target = \"syslog\"\n");
+        let err = load(&fixture.sources(&[])).unwrap_err();
+        assert!(err.to_string().contains("syslog"), "{err}");
+    }
+
+    #[test]
+    fn syntax_error_is_refused() {
+        let fixture = Fixture::new();
+        fixture.write("agent.toml", "[agent\n");
+        let err = load(&fixture.sources(&[])).unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { line: 1, .. }), "{err}");
+    }
+
+    #[test]
+    fn unreadable_file_is_refused() {
+        let fixture = Fixture::new();
+        // A directory where a file is expected cannot be read as one.
+        std::fs::create_dir(fixture.dir.path().join("agent.toml")).unwrap();
+        let err = load(&fixture.sources(&[])).unwrap_err();
+        assert!(matches!(err, ConfigError::ReadFile { .. }), "{err}");
+        assert!(err.to_string().contains("agent.toml"));
+    }
+
+    #[test]
+    fn unknown_env_key_is_refused() {
+        let fixture = Fixture::new();
+        let err = load(&fixture.sources(&[("PLINTH_API_SOCKETT", "/x")])).unwrap_err();
+        assert!(matches!(err, ConfigError::InvalidEnv { .. }), "{err}");
+        assert!(err.to_string().contains("PLINTH_API_SOCKETT"), "{err}");
+        assert!(err.to_string().contains("sockett"), "{err}");
+    }
+
+    #[test]
+    fn bad_env_value_is_refused() {
+        let fixture = Fixture::new();
+        let err = load(&fixture.sources(&[("PLINTH_AGENT_LOG_TARGET", "everywhere")])).unwrap_err();
+        assert!(matches!(err, ConfigError::InvalidEnv { .. }), "{err}");
+        assert!(err.to_string().contains("PLINTH_AGENT_LOG_TARGET"));
+    }
+
+    #[test]
+    fn env_without_section_is_a_warning() {
+        let fixture = Fixture::new();
+        let loaded =
+            load(&fixture.sources(&[("PLINTH_VECTORS", "/v"), ("PLINTH_NOPE_X", "1")])).unwrap();
+        assert_eq!(loaded.warnings.len(), 1);
+        assert!(loaded.warnings[0].contains("PLINTH_NOPE_X"));
+    }
+
+    #[test]
+    fn validation_errors_name_the_key() {
+        let fixture = Fixture::new();
+        fixture.write("agent.toml", "[api]\nsocket_mode = \"0666\"\n");
+        let err = load(&fixture.sources(&[])).unwrap_err();
+        assert!(err.to_string().contains("api.socket_mode"), "{err}");
+        fixture.write("agent.toml", "[api]\nsocket_mode = \"rw\"\n");
+        assert!(
+            load(&fixture.sources(&[]))
+                .unwrap_err()
+                .to_string()
+                .contains("\"rw\"")
+        );
+        fixture.write("agent.toml", "[agent]\nstate_dir = \"relative\"\n");
+        let err = load(&fixture.sources(&[])).unwrap_err();
+        assert!(err.to_string().contains("agent.state_dir"), "{err}");
+        fixture.write("agent.toml", "[agent]\nlog_level = \"=[\"\n");
+        let err = load(&fixture.sources(&[])).unwrap_err();
+        assert!(err.to_string().contains("agent.log_level"), "{err}");
+    }
+
+    #[test]
+    fn config_digest_changes_with_content() {
+        let fixture = Fixture::new();
+        let first = load(&fixture.sources(&[])).unwrap().sha256;
+        fixture.write("agent.toml", "[agent]\nlog_level = \"debug\"\n");
+        let second = load(&fixture.sources(&[])).unwrap().sha256;
+        assert_ne!(first, second);
+        assert_eq!(first.len(), 64);
+    }
+}
