@@ -1,0 +1,2 @@
+//! Job start benchmark (placeholder).
+fn main() {}
