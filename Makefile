@@ -1,0 +1,46 @@
+# plinth: the two commands that do all the set-up on a fresh Debian 12 / Ubuntu machine.
+#
+#   make demo   build plinth and run its demo (agent in a temp dir, queried by plinthctl)
+#   make test   install what the tests need, then fmt, clippy and the whole test suite
+#
+# Both install missing system packages with apt-get (as root, or through sudo) and the
+# wasm32-wasip2 Rust target with rustup.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# Debian packages the build and the tests use: a real TPM (swtpm + tpm2-tools), the
+# TSS headers for the TPM collector, a real OCI runtime (runc) and busybox for test
+# root filesystems, systemd-nspawn + debootstrap for the packaging tests.
+APT_PACKAGES := build-essential pkg-config libtss2-dev swtpm swtpm-tools tpm2-tools \
+	runc busybox-static sqlite3 debootstrap systemd-container
+
+.PHONY: demo test deps check fmt clippy unit build
+
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing: $$missing"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy rustfmt
+
+build: deps
+	$(CARGO) build --workspace --bins
+
+demo: build
+	bash tests/demo.sh
+
+fmt:
+	$(CARGO) fmt --all --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit:
+	$(CARGO) test --workspace --no-fail-fast
+
+test: deps fmt clippy unit
