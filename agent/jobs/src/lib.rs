@@ -13,6 +13,7 @@
 //! `docs/jobs.md` for the design.
 
 pub mod bundle;
+pub mod cdi;
 pub mod image;
 pub mod spec;
 pub mod unpack;
