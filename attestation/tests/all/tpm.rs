@@ -1,0 +1,160 @@
+//! TPM quotes from a real GCP Shielded VM (go-attestation's dump).
+
+use base64::Engine as _;
+use plinth_attestation::policy::{HexBytes, TpmPolicy};
+use plinth_attestation::tpm::HashAlg;
+use plinth_attestation::tpm::eventlog::{self, EventLog};
+use plinth_attestation::tpm::pcrs::PcrValues;
+use plinth_attestation::tpm::public::TpmPublic;
+use plinth_attestation::tpm::quote::{self, Attest, QuoteEvidence, TpmSignature};
+
+use crate::common::{read, vectors};
+
+pub struct Gcp {
+    pub ak: Vec<u8>,
+    pub quote: Vec<u8>,
+    pub sig: Vec<u8>,
+    pub pcrs: PcrValues,
+    pub log: Vec<u8>,
+}
+
+pub fn gcp(dir: &std::path::Path) -> Gcp {
+    let json: serde_json::Value = serde_json::from_slice(&read(
+        dir,
+        "go-attestation/attest/testdata/windows_gcp_shielded_vm.json",
+    ))
+    .unwrap();
+    let b64 = |v: &serde_json::Value| {
+        base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap())
+            .unwrap()
+    };
+    let mut pcrs = PcrValues::new();
+    for pcr in json["Log"]["PCRs"].as_array().unwrap() {
+        assert_eq!(pcr["DigestAlg"], 3, "sha1 bank");
+        pcrs.entry(HashAlg::Sha1)
+            .or_default()
+            .insert(pcr["Index"].as_u64().unwrap() as u32, b64(&pcr["Digest"]));
+    }
+    Gcp {
+        ak: b64(&json["AK"]["Public"]),
+        quote: b64(&json["Quote"]["Quote"]),
+        sig: b64(&json["Quote"]["Signature"]),
+        pcrs,
+        log: b64(&json["Log"]["Raw"]),
+    }
+}
+
+fn evidence(g: &Gcp, quote_bytes: &[u8], sig_bytes: &[u8]) -> Option<QuoteEvidence> {
+    Some(QuoteEvidence {
+        ak: TpmPublic::parse(&g.ak).unwrap().key,
+        attest: Attest::parse(quote_bytes).ok()?,
+        signature: TpmSignature::parse(sig_bytes).ok()?,
+        pcrs: Some(g.pcrs.clone()),
+    })
+}
+
+#[test]
+fn gcp_quote_verifies_with_empty_nonce() {
+    let Some(dir) = vectors() else { return };
+    let g = gcp(&dir);
+    let ev = evidence(&g, &g.quote, &g.sig).unwrap();
+    let appraisal = quote::verify(&ev, Some(&[]), &TpmPolicy::default());
+    assert!(appraisal.verified(), "{}", appraisal.to_human());
+    assert_eq!(ev.signature.scheme_name(), "RSASSA-sha1");
+    // A wrong nonce is rejected.
+    let appraisal = quote::verify(&ev, Some(b"fresh"), &TpmPolicy::default());
+    let fail: Vec<_> = appraisal.failures().map(|c| c.name.clone()).collect();
+    assert_eq!(fail, vec!["tpm.nonce"]);
+}
+
+#[test]
+fn gcp_quote_every_byte_flip_rejected() {
+    let Some(dir) = vectors() else { return };
+    let g = gcp(&dir);
+    for (which, len) in [("quote", g.quote.len()), ("sig", g.sig.len())] {
+        for idx in 0..len {
+            let mut q = g.quote.clone();
+            let mut s = g.sig.clone();
+            if which == "quote" {
+                q[idx] ^= 0x01
+            } else {
+                s[idx] ^= 0x01
+            }
+            let accepted = evidence(&g, &q, &s)
+                .is_some_and(|ev| quote::verify(&ev, Some(&[]), &TpmPolicy::default()).verified());
+            assert!(!accepted, "flipping {which} byte {idx} was accepted");
+        }
+    }
+}
+
+#[test]
+fn gcp_pcr_values_and_golden_policy() {
+    let Some(dir) = vectors() else { return };
+    let g = gcp(&dir);
+    let mut ev = evidence(&g, &g.quote, &g.sig).unwrap();
+    // A changed PCR value no longer matches the quoted digest.
+    ev.pcrs
+        .as_mut()
+        .unwrap()
+        .get_mut(&HashAlg::Sha1)
+        .unwrap()
+        .get_mut(&7)
+        .unwrap()[0] ^= 1;
+    let fail: Vec<_> = quote::verify(&ev, Some(&[]), &TpmPolicy::default())
+        .failures()
+        .map(|c| c.name.clone())
+        .collect();
+    assert_eq!(fail, vec!["tpm.pcr_digest"]);
+    let ev = evidence(&g, &g.quote, &g.sig).unwrap();
+    let mut policy = TpmPolicy::default();
+    policy
+        .pcrs
+        .entry("sha1".into())
+        .or_default()
+        .insert("0".into(), HexBytes(g.pcrs[&HashAlg::Sha1][&0].clone()));
+    assert!(quote::verify(&ev, Some(&[]), &policy).verified());
+    policy
+        .pcrs
+        .entry("sha1".into())
+        .or_default()
+        .insert("1".into(), HexBytes(vec![0xab; 20]));
+    let fail: Vec<_> = quote::verify(&ev, Some(&[]), &policy)
+        .failures()
+        .map(|c| c.name.clone())
+        .collect();
+    assert_eq!(fail, vec!["tpm.policy.pcrs"]);
+}
+
+#[test]
+fn gcp_event_log_replays_to_quoted_pcrs() {
+    let Some(dir) = vectors() else { return };
+    let g = gcp(&dir);
+    let log = EventLog::parse(&g.log).unwrap();
+    let replayed = log.replay();
+    let checks = eventlog::compare(&log, &replayed, &g.pcrs);
+    assert_eq!(checks.len(), 1);
+    assert_eq!(
+        checks[0].status,
+        plinth_attestation::CheckStatus::Pass,
+        "{}",
+        checks[0].detail
+    );
+    // Tampering with one PCR names the events behind it.
+    let mut tampered = g.pcrs.clone();
+    tampered
+        .get_mut(&HashAlg::Sha1)
+        .unwrap()
+        .get_mut(&4)
+        .unwrap()[0] ^= 1;
+    let checks = eventlog::compare(&log, &replayed, &tampered);
+    assert_eq!(checks[0].status, plinth_attestation::CheckStatus::Fail);
+    assert!(checks[0].detail.contains("PCR 4:"), "{}", checks[0].detail);
+    assert!(
+        checks[0]
+            .detail
+            .contains("EV_EFI_BOOT_SERVICES_APPLICATION"),
+        "{}",
+        checks[0].detail
+    );
+}
