@@ -1,0 +1,5 @@
+//! Integration tests of the plugin host against plugins built from plugins/examples.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+mod versioning;
