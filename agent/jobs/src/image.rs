@@ -373,6 +373,12 @@ impl ImageStore {
             if n_entries > 100_000 {
                 return Err(unsafe_entry("(more than 100000 entries)"));
             }
+            if matches!(
+                entry.header().entry_type(),
+                tar::EntryType::Directory | tar::EntryType::XGlobalHeader | tar::EntryType::XHeader
+            ) {
+                continue;
+            }
             let raw = entry.path_bytes().into_owned();
             let name = String::from_utf8_lossy(&raw).into_owned();
             let Some(relative) = safe_archive_path(&name) else {

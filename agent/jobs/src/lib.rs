@@ -13,7 +13,12 @@
 //! `docs/jobs.md` for the design.
 
 pub mod bundle;
+pub mod caplog;
 pub mod cdi;
+pub mod engine;
 pub mod image;
+pub mod meter;
+pub mod runtime;
+pub mod shim;
 pub mod spec;
 pub mod unpack;

@@ -1,0 +1,680 @@
+//! The job engine: prepare (image, bundle, CDI), start (spawn the per-job
+//! supervisor), observe, cancel, and recover jobs after an agent restart.
+//!
+//! The engine keeps no state of its own beyond the job directories: every
+//! answer comes from the files the supervisor writes (see [`crate::shim`]),
+//! so a fresh engine on a restarted agent sees exactly what the old one saw.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::bundle::{self, BundleError, BundleInputs};
+use crate::cdi::{CdiError, CdiRegistry};
+use crate::image::{ImageError, ImageStore, ImportProgress};
+use crate::meter::{CgroupVersion, GpuMeter, JobCgroup, NoGpuMeter, detect_cgroup_version};
+use crate::runtime::{OciRuntime, RuntimeError};
+use crate::shim::{
+    self, CANCEL, EndReason, JobResult, RESULT, SHIM_CONFIG, SHIM_PID, STATE, STDERR_LOG,
+    STDOUT_LOG, ShimConfig, ShimError, ShimIdentity, ShimPhase, ShimState,
+};
+use crate::spec::{JobSpec, JobSpecError};
+use crate::unpack::UnpackLimits;
+
+/// The engine's own record of a job (`job.json`).
+pub const JOB_RECORD: &str = "job.json";
+
+/// Errors of the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A job id the engine refuses.
+    #[error("job id {id:?} is invalid (1-64 of [A-Za-z0-9_-])")]
+    BadJobId {
+        /// The id.
+        id: String,
+    },
+    /// The image path is outside the configured image roots.
+    #[error("image path {path} is not under an allowed image directory ({allowed})")]
+    ImageNotAllowed {
+        /// Requested path.
+        path: PathBuf,
+        /// Allowed roots.
+        allowed: String,
+    },
+    /// The job already exists.
+    #[error("job {id} already exists")]
+    Exists {
+        /// Job id.
+        id: String,
+    },
+    /// The job does not exist.
+    #[error("job {id} does not exist")]
+    NotFound {
+        /// Job id.
+        id: String,
+    },
+    /// The job has GPUs assigned that do not match the request.
+    #[error("job asks for {wanted} GPUs but {assigned} CDI devices were assigned")]
+    GpuMismatch {
+        /// GPUs in the spec.
+        wanted: u32,
+        /// Devices assigned.
+        assigned: usize,
+    },
+    /// A file operation failed.
+    #[error("cannot {op} {path}")]
+    Io {
+        /// Operation.
+        op: &'static str,
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The job spec is invalid.
+    #[error("invalid job spec")]
+    Spec(#[from] JobSpecError),
+    /// Image import failed.
+    #[error("cannot import the job's image")]
+    Image(#[from] ImageError),
+    /// Bundle generation failed.
+    #[error("cannot build the job's runtime bundle")]
+    Bundle(#[from] BundleError),
+    /// CDI resolution failed.
+    #[error("cannot inject the job's devices")]
+    Cdi(#[from] CdiError),
+    /// The runtime failed.
+    #[error("OCI runtime failed")]
+    Runtime(#[from] RuntimeError),
+    /// A supervisor file could not be used.
+    #[error("job supervisor state is unusable")]
+    Shim(#[from] ShimError),
+    /// Waiting for a job timed out.
+    #[error("job {id} did not finish within {timeout:?}")]
+    WaitTimeout {
+        /// Job id.
+        id: String,
+        /// How long we waited.
+        timeout: Duration,
+    },
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> EngineError + 'a {
+    move |source| EngineError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Renders an error and its sources on one line (`a: b: c`).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+/// Engine configuration.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Where job directories live (e.g. `/var/lib/plinth/jobs`).
+    pub jobs_dir: PathBuf,
+    /// The image cache (e.g. `/var/lib/plinth/images`).
+    pub image_store: PathBuf,
+    /// Directories tenants' image paths must be under; empty allows any path.
+    pub image_roots: Vec<PathBuf>,
+    /// OCI runtime binary (`runc` or `crun`).
+    pub runtime_binary: PathBuf,
+    /// OCI runtime state root (`--root`).
+    pub runtime_root: PathBuf,
+    /// The `plinth-job-shim` binary.
+    pub shim_binary: PathBuf,
+    /// CDI spec directories, lowest priority first.
+    pub cdi_dirs: Vec<PathBuf>,
+    /// Parent cgroup of jobs (e.g. `plinth`).
+    pub cgroup_parent: String,
+    /// Cap of each job log.
+    pub log_cap_bytes: u64,
+    /// Time between SIGTERM and SIGKILL.
+    pub kill_grace: Duration,
+    /// Unpacking limits.
+    pub unpack_limits: UnpackLimits,
+}
+
+/// What the engine records about a job at prepare time (`job.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// Job id.
+    pub job_id: String,
+    /// Container id.
+    pub container_id: String,
+    /// The spec.
+    pub spec: JobSpec,
+    /// CDI devices assigned.
+    pub gpu_devices: Vec<String>,
+    /// Image id.
+    pub image_id: String,
+}
+
+/// Where a job is, as seen from its directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobState {
+    /// Prepared, not started.
+    Prepared,
+    /// The supervisor was spawned but has not reported yet.
+    Starting,
+    /// Running (supervisor alive), with its latest state.
+    Running(Option<ShimState>),
+    /// Ended.
+    Finished(JobResult),
+    /// The supervisor is gone without a result: call [`Engine::recover`].
+    Orphaned,
+}
+
+/// The job engine.
+pub struct Engine {
+    config: EngineConfig,
+    images: ImageStore,
+    runtime: OciRuntime,
+    cgroup_version: CgroupVersion,
+    gpu_meter: Arc<dyn GpuMeter>,
+    children: Mutex<HashMap<String, Child>>,
+}
+
+/// Checks a job id (used in paths and container ids).
+pub fn check_job_id(id: &str) -> Result<(), EngineError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && !id.starts_with('-')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(EngineError::BadJobId { id: id.to_string() })
+    }
+}
+
+/// Finds a live supervisor for `job_dir` by its command line.
+fn find_shim_process(job_dir: &Path) -> Option<i32> {
+    let wanted = job_dir.as_os_str().as_encoded_bytes();
+    for entry in fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let mut args = cmdline.split(|b| *b == 0);
+        let is_shim = args
+            .next()
+            .is_some_and(|argv0| argv0.ends_with(b"plinth-job-shim"));
+        if is_shim && args.next() == Some(wanted) {
+            let identity = ShimIdentity {
+                pid,
+                start_time: shim::process_start_time(pid).unwrap_or(0),
+            };
+            if identity.is_alive() {
+                return Some(pid);
+            }
+        }
+    }
+    None
+}
+
+impl Engine {
+    /// Creates the engine (and its directories) with no GPU metering.
+    pub fn new(config: EngineConfig) -> Result<Engine, EngineError> {
+        Self::with_gpu_meter(config, Arc::new(NoGpuMeter))
+    }
+
+    /// Creates the engine with a GPU meter.
+    pub fn with_gpu_meter(
+        config: EngineConfig,
+        gpu_meter: Arc<dyn GpuMeter>,
+    ) -> Result<Engine, EngineError> {
+        for dir in [&config.jobs_dir, &config.runtime_root] {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io_err("create", dir))?;
+        }
+        let images = ImageStore::new(&config.image_store, config.unpack_limits)?;
+        let runtime = OciRuntime::new(&config.runtime_binary, &config.runtime_root);
+        Ok(Engine {
+            images,
+            runtime,
+            cgroup_version: detect_cgroup_version(),
+            gpu_meter,
+            children: Mutex::new(HashMap::new()),
+            config,
+        })
+    }
+
+    /// The runtime the engine drives.
+    pub fn runtime(&self) -> &OciRuntime {
+        &self.runtime
+    }
+
+    /// The image cache.
+    pub fn images(&self) -> &ImageStore {
+        &self.images
+    }
+
+    /// Directory of a job.
+    pub fn job_dir(&self, job_id: &str) -> Result<PathBuf, EngineError> {
+        check_job_id(job_id)?;
+        Ok(self.config.jobs_dir.join(job_id))
+    }
+
+    /// Container id of a job.
+    pub fn container_id(job_id: &str) -> String {
+        format!("plinth-{job_id}")
+    }
+
+    /// The job's cgroup.
+    pub fn cgroup(&self, job_id: &str) -> JobCgroup {
+        JobCgroup::new(
+            self.cgroup_version,
+            &format!(
+                "/{}/{}",
+                self.config.cgroup_parent.trim_matches('/'),
+                job_id
+            ),
+        )
+    }
+
+    /// Path of a job's log (`stdout` or `stderr`).
+    pub fn log_path(&self, job_id: &str, stderr: bool) -> Result<PathBuf, EngineError> {
+        Ok(self
+            .job_dir(job_id)?
+            .join(if stderr { STDERR_LOG } else { STDOUT_LOG }))
+    }
+
+    /// Imports the image, writes the bundle (with the assigned CDI devices)
+    /// and the supervisor config. The job can then be [`Engine::start`]ed.
+    pub fn prepare(
+        &self,
+        job_id: &str,
+        spec: &JobSpec,
+        gpu_devices: &[String],
+        progress: &mut dyn FnMut(ImportProgress),
+    ) -> Result<JobRecord, EngineError> {
+        spec.validate()?;
+        if gpu_devices.len() != spec.gpus.count as usize
+            && !(spec.gpus.count > 0 && gpu_devices.len() == 1 && gpu_devices[0].ends_with("=all"))
+        {
+            return Err(EngineError::GpuMismatch {
+                wanted: spec.gpus.count,
+                assigned: gpu_devices.len(),
+            });
+        }
+        let job_dir = self.job_dir(job_id)?;
+        if !self.config.image_roots.is_empty() {
+            let canonical =
+                fs::canonicalize(&spec.image.path).map_err(io_err("resolve", &spec.image.path))?;
+            if !self
+                .config
+                .image_roots
+                .iter()
+                .any(|root| canonical.starts_with(root))
+            {
+                return Err(EngineError::ImageNotAllowed {
+                    path: spec.image.path.clone(),
+                    allowed: self
+                        .config
+                        .image_roots
+                        .iter()
+                        .map(|r| r.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+        }
+        match fs::DirBuilder::new().mode(0o700).create(&job_dir) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(EngineError::Exists {
+                    id: job_id.to_string(),
+                });
+            }
+            Err(source) => {
+                return Err(EngineError::Io {
+                    op: "create",
+                    path: job_dir,
+                    source,
+                });
+            }
+        }
+        let image = self.images.import(&spec.image, progress)?;
+        let user = bundle::resolve_user(&image)?;
+        let scratch = job_dir.join("scratch");
+        let outputs = scratch.join(
+            spec.outputs
+                .path
+                .strip_prefix("/scratch")
+                .unwrap_or(Path::new("")),
+        );
+        fs::create_dir_all(&outputs).map_err(io_err("create", &outputs))?;
+        for dir in [&scratch, &outputs] {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
+                .map_err(io_err("chmod", dir))?;
+            if nix::unistd::geteuid().is_root() {
+                nix::unistd::chown(
+                    dir,
+                    Some(nix::unistd::Uid::from_raw(user.uid)),
+                    Some(nix::unistd::Gid::from_raw(user.gid)),
+                )
+                .map_err(|errno| EngineError::Io {
+                    op: "chown",
+                    path: dir.clone(),
+                    source: io::Error::from(errno),
+                })?;
+            }
+        }
+        let container_id = Self::container_id(job_id);
+        let cgroup = self.cgroup(job_id);
+        let inputs = BundleInputs {
+            container_id: &container_id,
+            spec,
+            image: &image,
+            scratch_dir: &scratch,
+            cgroups_path: &cgroup.path,
+            limit_swap: cgroup.can_limit_swap(),
+        };
+        let mut runtime_spec = bundle::build_spec(&inputs)?;
+        if !gpu_devices.is_empty() {
+            let registry = CdiRegistry::load(&self.config.cdi_dirs);
+            runtime_spec = registry.apply(&runtime_spec, gpu_devices)?;
+        }
+        let bundle_dir = job_dir.join("bundle");
+        bundle::write_bundle(&bundle_dir, &runtime_spec)?;
+        let shim_config = ShimConfig {
+            container_id: container_id.clone(),
+            bundle: bundle_dir,
+            runtime: self.runtime.clone(),
+            max_duration_ms: spec.resources.max_duration_s.saturating_mul(1000),
+            kill_grace_ms: self.config.kill_grace.as_millis() as u64,
+            log_cap_bytes: self.config.log_cap_bytes,
+            cgroup,
+        };
+        shim::write_json_atomic(&job_dir.join(SHIM_CONFIG), &shim_config)?;
+        let record = JobRecord {
+            job_id: job_id.to_string(),
+            container_id,
+            spec: spec.clone(),
+            gpu_devices: gpu_devices.to_vec(),
+            image_id: image.record.image_id.clone(),
+        };
+        shim::write_json_atomic(&job_dir.join(JOB_RECORD), &record)?;
+        Ok(record)
+    }
+
+    /// Spawns the job's supervisor, detached into its own process group.
+    pub fn start(&self, job_id: &str) -> Result<(), EngineError> {
+        let job_dir = self.job_dir(job_id)?;
+        if !job_dir.join(SHIM_CONFIG).exists() {
+            return Err(EngineError::NotFound {
+                id: job_id.to_string(),
+            });
+        }
+        let shim_log_path = job_dir.join("shim.log");
+        let shim_log =
+            fs::File::create(&shim_log_path).map_err(io_err("create", &shim_log_path))?;
+        let child = Command::new(&self.config.shim_binary)
+            .arg(&job_dir)
+            .current_dir(&job_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(shim_log))
+            .process_group(0)
+            .spawn()
+            .map_err(io_err("spawn supervisor", &self.config.shim_binary))?;
+        if let Ok(mut children) = self.children.lock() {
+            children.insert(job_id.to_string(), child);
+        }
+        Ok(())
+    }
+
+    /// Reaps our own supervisor child if it exited (avoids zombies).
+    fn reap(&self, job_id: &str) -> bool {
+        let Ok(mut children) = self.children.lock() else {
+            return false;
+        };
+        let exited = match children.get_mut(job_id) {
+            Some(child) => matches!(child.try_wait(), Ok(Some(_))),
+            None => return false,
+        };
+        if exited {
+            children.remove(job_id);
+        }
+        exited
+    }
+
+    fn shim_alive(&self, job_dir: &Path) -> bool {
+        match shim::read_json::<ShimIdentity>(&job_dir.join(SHIM_PID)) {
+            Ok(Some(identity)) if identity.is_alive() => true,
+            _ => find_shim_process(job_dir).is_some(),
+        }
+    }
+
+    fn finish_result(&self, job_dir: &Path, mut result: JobResult) -> JobResult {
+        if let Ok(Some(record)) = shim::read_json::<JobRecord>(&job_dir.join(JOB_RECORD)) {
+            let start = result.started_at_ms.unwrap_or(result.ended_at_ms);
+            result.usage.gpu = self
+                .gpu_meter
+                .usage(&record.gpu_devices, start, result.ended_at_ms);
+        }
+        result
+    }
+
+    /// Where a job is now.
+    pub fn state(&self, job_id: &str) -> Result<JobState, EngineError> {
+        let job_dir = self.job_dir(job_id)?;
+        if !job_dir.join(SHIM_CONFIG).exists() {
+            return Err(EngineError::NotFound {
+                id: job_id.to_string(),
+            });
+        }
+        let shim_exited = self.reap(job_id);
+        if let Some(result) = shim::read_json::<JobResult>(&job_dir.join(RESULT))? {
+            return Ok(JobState::Finished(self.finish_result(&job_dir, result)));
+        }
+        if !shim_exited && self.shim_alive(&job_dir) {
+            return Ok(JobState::Running(
+                shim::read_json(&job_dir.join(STATE)).ok().flatten(),
+            ));
+        }
+        let spawned = job_dir.join("shim.log").exists();
+        if !spawned {
+            return Ok(JobState::Prepared);
+        }
+        let in_children = self
+            .children
+            .lock()
+            .map(|c| c.contains_key(job_id))
+            .unwrap_or(false);
+        if in_children && !shim_exited {
+            return Ok(JobState::Starting);
+        }
+        // Re-check: the supervisor may have written its result just now.
+        if let Some(result) = shim::read_json::<JobResult>(&job_dir.join(RESULT))? {
+            return Ok(JobState::Finished(self.finish_result(&job_dir, result)));
+        }
+        Ok(JobState::Orphaned)
+    }
+
+    /// Asks the job's supervisor to stop the job (SIGTERM, grace, SIGKILL).
+    pub fn cancel(&self, job_id: &str) -> Result<(), EngineError> {
+        let job_dir = self.job_dir(job_id)?;
+        if !job_dir.exists() {
+            return Err(EngineError::NotFound {
+                id: job_id.to_string(),
+            });
+        }
+        let path = job_dir.join(CANCEL);
+        fs::write(&path, b"").map_err(io_err("write", &path))
+    }
+
+    /// Accounts for a job after an agent restart.
+    ///
+    /// A live supervisor is re-adopted (nothing to do: it keeps writing its
+    /// files). A supervisor that died without a result leaves a container
+    /// whose stdio is gone, so the container is killed, metered and deleted,
+    /// and a `supervisor_lost` result is written with the usage of the last
+    /// state snapshot and the final cgroup reading. The result is written
+    /// once; calling this again returns the same result (no double billing).
+    pub fn recover(&self, job_id: &str) -> Result<JobState, EngineError> {
+        let job_dir = self.job_dir(job_id)?;
+        let state = self.state(job_id)?;
+        let container_id = Self::container_id(job_id);
+        match state {
+            JobState::Finished(result) => {
+                // The supervisor may have died between result and delete.
+                self.runtime.delete(&container_id)?;
+                Ok(JobState::Finished(result))
+            }
+            JobState::Orphaned => {
+                let snapshot: Option<ShimState> =
+                    shim::read_json(&job_dir.join(STATE)).ok().flatten();
+                let cgroup = self.cgroup(job_id);
+                let container = self.runtime.state(&container_id)?;
+                let was_running = container.as_ref().is_some_and(|c| c.status != "stopped");
+                if container.is_some() {
+                    let _ = self.runtime.kill(&container_id, "KILL", true);
+                    let give_up = Instant::now() + Duration::from_secs(5);
+                    while Instant::now() < give_up {
+                        match self.runtime.state(&container_id) {
+                            Ok(Some(c)) if c.status != "stopped" => {
+                                std::thread::sleep(Duration::from_millis(20))
+                            }
+                            _ => break,
+                        }
+                    }
+                }
+                let mut usage = snapshot
+                    .as_ref()
+                    .map(|s| s.usage.clone())
+                    .unwrap_or_default();
+                if let Ok(sample) = cgroup.sample() {
+                    usage.absorb(&sample);
+                }
+                let started_at_ms = snapshot.as_ref().and_then(|s| s.started_at_ms);
+                let now = shim::now_ms();
+                // A container that was already gone ended at most at the last
+                // snapshot; do not bill the time the agent was down.
+                let ended_at_ms = if was_running {
+                    now
+                } else {
+                    snapshot.as_ref().map(|s| s.updated_at_ms).unwrap_or(now)
+                };
+                if let Some(start) = started_at_ms {
+                    usage.wall_ms = ended_at_ms.saturating_sub(start);
+                }
+                let never_ran = snapshot
+                    .as_ref()
+                    .is_none_or(|s| s.phase == ShimPhase::Creating);
+                let result = JobResult {
+                    reason: if never_ran {
+                        EndReason::StartFailed
+                    } else {
+                        EndReason::SupervisorLost
+                    },
+                    exit_code: None,
+                    signal: None,
+                    started_at_ms,
+                    ended_at_ms,
+                    usage,
+                    stdout_dropped_bytes: 0,
+                    stderr_dropped_bytes: 0,
+                    error: Some(format!(
+                        "supervisor exited without a result; container was {} and was ended during recovery",
+                        if was_running {
+                            "running"
+                        } else {
+                            "not running"
+                        }
+                    )),
+                };
+                // Another recovery may have raced us: the first result wins.
+                if let Some(existing) = shim::read_json::<JobResult>(&job_dir.join(RESULT))? {
+                    return Ok(JobState::Finished(existing));
+                }
+                shim::write_json_atomic(&job_dir.join(RESULT), &result)?;
+                self.runtime.delete(&container_id)?;
+                Ok(JobState::Finished(self.finish_result(&job_dir, result)))
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// Ids of all jobs with a directory.
+    pub fn job_ids(&self) -> Result<Vec<String>, EngineError> {
+        let mut ids = Vec::new();
+        let entries =
+            fs::read_dir(&self.config.jobs_dir).map_err(io_err("list", &self.config.jobs_dir))?;
+        for entry in entries.flatten() {
+            if let Some(name) = entry.file_name().to_str()
+                && check_job_id(name).is_ok()
+            {
+                ids.push(name.to_string());
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Polls until the job ends or `timeout` passes.
+    pub fn wait(&self, job_id: &str, timeout: Duration) -> Result<JobResult, EngineError> {
+        let give_up = Instant::now() + timeout;
+        loop {
+            match self.state(job_id)? {
+                JobState::Finished(result) => return Ok(result),
+                JobState::Orphaned => {
+                    if let JobState::Finished(result) = self.recover(job_id)? {
+                        return Ok(result);
+                    }
+                }
+                _ => {}
+            }
+            if Instant::now() >= give_up {
+                return Err(EngineError::WaitTimeout {
+                    id: job_id.to_string(),
+                    timeout,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Removes a finished job's directory (outputs included).
+    pub fn remove(&self, job_id: &str) -> Result<(), EngineError> {
+        let job_dir = self.job_dir(job_id)?;
+        if let JobState::Running(_) | JobState::Starting = self.state(job_id)? {
+            return Err(EngineError::Exists {
+                id: job_id.to_string(),
+            });
+        }
+        fs::remove_dir_all(&job_dir).map_err(io_err("remove", &job_dir))
+    }
+}

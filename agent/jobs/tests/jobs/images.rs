@@ -1,0 +1,414 @@
+//! Image import: hostile layers are refused and nothing lands outside the
+//! cache; whiteouts, setuid stripping, digests, caching and archive formats.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use plinth_jobs::image::{ImageError, ImageStore, ImportProgress};
+use plinth_jobs::spec::{ImageRef, ImageSource};
+use plinth_jobs::unpack::{UnpackError, UnpackLimits};
+
+use crate::common::{Entry, layer, sha256, tar_dir, write_layout};
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    store: ImageStore,
+    sentinel: PathBuf,
+}
+
+impl Fixture {
+    fn new(limits: UnpackLimits) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::new(&dir.path().join("cache"), limits).unwrap();
+        let sentinel = dir.path().join("outside");
+        fs::create_dir(&sentinel).unwrap();
+        Fixture {
+            dir,
+            store,
+            sentinel,
+        }
+    }
+
+    fn import_layers(
+        &self,
+        name: &str,
+        layers: Vec<Vec<u8>>,
+    ) -> Result<plinth_jobs::image::ImportedImage, ImageError> {
+        let layout = self.dir.path().join(name);
+        fs::create_dir(&layout).unwrap();
+        write_layout(
+            &layout,
+            &layers.into_iter().map(|l| (l, false)).collect::<Vec<_>>(),
+            None,
+        );
+        self.store
+            .import(&image_ref(&layout, ImageSource::OciLayout), &mut |_| {})
+    }
+
+    /// Nothing was written outside the cache, and no failed import left
+    /// anything in it.
+    fn assert_clean(&self) {
+        assert_eq!(
+            fs::read_dir(&self.sentinel).unwrap().count(),
+            0,
+            "sentinel directory was written"
+        );
+        assert_eq!(
+            fs::read_dir(self.store.root().join("images"))
+                .unwrap()
+                .count(),
+            0,
+            "a failed import was cached"
+        );
+        assert_eq!(
+            fs::read_dir(self.store.root().join("tmp")).unwrap().count(),
+            0,
+            "staging left behind"
+        );
+    }
+}
+
+fn image_ref(path: &Path, source: ImageSource) -> ImageRef {
+    ImageRef {
+        source,
+        path: path.to_path_buf(),
+        reference: None,
+        digest: None,
+    }
+}
+
+fn unpack_error(result: Result<plinth_jobs::image::ImportedImage, ImageError>) -> UnpackError {
+    match result {
+        Err(ImageError::Unpack { source, .. }) => source,
+        other => panic!("expected an unpack error, got {other:?}"),
+    }
+}
+
+#[test]
+fn path_traversal_is_refused() {
+    let fixture = Fixture::new(UnpackLimits::default());
+    let depth = fixture.dir.path().components().count() + 2;
+    let escape = format!(
+        "{}{}/pwned",
+        "../".repeat(depth),
+        fixture
+            .sentinel
+            .display()
+            .to_string()
+            .trim_start_matches('/')
+    );
+    let err =
+        unpack_error(fixture.import_layers("l", vec![layer(&[Entry::File(&escape, b"x", 0o644)])]));
+    assert!(matches!(err, UnpackError::ParentComponent { .. }), "{err}");
+    fixture.assert_clean();
+}
+
+#[test]
+fn absolute_paths_are_refused() {
+    let fixture = Fixture::new(UnpackLimits::default());
+    let target = format!("{}/pwned", fixture.sentinel.display());
+    let err =
+        unpack_error(fixture.import_layers("l", vec![layer(&[Entry::File(&target, b"x", 0o644)])]));
+    assert!(matches!(err, UnpackError::AbsolutePath { .. }), "{err}");
+    fixture.assert_clean();
+}
+
+#[test]
+fn writes_through_symlinks_are_refused() {
+    let fixture = Fixture::new(UnpackLimits::default());
+    let sentinel = fixture.sentinel.display().to_string();
+    // Same layer.
+    let err = unpack_error(fixture.import_layers(
+        "same",
+        vec![layer(&[
+            Entry::Symlink("escape", &sentinel),
+            Entry::File("escape/pwned", b"x", 0o644),
+        ])],
+    ));
+    assert!(matches!(err, UnpackError::SymlinkComponent { .. }), "{err}");
+    // A later layer writing through an earlier layer's symlink, relative target.
+    let err = unpack_error(fixture.import_layers(
+        "later",
+        vec![
+            layer(&[
+                Entry::Dir("a/"),
+                Entry::Symlink("a/up", "../../../../../../../../../../"),
+            ]),
+            layer(&[Entry::File(&format!("a/up{sentinel}/pwned"), b"x", 0o644)]),
+        ],
+    ));
+    assert!(matches!(err, UnpackError::SymlinkComponent { .. }), "{err}");
+    // A symlink that is then replaced by a directory entry name is fine, but a
+    // directory entry through a symlink parent is not.
+    let err = unpack_error(fixture.import_layers(
+        "dir",
+        vec![layer(&[
+            Entry::Symlink("d", &sentinel),
+            Entry::Dir("d/sub/"),
+        ])],
+    ));
+    assert!(matches!(err, UnpackError::SymlinkComponent { .. }), "{err}");
+    fixture.assert_clean();
+}
+
+#[test]
+fn hard_links_out_are_refused() {
+    let fixture = Fixture::new(UnpackLimits::default());
+    for (name, entries) in [
+        (
+            "dotdot",
+            vec![Entry::HardLink("h", "../../../../../../etc/passwd")],
+        ),
+        ("absolute", vec![Entry::HardLink("h", "/etc/passwd")]),
+        (
+            "via-symlink",
+            vec![
+                Entry::Symlink("s", "/etc/passwd"),
+                Entry::HardLink("h", "s"),
+            ],
+        ),
+        (
+            "through-symlink-dir",
+            vec![
+                Entry::Symlink("etc", "/etc"),
+                Entry::HardLink("h", "etc/passwd"),
+            ],
+        ),
+        ("missing", vec![Entry::HardLink("h", "nothing")]),
+    ] {
+        let err = unpack_error(fixture.import_layers(name, vec![layer(&entries)]));
+        assert!(
+            matches!(
+                err,
+                UnpackError::HardLink { .. } | UnpackError::SymlinkComponent { .. }
+            ),
+            "{name}: {err}"
+        );
+    }
+    fixture.assert_clean();
+}
+
+#[test]
+fn device_nodes_and_fifos_are_refused() {
+    let fixture = Fixture::new(UnpackLimits::default());
+    let err =
+        unpack_error(fixture.import_layers("dev", vec![layer(&[Entry::CharDevice("dev/mem")])]));
+    assert!(
+        matches!(
+            err,
+            UnpackError::SpecialFile {
+                kind: "character device",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = unpack_error(fixture.import_layers("fifo", vec![layer(&[Entry::Fifo("f")])]));
+    assert!(
+        matches!(err, UnpackError::SpecialFile { kind: "fifo", .. }),
+        "{err}"
+    );
+    fixture.assert_clean();
+}
+
+#[test]
+fn huge_file_counts_and_sizes_are_refused() {
+    let fixture = Fixture::new(UnpackLimits {
+        max_entries: 1000,
+        max_total_bytes: 1024 * 1024,
+    });
+    let names: Vec<String> = (0..5000).map(|i| format!("f{i}")).collect();
+    let entries: Vec<Entry<'_>> = names.iter().map(|n| Entry::File(n, b"", 0o644)).collect();
+    let err = unpack_error(fixture.import_layers("many", vec![layer(&entries)]));
+    assert!(
+        matches!(err, UnpackError::TooManyEntries { max: 1000 }),
+        "{err}"
+    );
+    let big = vec![0u8; 2 * 1024 * 1024];
+    let err =
+        unpack_error(fixture.import_layers("big", vec![layer(&[Entry::File("big", &big, 0o644)])]));
+    assert!(matches!(err, UnpackError::TooLarge { .. }), "{err}");
+    fixture.assert_clean();
+}
+
+#[test]
+fn whiteouts_opaque_dirs_and_setuid_are_handled() {
+    let fixture = Fixture::new(UnpackLimits::default());
+    let image = fixture
+        .import_layers(
+            "ok",
+            vec![
+                layer(&[
+                    Entry::Dir("a/"),
+                    Entry::File("a/b", b"b", 0o644),
+                    Entry::File("a/c", b"c", 0o644),
+                    Entry::File("d", b"d", 0o644),
+                    Entry::Dir("x/"),
+                    Entry::File("x/old", b"old", 0o644),
+                    Entry::File("suid", b"#!", 0o4755),
+                    Entry::File("sgid", b"#!", 0o2755),
+                    Entry::Dir("sticky/"),
+                ]),
+                layer(&[
+                    Entry::File("a/.wh.b", b"", 0o644),
+                    Entry::File(".wh.d", b"", 0o644),
+                    Entry::File("x/new", b"new", 0o644),
+                    Entry::File("x/.wh..wh..opq", b"", 0o644),
+                    Entry::HardLink("a/c-link", "a/c"),
+                ]),
+            ],
+        )
+        .unwrap();
+    let root = &image.rootfs;
+    assert!(!root.join("a/b").exists());
+    assert_eq!(fs::read(root.join("a/c")).unwrap(), b"c");
+    assert_eq!(fs::read(root.join("a/c-link")).unwrap(), b"c");
+    assert!(!root.join("d").exists());
+    assert!(!root.join("x/old").exists());
+    assert_eq!(fs::read(root.join("x/new")).unwrap(), b"new");
+    assert!(!root.join("x/.wh..wh..opq").exists());
+    assert_eq!(
+        fs::metadata(root.join("suid"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o755
+    );
+    assert_eq!(
+        fs::metadata(root.join("sgid"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o755
+    );
+    for mount_point in ["proc", "sys", "dev", "tmp", "scratch"] {
+        assert!(root.join(mount_point).is_dir(), "{mount_point}");
+    }
+}
+
+#[test]
+fn tampered_blobs_are_refused_and_not_cached() {
+    let fixture = Fixture::new(UnpackLimits::default());
+    let layout = fixture.dir.path().join("tampered");
+    fs::create_dir(&layout).unwrap();
+    let tar_bytes = layer(&[Entry::File("hello", b"hello", 0o644)]);
+    write_layout(&layout, &[(tar_bytes.clone(), false)], None);
+    let blob = layout.join("blobs/sha256").join(sha256(&tar_bytes));
+    let mut bytes = fs::read(&blob).unwrap();
+    let pos = bytes.windows(5).position(|w| w == b"hello").unwrap();
+    // Flip the file content (past the header), keeping the size.
+    let data_pos = bytes[pos + 5..]
+        .windows(5)
+        .position(|w| w == b"hello")
+        .map(|p| p + pos + 5)
+        .unwrap_or(pos);
+    bytes[data_pos] = b'j';
+    fs::write(&blob, &bytes).unwrap();
+    let err = fixture
+        .store
+        .import(&image_ref(&layout, ImageSource::OciLayout), &mut |_| {})
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ImageError::BlobMismatch { .. }
+                | ImageError::Unpack {
+                    source: UnpackError::DiffIdMismatch { .. },
+                    ..
+                }
+        ),
+        "{err}"
+    );
+    fixture.assert_clean();
+    // A manifest digest that does not match index.json's pin is refused too.
+    let mut pinned = image_ref(&layout, ImageSource::OciLayout);
+    pinned.digest = Some(format!("sha256:{}", "0".repeat(64)));
+    assert!(matches!(
+        fixture.store.import(&pinned, &mut |_| {}),
+        Err(ImageError::NoMatch { .. })
+    ));
+}
+
+#[test]
+fn second_import_is_a_cache_hit() {
+    let fixture = Fixture::new(UnpackLimits::default());
+    let layout = fixture.dir.path().join("img");
+    fs::create_dir(&layout).unwrap();
+    let digest = write_layout(
+        &layout,
+        &[(layer(&[Entry::File("f", b"1", 0o644)]), true)],
+        None,
+    );
+    let mut events = Vec::new();
+    let first = fixture
+        .store
+        .import(&image_ref(&layout, ImageSource::OciLayout), &mut |e| {
+            events.push(e)
+        })
+        .unwrap();
+    assert!(!first.cached);
+    assert_eq!(first.record.image_id, digest);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, ImportProgress::Layer { .. }))
+    );
+    let mut events = Vec::new();
+    let second = fixture
+        .store
+        .import(&image_ref(&layout, ImageSource::OciLayout), &mut |e| {
+            events.push(e)
+        })
+        .unwrap();
+    assert!(second.cached);
+    assert_eq!(events, vec![ImportProgress::CacheHit]);
+    assert_eq!(second.rootfs, first.rootfs);
+}
+
+#[test]
+fn oci_and_docker_archives_import() {
+    let fixture = Fixture::new(UnpackLimits::default());
+    let layout = fixture.dir.path().join("img");
+    fs::create_dir(&layout).unwrap();
+    let tar_bytes = layer(&[Entry::File("from-archive", b"yes", 0o644)]);
+    write_layout(&layout, &[(tar_bytes.clone(), true)], None);
+    let archive = fixture.dir.path().join("img.tar");
+    tar_dir(&layout, &archive);
+    let image = fixture
+        .store
+        .import(&image_ref(&archive, ImageSource::OciArchive), &mut |_| {})
+        .unwrap();
+    assert_eq!(fs::read(image.rootfs.join("from-archive")).unwrap(), b"yes");
+
+    // A legacy `docker save` archive: manifest.json, config, layer.tar.
+    let docker = fixture.dir.path().join("docker");
+    fs::create_dir_all(docker.join("abc")).unwrap();
+    let docker_tar = layer(&[Entry::File("from-docker", b"yes", 0o644)]);
+    fs::write(docker.join("abc/layer.tar"), &docker_tar).unwrap();
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", sha256(&docker_tar))]}
+    });
+    let config_bytes = serde_json::to_vec(&config).unwrap();
+    let config_name = format!("{}.json", sha256(&config_bytes));
+    fs::write(docker.join(&config_name), &config_bytes).unwrap();
+    fs::write(
+        docker.join("manifest.json"),
+        serde_json::to_vec(&serde_json::json!([{"Config": config_name, "RepoTags": ["busy:1"], "Layers": ["abc/layer.tar"]}])).unwrap(),
+    )
+    .unwrap();
+    let docker_archive = fixture.dir.path().join("docker.tar");
+    tar_dir(&docker, &docker_archive);
+    let mut reference = image_ref(&docker_archive, ImageSource::DockerArchive);
+    reference.reference = Some("1".into());
+    let image = fixture.store.import(&reference, &mut |_| {}).unwrap();
+    assert_eq!(fs::read(image.rootfs.join("from-docker")).unwrap(), b"yes");
+    assert_eq!(
+        image.record.image_id,
+        format!("sha256:{}", sha256(&config_bytes))
+    );
+}
