@@ -649,7 +649,17 @@ impl Engine {
         let give_up = Instant::now() + timeout;
         loop {
             match self.state(job_id)? {
-                JobState::Finished(result) => return Ok(result),
+                JobState::Finished(result) => {
+                    // Let the supervisor delete the container and exit.
+                    let job_dir = self.job_dir(job_id)?;
+                    while Instant::now() < give_up
+                        && !self.reap(job_id)
+                        && self.shim_alive(&job_dir)
+                    {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    return Ok(result);
+                }
                 JobState::Orphaned => {
                     if let JobState::Finished(result) = self.recover(job_id)? {
                         return Ok(result);

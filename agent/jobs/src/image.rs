@@ -846,6 +846,12 @@ impl ImageStore {
             let _ = unpacker.ensure_dir(mount_point);
         }
         let rootfs = staging.path.join("rootfs");
+        // runc gives a tmpfs the mode of its mount point: /tmp must be 1777.
+        let tmp_dir = rootfs.join("tmp");
+        if fs::symlink_metadata(&tmp_dir).is_ok_and(|m| m.is_dir()) {
+            fs::set_permissions(&tmp_dir, fs::Permissions::from_mode(0o1777))
+                .map_err(io_err("chmod", &tmp_dir))?;
+        }
         let mut permissions = fs::metadata(&rootfs)
             .map_err(io_err("stat", &rootfs))?
             .permissions();

@@ -502,6 +502,10 @@ fn supervise(job_dir: &Path, config: &ShimConfig) -> Result<JobResult, ShimError
         state.usage.absorb(&sample);
     }
     state.usage.wall_ms = wall_ms;
+    if stop_reason != Some(EndReason::Cancelled) || term_sent_at.is_some() {
+        // The init process itself ran, even if it ended between samples.
+        state.usage.peak_pids = state.usage.peak_pids.max(1);
+    }
     state.phase = ShimPhase::Finishing;
     state.updated_at_ms = ended_at_ms;
     let _ = write_json_atomic(&job_dir.join(STATE), &state);
