@@ -505,6 +505,71 @@ pub fn der_octet_string(value: &[u8]) -> Option<&[u8]> {
     (body.len() == len).then_some(body)
 }
 
+/// Splits DER content into its top-level TLVs: (tag byte, content). Returns
+/// None on malformed input. Only definite lengths up to 4 bytes are accepted.
+pub fn der_children(mut bytes: &[u8]) -> Option<Vec<(u8, &[u8])>> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let (&tag, rest) = bytes.split_first()?;
+        let (&first, rest) = rest.split_first()?;
+        let (len, rest) = if first < 0x80 {
+            (usize::from(first), rest)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let (len_bytes, rest) = rest.split_at(n);
+            (
+                len_bytes
+                    .iter()
+                    .fold(0usize, |acc, b| (acc << 8) | usize::from(*b)),
+                rest,
+            )
+        };
+        if rest.len() < len {
+            return None;
+        }
+        let (content, rest) = rest.split_at(len);
+        out.push((tag, content));
+        bytes = rest;
+    }
+    Some(out)
+}
+
+/// The FWID digests of a TCG DICE TcbInfo extension value (OID 2.23.133.5.4.1
+/// or 2.23.133.5.4.1.1): the `fwids [6]` list of (hashAlg, digest).
+pub fn tcb_info_fwids(value: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    // The extension value may be wrapped in an OCTET STRING.
+    let value = der_octet_string(value).unwrap_or(value);
+    let Some(top) = der_children(value) else {
+        return out;
+    };
+    let Some((0x30, tcb_info)) = top.first().copied() else {
+        return out;
+    };
+    let Some(fields) = der_children(tcb_info) else {
+        return out;
+    };
+    for (tag, content) in fields {
+        if tag != 0xA6 {
+            continue;
+        }
+        for (fwid_tag, fwid) in der_children(content).unwrap_or_default() {
+            if fwid_tag != 0x30 {
+                continue;
+            }
+            if let Some(parts) = der_children(fwid) {
+                if let Some((0x04, digest)) = parts.get(1).copied() {
+                    out.push(digest.to_vec());
+                }
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

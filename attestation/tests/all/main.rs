@@ -4,5 +4,6 @@
 
 mod common;
 mod eventlog;
+mod gpu;
 mod snp;
 mod tpm;
