@@ -18,10 +18,11 @@
 
 pub mod bytes;
 pub mod check;
-// pub mod cli;
+pub mod cli;
 pub mod ear;
 pub mod gpu;
 pub mod policy;
+pub mod receipt;
 pub mod snp;
 pub mod tpm;
 pub mod x509chain;
