@@ -1,3 +1,41 @@
-//! plinth-verify (being wired up).
+//! `plinth-verify`: parse arguments, run the library, map to exit codes
+//! (0 verified, 1 evidence rejected, 2 bad usage or unreadable input).
 
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use plinth_attestation::cli::{Cli, run};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return if err.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match run(&cli) {
+        Ok(outcome) => {
+            print!("{}", outcome.output);
+            if outcome.verified() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(err) => {
+            let mut message = format!("plinth-verify: {err}");
+            let mut source = std::error::Error::source(&err);
+            while let Some(cause) = source {
+                message.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            eprintln!("{message}");
+            ExitCode::from(2)
+        }
+    }
+}
