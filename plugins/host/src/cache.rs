@@ -127,7 +127,7 @@ impl CompileCache {
                 SystemRandom::new()
                     .fill(&mut fresh)
                     .map_err(|_| CacheError::Random)?;
-                let tmp = dir.join(format!("{KEY_FILE}.tmp{}", std::process::id()));
+                let tmp = dir.join(unique_tmp_name(KEY_FILE));
                 let mut file = fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
@@ -136,8 +136,17 @@ impl CompileCache {
                     .map_err(key_error)?;
                 file.write_all(&fresh).map_err(key_error)?;
                 file.sync_all().map_err(key_error)?;
-                fs::rename(&tmp, &key_path).map_err(key_error)?;
-                fresh.to_vec()
+                // hard_link creates the key only if nobody else did meanwhile; the loser
+                // of a race reads the winner's key.
+                let linked = fs::hard_link(&tmp, &key_path);
+                let _ = fs::remove_file(&tmp);
+                match linked {
+                    Ok(()) => fresh.to_vec(),
+                    Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                        fs::read(&key_path).map_err(key_error)?
+                    }
+                    Err(error) => return Err(key_error(error)),
+                }
             }
             Err(error) => return Err(key_error(error)),
         };
@@ -215,7 +224,7 @@ impl CompileCache {
         };
         let name = self.entry_name(wasm_sha256);
         let tag = self.tag(&name, &compiled);
-        let tmp = self.dir.join(format!("{name}.tmp{}", std::process::id()));
+        let tmp = self.dir.join(unique_tmp_name(&name));
         let written = fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -233,6 +242,13 @@ impl CompileCache {
             let _ = fs::remove_file(&tmp);
         }
     }
+}
+
+/// A temporary file name no other writer (process or thread) uses.
+fn unique_tmp_name(base: &str) -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let serial = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(".{base}.tmp{}-{serial}", std::process::id())
 }
 
 /// The wasmtime version compiled into this host.

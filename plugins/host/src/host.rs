@@ -300,6 +300,18 @@ pub struct Plugin {
     stats: Arc<PluginStats>,
 }
 
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Plugin")
+            .field("name", &self.info.name)
+            .field("version", &self.info.version)
+            .field("kind", &self.info.kind)
+            .field("wit", &self.info.wit)
+            .finish_non_exhaustive()
+    }
+}
+
 impl PluginHost {
     /// Create the engine (component model on, component-model async off, pooling
     /// allocator, epoch interruption, fuel in deterministic mode), the linker and the

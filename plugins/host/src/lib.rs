@@ -39,4 +39,5 @@ pub use host::{
 };
 pub use package::{Manifest, Package, PackageError, TrustPolicy};
 
+pub use policy::{Decided, DecisionSource, PolicySet, ReloadError, SelfTest};
 pub use stats::PluginStatsSnapshot;

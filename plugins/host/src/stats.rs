@@ -34,8 +34,9 @@ fn bucket_of(nanos: u64) -> usize {
 }
 
 fn bucket_upper_edge(bucket_idx: usize) -> u64 {
-    if bucket_idx < SUB_BUCKETS {
-        return bucket_idx as u64;
+    // Buckets 0..4 hold 0..4 ns exactly; 4..8 are never used (values 4..8 have msb 2).
+    if bucket_idx < 2 * SUB_BUCKETS {
+        return (bucket_idx as u64).min(SUB_BUCKETS as u64 - 1);
     }
     let msb = bucket_idx / SUB_BUCKETS;
     let sub = (bucket_idx % SUB_BUCKETS) as u64;

@@ -1,1 +1,606 @@
-//! Tools (soon).
+//! Library side of `plinthctl plugin keygen|sign|inspect|test|bench`: everything a
+//! plugin author needs without a running agent. The CLI only parses arguments, calls
+//! these and prints the (JSON-serializable) results.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::host::{Plugin, PluginCallError, PluginHost, PluginInfo, PluginLoadError, PluginSpec};
+use crate::package::{self, Manifest, Package, PackageError, TrustPolicy};
+use crate::{HostState, JobRequest, Limits, PluginKind, UsageRecord};
+
+/// Errors of the author tools.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolsError {
+    /// A file could not be read or written.
+    #[error("cannot access {path}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A package operation failed.
+    #[error("package error")]
+    Package(#[from] PackageError),
+    /// Loading the plugin failed.
+    #[error("cannot load plugin")]
+    Load(#[from] PluginLoadError),
+    /// A JSON file is malformed.
+    #[error("invalid JSON in {path}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A manifest file is malformed.
+    #[error("invalid manifest {path}")]
+    ManifestToml {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// Raw wasm whose kind cannot be told from its exports.
+    #[error(
+        "cannot tell the plugin kind of this wasm: it exports none of plinth:policy/pricing, scheduling, reporting"
+    )]
+    UnknownKind,
+    /// A call made while benchmarking failed.
+    #[error("benchmark call failed")]
+    Call(#[from] PluginCallError),
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ToolsError + '_ {
+    move |source| ToolsError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Generate an Ed25519 key; write the PKCS#8 private key to `secret_path` (mode 0600,
+/// never overwriting) and return the public key as hex (for the agent's trusted keys).
+pub fn keygen(secret_path: &Path) -> Result<String, ToolsError> {
+    let (pkcs8, public_hex) = package::generate_key()?;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(secret_path)
+        .map_err(io_error(secret_path))?;
+    file.write_all(&pkcs8).map_err(io_error(secret_path))?;
+    Ok(public_hex)
+}
+
+/// Read a manifest file (TOML; `wasm_sha256` may be empty, it is filled in).
+pub fn read_manifest(path: &Path) -> Result<Manifest, ToolsError> {
+    let text = fs::read_to_string(path).map_err(io_error(path))?;
+    toml::from_str(&text).map_err(|source| ToolsError::ManifestToml {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Build a package from a manifest and wasm, signed with the PKCS#8 key in `key_path`
+/// (or unsigned when `None`), and return its bytes.
+pub fn sign(
+    manifest: Manifest,
+    wasm: Vec<u8>,
+    key_path: Option<&Path>,
+) -> Result<Vec<u8>, ToolsError> {
+    let mut package = Package::build(manifest, wasm)?;
+    if let Some(key_path) = key_path {
+        let pkcs8 = fs::read(key_path).map_err(io_error(key_path))?;
+        package.sign(&pkcs8)?;
+    }
+    Ok(package.to_bytes())
+}
+
+/// What `plinthctl plugin inspect` prints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InspectReport {
+    /// The manifest, when the file is a package.
+    pub manifest: Option<Manifest>,
+    /// Signer key (hex), when signed.
+    pub signer: Option<String>,
+    /// Whether the signature verifies (ignoring trust), when signed.
+    pub signature_valid: Option<bool>,
+    /// Whether the wasm matches the manifest digest, when a package.
+    pub wasm_digest_matches: Option<bool>,
+    /// What the host sees after compiling: kind, WIT version, imports, exports, limits.
+    pub plugin: PluginInfo,
+}
+
+fn detect_kind(host: &PluginHost, wasm: &[u8]) -> Result<PluginKind, ToolsError> {
+    for kind in PluginKind::ALL {
+        let spec = PluginSpec {
+            name: "inspect".to_string(),
+            version: "0".to_string(),
+            kind,
+            declared_wit: None,
+            limits: Limits::default(),
+            config: BTreeMap::new(),
+            signer: None,
+        };
+        match host.load_component(spec, wasm) {
+            Ok(_) => return Ok(kind),
+            Err(PluginLoadError::MissingExport { .. }) => continue,
+            Err(other) => return Err(other.into()),
+        }
+    }
+    Err(ToolsError::UnknownKind)
+}
+
+/// Parse either a package or a raw wasm component and load it for inspection (a
+/// package's signature is checked but not required to be trusted).
+pub fn load_any(
+    host: &PluginHost,
+    bytes: &[u8],
+    config: &BTreeMap<String, String>,
+) -> Result<(std::sync::Arc<Plugin>, InspectReport), ToolsError> {
+    if bytes.starts_with(package::MAGIC) {
+        let parsed = Package::parse(bytes)?;
+        let signature_valid = parsed.signature.as_ref().map(|(key, _)| {
+            let trust = TrustPolicy {
+                trusted_keys: vec![*key],
+                allow_unsigned: false,
+            };
+            !matches!(
+                parsed.verify(&trust),
+                Err(PackageError::BadSignature { .. })
+            )
+        });
+        let wasm_digest_matches =
+            Some(package::sha256_hex(&parsed.wasm) == parsed.manifest.wasm_sha256);
+        let mut merged = parsed.manifest.config.clone();
+        merged.extend(
+            config
+                .iter()
+                .map(|(key, value)| (key.clone(), value.clone())),
+        );
+        let spec = PluginSpec {
+            name: parsed.manifest.name.clone(),
+            version: parsed.manifest.version.clone(),
+            kind: parsed.manifest.kind,
+            declared_wit: Some(parsed.manifest.wit.clone()),
+            limits: parsed.manifest.limits.unwrap_or_default(),
+            config: merged,
+            signer: parsed.signature.as_ref().map(|(key, _)| hex::encode(key)),
+        };
+        let plugin = host.load_component(spec, &parsed.wasm)?;
+        let report = InspectReport {
+            signer: parsed.signature.as_ref().map(|(key, _)| hex::encode(key)),
+            manifest: Some(parsed.manifest),
+            signature_valid,
+            wasm_digest_matches,
+            plugin: plugin.info().clone(),
+        };
+        return Ok((plugin, report));
+    }
+    let kind = detect_kind(host, bytes)?;
+    let spec = PluginSpec {
+        name: "unpackaged".to_string(),
+        version: "0".to_string(),
+        kind,
+        declared_wit: None,
+        limits: Limits::default(),
+        config: config.clone(),
+        signer: None,
+    };
+    let plugin = host.load_component(spec, bytes)?;
+    let report = InspectReport {
+        manifest: None,
+        signer: None,
+        signature_valid: None,
+        wasm_digest_matches: None,
+        plugin: plugin.info().clone(),
+    };
+    Ok((plugin, report))
+}
+
+/// Inspect a package or raw component.
+pub fn inspect(host: &PluginHost, bytes: &[u8]) -> Result<InspectReport, ToolsError> {
+    load_any(host, bytes, &BTreeMap::new()).map(|(_, report)| report)
+}
+
+/// Input of a pricing or scheduling fixture.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RequestInput {
+    /// The request.
+    pub request: JobRequest,
+    /// The host state.
+    pub state: HostState,
+}
+
+/// Input of a reporting fixture.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReportInput {
+    /// The usage records.
+    pub records: Vec<UsageRecord>,
+}
+
+/// Call `plugin` with a JSON fixture input; the answer as JSON: `{"Ok": ...}` or
+/// `{"Err": ...}` for the plugin's own result, or the call error.
+pub fn call_json(
+    plugin: &Plugin,
+    input: &Value,
+    fresh: bool,
+) -> Result<Result<Value, PluginCallError>, serde_json::Error> {
+    fn to_json<T: Serialize>(result: Result<T, PluginCallError>) -> Result<Value, PluginCallError> {
+        match result {
+            Ok(value) => Ok(serde_json::json!({ "Ok": value })),
+            Err(PluginCallError::Policy { error, .. }) => Ok(serde_json::json!({ "Err": error })),
+            Err(other) => Err(other),
+        }
+    }
+    Ok(match plugin.kind() {
+        PluginKind::Pricing => {
+            let input: RequestInput = serde_json::from_value(input.clone())?;
+            let result = if fresh {
+                plugin.price_fresh(&input.request, &input.state)
+            } else {
+                plugin.price(&input.request, &input.state)
+            };
+            to_json(result)
+        }
+        PluginKind::Scheduling => {
+            let input: RequestInput = serde_json::from_value(input.clone())?;
+            let result = if fresh {
+                plugin.schedule_fresh(&input.request, &input.state)
+            } else {
+                plugin.schedule(&input.request, &input.state)
+            };
+            to_json(result)
+        }
+        PluginKind::Reporting => {
+            let input: ReportInput = serde_json::from_value(input.clone())?;
+            let result = if fresh {
+                plugin.report_fresh(&input.records)
+            } else {
+                plugin.report(&input.records)
+            };
+            to_json(result)
+        }
+    })
+}
+
+/// One fixture's outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaseResult {
+    /// Fixture name (file stem before `.input.json`).
+    pub name: String,
+    /// Whether the answer matched.
+    pub passed: bool,
+    /// Expected answer (absent when the expected file is missing).
+    pub expected: Option<Value>,
+    /// Actual answer, or the call error as `{"CallError": "..."}`.
+    pub actual: Value,
+    /// Human-readable difference.
+    pub diff: Option<String>,
+}
+
+/// Outcome of running a fixture directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FixtureReport {
+    /// One entry per `*.input.json`, sorted by name.
+    pub cases: Vec<CaseResult>,
+}
+
+impl FixtureReport {
+    /// Whether every case passed (and there was at least one).
+    pub fn all_passed(&self) -> bool {
+        !self.cases.is_empty() && self.cases.iter().all(|case| case.passed)
+    }
+}
+
+/// Read `config.json` (a flat string map) from a fixture directory, if present.
+pub fn fixture_config(dir: &Path) -> Result<BTreeMap<String, String>, ToolsError> {
+    let path = dir.join("config.json");
+    match fs::read(&path) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).map_err(|source| ToolsError::Json { path, source })
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(source) => Err(ToolsError::Io { path, source }),
+    }
+}
+
+/// Describe where two JSON values differ (first difference, by JSON pointer).
+pub fn json_diff(expected: &Value, actual: &Value) -> Option<String> {
+    fn walk(path: &str, expected: &Value, actual: &Value) -> Option<String> {
+        match (expected, actual) {
+            (Value::Object(left), Value::Object(right)) => {
+                let keys: std::collections::BTreeSet<&String> =
+                    left.keys().chain(right.keys()).collect();
+                keys.into_iter().find_map(|key| {
+                    let child = format!("{path}/{key}");
+                    match (left.get(key), right.get(key)) {
+                        (Some(a), Some(b)) => walk(&child, a, b),
+                        (Some(a), None) => Some(format!("{child}: expected {a}, missing")),
+                        (None, Some(b)) => Some(format!("{child}: unexpected {b}")),
+                        (None, None) => None,
+                    }
+                })
+            }
+            (Value::Array(left), Value::Array(right)) if left.len() == right.len() => left
+                .iter()
+                .zip(right)
+                .enumerate()
+                .find_map(|(idx, (a, b))| walk(&format!("{path}/{idx}"), a, b)),
+            _ if expected == actual => None,
+            _ => Some(format!(
+                "{}: expected {expected}, got {actual}",
+                if path.is_empty() { "/" } else { path }
+            )),
+        }
+    }
+    walk("", expected, actual)
+}
+
+/// Run every `NAME.input.json` in `dir` through `plugin` (fresh instance each, so cases
+/// do not influence each other) and compare with `NAME.expected.json`. With `bless`, write
+/// the actual answers as the expected files instead (for authors creating fixtures).
+pub fn run_fixtures(plugin: &Plugin, dir: &Path, bless: bool) -> Result<FixtureReport, ToolsError> {
+    let mut inputs: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(io_error(dir))?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.to_string_lossy().ends_with(".input.json"))
+        .collect();
+    inputs.sort();
+    let mut cases = Vec::new();
+    for input_path in inputs {
+        let file_name = input_path
+            .file_name()
+            .map(|name| name.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let name = file_name.trim_end_matches(".input.json").to_string();
+        let bytes = fs::read(&input_path).map_err(io_error(&input_path))?;
+        let input: Value = serde_json::from_slice(&bytes).map_err(|source| ToolsError::Json {
+            path: input_path.clone(),
+            source,
+        })?;
+        let actual = match call_json(plugin, &input, true) {
+            Ok(Ok(value)) => value,
+            Ok(Err(call_error)) => serde_json::json!({ "CallError": call_error.to_string() }),
+            Err(source) => {
+                return Err(ToolsError::Json {
+                    path: input_path.clone(),
+                    source,
+                });
+            }
+        };
+        let expected_path = dir.join(format!("{name}.expected.json"));
+        if bless {
+            let mut text =
+                serde_json::to_string_pretty(&actual).map_err(|source| ToolsError::Json {
+                    path: expected_path.clone(),
+                    source,
+                })?;
+            text.push('\n');
+            fs::write(&expected_path, text).map_err(io_error(&expected_path))?;
+        }
+        let expected: Option<Value> = match fs::read(&expected_path) {
+            Ok(bytes) => {
+                Some(
+                    serde_json::from_slice(&bytes).map_err(|source| ToolsError::Json {
+                        path: expected_path.clone(),
+                        source,
+                    })?,
+                )
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => {
+                return Err(ToolsError::Io {
+                    path: expected_path,
+                    source,
+                });
+            }
+        };
+        let diff = match &expected {
+            Some(expected) => json_diff(expected, &actual),
+            None => Some(format!("{} is missing", expected_path.display())),
+        };
+        cases.push(CaseResult {
+            name,
+            passed: diff.is_none(),
+            expected,
+            actual,
+            diff,
+        });
+    }
+    Ok(FixtureReport { cases })
+}
+
+/// Latency percentiles of one series, nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Percentiles {
+    /// Samples.
+    pub samples: usize,
+    /// Median.
+    pub p50_ns: u64,
+    /// 90th percentile.
+    pub p90_ns: u64,
+    /// 99th percentile.
+    pub p99_ns: u64,
+    /// Slowest.
+    pub max_ns: u64,
+    /// Mean.
+    pub mean_ns: u64,
+}
+
+impl Percentiles {
+    /// Percentiles of `samples` (nanoseconds); sorts them.
+    pub fn of(samples: &mut [u64]) -> Percentiles {
+        samples.sort_unstable();
+        let at = |quantile: f64| -> u64 {
+            if samples.is_empty() {
+                return 0;
+            }
+            let rank = ((samples.len() as f64) * quantile).ceil() as usize;
+            samples[rank.clamp(1, samples.len()) - 1]
+        };
+        let total: u128 = samples.iter().map(|sample| u128::from(*sample)).sum();
+        Percentiles {
+            samples: samples.len(),
+            p50_ns: at(0.50),
+            p90_ns: at(0.90),
+            p99_ns: at(0.99),
+            max_ns: samples.last().copied().unwrap_or(0),
+            mean_ns: if samples.is_empty() {
+                0
+            } else {
+                (total / samples.len() as u128) as u64
+            },
+        }
+    }
+}
+
+/// What `plinthctl plugin bench` prints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchReport {
+    /// Plugin name.
+    pub plugin: String,
+    /// Calls on a warm (reused) instance.
+    pub warm: Percentiles,
+    /// Calls that each create a fresh instance from the pre-instantiated component.
+    pub fresh: Percentiles,
+}
+
+/// Measure warm-call and fresh-instance latency of `plugin` on one fixture input.
+pub fn bench(plugin: &Plugin, input: &Value, iterations: usize) -> Result<BenchReport, ToolsError> {
+    let iterations = iterations.max(10);
+    let series = |fresh: bool| -> Result<Percentiles, ToolsError> {
+        let typed = TypedInput::parse(plugin.kind(), input)?;
+        for _ in 0..iterations / 10 {
+            typed.call(plugin, fresh)?;
+        }
+        let mut samples = Vec::with_capacity(iterations);
+        for _ in 0..iterations {
+            let started = Instant::now();
+            typed.call(plugin, fresh)?;
+            samples.push(started.elapsed().as_nanos() as u64);
+        }
+        Ok(Percentiles::of(&mut samples))
+    };
+    let warm = series(false)?;
+    let fresh = series(true)?;
+    Ok(BenchReport {
+        plugin: plugin.name().to_string(),
+        warm,
+        fresh,
+    })
+}
+
+/// A fixture input decoded once, so benchmarks time only the call.
+pub enum TypedInput {
+    /// Pricing or scheduling input.
+    Request(RequestInput),
+    /// Reporting input.
+    Report(ReportInput),
+}
+
+impl TypedInput {
+    /// Decode `input` for a plugin of `kind`.
+    pub fn parse(kind: PluginKind, input: &Value) -> Result<TypedInput, ToolsError> {
+        let json_error = |source| ToolsError::Json {
+            path: PathBuf::from("<bench input>"),
+            source,
+        };
+        Ok(match kind {
+            PluginKind::Pricing | PluginKind::Scheduling => {
+                TypedInput::Request(serde_json::from_value(input.clone()).map_err(json_error)?)
+            }
+            PluginKind::Reporting => {
+                TypedInput::Report(serde_json::from_value(input.clone()).map_err(json_error)?)
+            }
+        })
+    }
+
+    /// Call `plugin` once; policy refusals and policy errors count as answers.
+    pub fn call(&self, plugin: &Plugin, fresh: bool) -> Result<(), ToolsError> {
+        let outcome = match (self, plugin.kind()) {
+            (TypedInput::Request(input), PluginKind::Pricing) => if fresh {
+                plugin.price_fresh(&input.request, &input.state)
+            } else {
+                plugin.price(&input.request, &input.state)
+            }
+            .map(drop),
+            (TypedInput::Request(input), PluginKind::Scheduling) => if fresh {
+                plugin.schedule_fresh(&input.request, &input.state)
+            } else {
+                plugin.schedule(&input.request, &input.state)
+            }
+            .map(drop),
+            (TypedInput::Report(input), _) => if fresh {
+                plugin.report_fresh(&input.records)
+            } else {
+                plugin.report(&input.records)
+            }
+            .map(drop),
+            (TypedInput::Request(_), PluginKind::Reporting) => return Err(ToolsError::UnknownKind),
+        };
+        match outcome {
+            Ok(()) | Err(PluginCallError::Policy { .. }) => Ok(()),
+            Err(other) => Err(other.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_known_series() {
+        let mut samples: Vec<u64> = (1..=100).collect();
+        let percentiles = Percentiles::of(&mut samples);
+        assert_eq!(percentiles.p50_ns, 50);
+        assert_eq!(percentiles.p99_ns, 99);
+        assert_eq!(percentiles.max_ns, 100);
+        assert_eq!(percentiles.mean_ns, 50);
+    }
+
+    #[test]
+    fn json_diff_points_at_the_field() {
+        let expected =
+            serde_json::json!({"Ok": {"Offer": {"price_micros": 5, "currency": "USDC"}}});
+        let actual = serde_json::json!({"Ok": {"Offer": {"price_micros": 6, "currency": "USDC"}}});
+        assert_eq!(
+            json_diff(&expected, &actual).unwrap(),
+            "/Ok/Offer/price_micros: expected 5, got 6"
+        );
+        assert_eq!(json_diff(&expected, &expected), None);
+    }
+
+    #[test]
+    fn keygen_refuses_to_overwrite_and_signs() {
+        let temp = tempfile::tempdir().unwrap();
+        let key = temp.path().join("author.pk8");
+        let public_hex = keygen(&key).unwrap();
+        assert_eq!(public_hex.len(), 64);
+        assert!(keygen(&key).is_err());
+        let manifest = Manifest {
+            name: "x".to_string(),
+            version: "1".to_string(),
+            kind: PluginKind::Pricing,
+            wit: "plinth:policy@0.1.1".to_string(),
+            wasm_sha256: String::new(),
+            limits: None,
+            config: BTreeMap::new(),
+        };
+        let bytes = sign(manifest, b"wasm".to_vec(), Some(&key)).unwrap();
+        let trust = TrustPolicy::from_hex_keys(&[public_hex], false).unwrap();
+        Package::parse(&bytes).unwrap().verify(&trust).unwrap();
+    }
+}

@@ -1,5 +1,8 @@
 //! Integration tests of the plugin host against plugins built from plugins/examples.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod examples;
+mod hostile;
+mod packages;
 mod support;
 mod versioning;

@@ -1,6 +1,8 @@
 //! Hostile pricing plugin used by the host's containment tests. The operator config key
 //! `mode` selects the misbehaviour: `loop`, `membomb`, `recursion`, `huge-output`, `trap`,
-//! `garbage`, `log-flood`; anything else answers a fixed valid quote.
+//! `garbage`, `log-flood`; anything else answers a fixed valid quote. When `only-tenant`
+//! is set, it misbehaves only for that tenant: a plugin that passes the host's self-test
+//! and turns hostile later, so containment must hold at call time too.
 
 use plinth_plugin_sdk::pricing::{Guest, HostState, JobRequest, PolicyError, PriceDecision, Quote};
 
@@ -18,7 +20,12 @@ fn recurse(depth: u64, sink: &mut [u64; 16]) -> u64 {
 
 impl Guest for Misbehave {
     fn price(req: JobRequest, _state: HostState) -> Result<PriceDecision, PolicyError> {
-        let mode = plinth_plugin_sdk::config_get("mode").unwrap_or_default();
+        let mut mode = plinth_plugin_sdk::config_get("mode").unwrap_or_default();
+        if let Some(target) = plinth_plugin_sdk::config_get("only-tenant") {
+            if target != req.tenant {
+                mode.clear();
+            }
+        }
         match mode.as_str() {
             "loop" => {
                 let mut counter: u64 = 0;
@@ -51,7 +58,7 @@ impl Guest for Misbehave {
             })),
             "log-flood" => {
                 plinth_plugin_sdk::init_logging();
-                for line_idx in 0..100_000u32 {
+                for line_idx in 0..2_000u32 {
                     plinth_plugin_sdk::log::info!("flood line {line_idx}");
                 }
                 Ok(PriceDecision::Refuse("flooded".to_string()))

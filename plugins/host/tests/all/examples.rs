@@ -1,0 +1,95 @@
+//! The example plugins against their fixtures (expected outputs checked in next to them).
+//! Set PLINTH_BLESS=1 to rewrite the expected files after an intended change, then
+//! review the diff.
+
+use plinth_plugin_host::tools::{self, fixture_config};
+use plinth_plugin_host::{HostConfig, PluginHost, PluginKind};
+
+use crate::support::{examples_dir, spec, wasm};
+
+fn check(file: &str, dir: &str, kind: PluginKind) {
+    let Some(bytes) = wasm(file) else { return };
+    let fixtures = examples_dir().join(dir).join("fixtures");
+    let config = fixture_config(&fixtures).unwrap();
+    // Deterministic mode: frozen clocks, fuel instead of time, as `plinthctl plugin test`.
+    let host = PluginHost::new(HostConfig {
+        deterministic: true,
+        pool_instances: 8,
+        ..HostConfig::default()
+    })
+    .unwrap();
+    let mut plugin_spec = spec(file, kind, &[]);
+    plugin_spec.config = config;
+    let plugin = host.load_component(plugin_spec, &bytes).unwrap();
+    let bless = std::env::var_os("PLINTH_BLESS").is_some();
+    let report = tools::run_fixtures(&plugin, &fixtures, bless).unwrap();
+    assert!(
+        report.cases.len() >= 4,
+        "too few fixtures in {}",
+        fixtures.display()
+    );
+    for case in &report.cases {
+        assert!(
+            case.passed,
+            "{file} fixture {}: {}",
+            case.name,
+            case.diff.clone().unwrap_or_default()
+        );
+    }
+    assert!(report.all_passed());
+    assert_eq!(plugin.stats().traps, 0);
+}
+
+#[test]
+fn pricing_example_matches_fixtures() {
+    check("plinth_example_pricing", "pricing", PluginKind::Pricing);
+}
+
+#[test]
+fn scheduling_example_matches_fixtures() {
+    check(
+        "plinth_example_scheduling",
+        "scheduling",
+        PluginKind::Scheduling,
+    );
+}
+
+#[test]
+fn reporting_example_matches_fixtures() {
+    check(
+        "plinth_example_reporting",
+        "reporting",
+        PluginKind::Reporting,
+    );
+}
+
+#[test]
+fn fixture_mismatch_is_reported_with_a_diff() {
+    let Some(bytes) = wasm("plinth_example_pricing") else {
+        return;
+    };
+    let temp = tempfile::tempdir().unwrap();
+    let source = examples_dir().join("pricing/fixtures");
+    for name in [
+        "h100-one-gpu-one-hour.input.json",
+        "h100-one-gpu-one-hour.expected.json",
+    ] {
+        std::fs::copy(source.join(name), temp.path().join(name)).unwrap();
+    }
+    let expected_path = temp.path().join("h100-one-gpu-one-hour.expected.json");
+    let text = std::fs::read_to_string(&expected_path)
+        .unwrap()
+        .replace("2895000", "1");
+    std::fs::write(&expected_path, text).unwrap();
+    let host = crate::support::host();
+    let plugin = host
+        .load_component(spec("pricing", PluginKind::Pricing, &[]), &bytes)
+        .unwrap();
+    let report = tools::run_fixtures(&plugin, temp.path(), false).unwrap();
+    assert!(!report.all_passed());
+    let diff = report.cases[0].diff.clone().unwrap();
+    assert!(
+        diff.starts_with("/Ok/Offer/") && diff.contains("expected 1, got 2895000"),
+        "{diff}"
+    );
+}
