@@ -6,4 +6,5 @@ mod common;
 mod eventlog;
 mod gpu;
 mod snp;
+mod swtpm;
 mod tpm;
