@@ -286,8 +286,10 @@ pub fn run(cli: &Cli) -> Result<Outcome, CliError> {
 
 fn human(appraisal: &Appraisal) -> String {
     let mut out = appraisal.to_human();
-    if appraisal.subject == "eventlog" {
-        if let Some(banks) = appraisal.claims.get("pcrs").and_then(|p| p.as_object()) {
+    if appraisal.subject == "eventlog"
+        && let Some(banks) = appraisal.claims.get("pcrs").and_then(|p| p.as_object())
+    {
+        {
             for (bank, pcrs) in banks {
                 out.push_str(&format!("  {bank}:\n"));
                 if let Some(pcrs) = pcrs.as_object() {

@@ -147,7 +147,7 @@ pub fn parse_cert<'a>(
     index: usize,
 ) -> Result<X509Certificate<'a>, X509ChainError> {
     match X509Certificate::from_der(der) {
-        Ok((rest, cert)) if rest.is_empty() => Ok(cert),
+        Ok(([], cert)) => Ok(cert),
         Ok((rest, _)) => Err(X509ChainError::BadDer {
             source_name: source_name.to_owned(),
             index,
@@ -560,10 +560,10 @@ pub fn tcb_info_fwids(value: &[u8]) -> Vec<Vec<u8>> {
             if fwid_tag != 0x30 {
                 continue;
             }
-            if let Some(parts) = der_children(fwid) {
-                if let Some((0x04, digest)) = parts.get(1).copied() {
-                    out.push(digest.to_vec());
-                }
+            if let Some(parts) = der_children(fwid)
+                && let Some((0x04, digest)) = parts.get(1).copied()
+            {
+                out.push(digest.to_vec());
             }
         }
     }

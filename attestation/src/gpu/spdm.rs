@@ -539,7 +539,7 @@ pub fn compare_rims(report: &SpdmReport, rims: &[Rim]) -> Check {
             compared += 1;
             let block_index = m.index.checked_add(1).and_then(|i| u8::try_from(i).ok());
             match block_index.and_then(|i| by_index.get(&i)) {
-                Some(block) if m.alternatives.iter().any(|alt| *alt == block.value) => {}
+                Some(block) if m.alternatives.contains(&block.value) => {}
                 Some(block) => problems.push(format!(
                     "block {} ({}) is {}, not one of {} reference value(s) in RIM {}",
                     m.index + 1,

@@ -217,10 +217,10 @@ impl EventLog {
                 };
                 let current = bank.entry(event.pcr).or_insert_with(|| {
                     let mut initial = vec![0u8; alg.size()];
-                    if event.pcr == 0 {
-                        if let Some(last) = initial.last_mut() {
-                            *last = locality;
-                        }
+                    if event.pcr == 0
+                        && let Some(last) = initial.last_mut()
+                    {
+                        *last = locality;
                     }
                     initial
                 });

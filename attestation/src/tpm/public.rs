@@ -57,10 +57,10 @@ impl TpmPublic {
     pub fn parse(bytes: &[u8]) -> Result<Self, TpmPublicError> {
         if bytes.len() >= 2 {
             let size = usize::from(u16::from_be_bytes([bytes[0], bytes[1]]));
-            if size == bytes.len() - 2 {
-                if let Ok(public) = Self::parse_tpmt(&bytes[2..]) {
-                    return Ok(public);
-                }
+            if size == bytes.len() - 2
+                && let Ok(public) = Self::parse_tpmt(&bytes[2..])
+            {
+                return Ok(public);
             }
         }
         Self::parse_tpmt(bytes)
@@ -156,10 +156,10 @@ pub fn left_pad(value: &[u8], len: usize) -> Vec<u8> {
 /// Loads an AK from a file's bytes: TPM2B_PUBLIC, TPMT_PUBLIC, PEM public key,
 /// DER SubjectPublicKeyInfo or certificate.
 pub fn load_ak(bytes: &[u8], source_name: &str) -> Result<RawPublicKey, TpmPublicError> {
-    if bytes.starts_with(b"-----BEGIN") || bytes.first() == Some(&0x30) {
-        if let Ok(key) = x509chain::raw_public_key_from_pem_or_der(bytes, source_name) {
-            return Ok(key);
-        }
+    if (bytes.starts_with(b"-----BEGIN") || bytes.first() == Some(&0x30))
+        && let Ok(key) = x509chain::raw_public_key_from_pem_or_der(bytes, source_name)
+    {
+        return Ok(key);
     }
     match TpmPublic::parse(bytes) {
         Ok(public) => Ok(public.key),

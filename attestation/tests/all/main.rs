@@ -2,6 +2,7 @@
 //! (../shared/vectors, or $PLINTH_VECTORS) and against swtpm.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod cli;
 mod common;
 mod eventlog;
 mod gpu;
