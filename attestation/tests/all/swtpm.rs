@@ -46,6 +46,10 @@ fn free_port_pair() -> u16 {
 }
 
 fn start_swtpm() -> Option<Swtpm> {
+    start_swtpm_with(None)
+}
+
+fn start_swtpm_with(initial_state: Option<&Path>) -> Option<Swtpm> {
     if !have("swtpm") || !have("tpm2_quote") {
         eprintln!(
             "skipping: swtpm or tpm2-tools not installed (apt-get install swtpm swtpm-tools tpm2-tools)"
@@ -54,6 +58,12 @@ fn start_swtpm() -> Option<Swtpm> {
     }
     for _attempt in 0..5 {
         let state = tempfile::tempdir().unwrap();
+        if let Some(initial) = initial_state {
+            for entry in std::fs::read_dir(initial).unwrap() {
+                let entry = entry.unwrap();
+                std::fs::copy(entry.path(), state.path().join(entry.file_name())).unwrap();
+            }
+        }
         let port = free_port_pair();
         let child = Command::new("swtpm")
             .args(["socket", "--tpm2", "--server"])
@@ -330,4 +340,125 @@ fn swtpm_quotes_verify_for_rsa_and_ecc_aks_and_both_banks() {
         ],
     );
     assert_eq!(code, 0, "values format: {text}");
+}
+
+/// swtpm_setup manufactures a TPM whose EK certificate is signed by a local
+/// CA (swtpm_localca: root -> intermediate -> EK); the verifier must accept
+/// that chain with the CA bundle, and reject it without the intermediate or
+/// with another CA.
+#[test]
+fn swtpm_ek_certificate_chain() {
+    if !have("swtpm_setup") || !have("certtool") || !have("swtpm") || !have("tpm2_nvread") {
+        eprintln!(
+            "skipping: swtpm_setup/certtool/tpm2-tools not installed (apt-get install swtpm-tools gnutls-bin tpm2-tools)"
+        );
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let ca = dir.join("ca");
+    let manufactured = dir.join("manufactured");
+    std::fs::create_dir_all(&ca).unwrap();
+    std::fs::create_dir_all(&manufactured).unwrap();
+    let ca_text = ca.display().to_string();
+    std::fs::write(
+        dir.join("localca.conf"),
+        format!("statedir = {ca_text}\nsigningkey = {ca_text}/signkey.pem\nissuercert = {ca_text}/issuercert.pem\ncertserial = {ca_text}/certserial\n"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("localca.options"), "").unwrap();
+    std::fs::write(
+        dir.join("setup.conf"),
+        format!(
+            "create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = {}/localca.conf\ncreate_certs_tool_options = {}/localca.options\nactive_pcr_banks = sha256\n",
+            dir.display(),
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let status = Command::new("swtpm_setup")
+        .args(["--tpm2", "--create-ek-cert", "--overwrite", "--tpmstate"])
+        .arg(&manufactured)
+        .arg("--config")
+        .arg(dir.join("setup.conf"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "swtpm_setup failed");
+    let Some(swtpm) = start_swtpm_with(Some(&manufactured)) else {
+        return;
+    };
+    tpm2(&swtpm, dir, &["tpm2_nvread", "0x1c00002", "-o", "ek.der"]);
+    tpm2(&swtpm, dir, &["tpm2_createek", "-c", "ek.ctx", "-G", "rsa"]);
+    tpm2(
+        &swtpm,
+        dir,
+        &[
+            "tpm2_createak",
+            "-C",
+            "ek.ctx",
+            "-c",
+            "ak.ctx",
+            "-G",
+            "rsa",
+            "-u",
+            "ak.pub",
+        ],
+    );
+    tpm2(
+        &swtpm,
+        dir,
+        &[
+            "tpm2_quote",
+            "-c",
+            "ak.ctx",
+            "-l",
+            "sha256:0",
+            "-q",
+            "abcd",
+            "-m",
+            "msg",
+            "-s",
+            "sig",
+            "-o",
+            "pcrs",
+        ],
+    );
+    let mut bundle = std::fs::read(ca.join("issuercert.pem")).unwrap();
+    bundle.extend(std::fs::read(ca.join("swtpm-localca-rootca-cert.pem")).unwrap());
+    std::fs::write(dir.join("bundle.pem"), &bundle).unwrap();
+    let base = [
+        "tpm-quote",
+        "--ak",
+        "ak.pub",
+        "--quote",
+        "msg",
+        "--sig",
+        "sig",
+        "--pcrs",
+        "pcrs",
+        "--nonce",
+        "abcd",
+        "--ek-cert",
+        "ek.der",
+        "--ek-ca",
+    ];
+    let with = |ca_file: &str| {
+        let mut args = base.to_vec();
+        args.push(ca_file);
+        cli(dir, &args)
+    };
+    let (code, text) = with("bundle.pem");
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("[pass] tpm.ek_chain"), "{text}");
+    assert!(text.contains("[skip] tpm.ak_binding"), "{text}");
+    // Without the intermediate the chain does not reach the root.
+    let (code, text) = with(ca.join("swtpm-localca-rootca-cert.pem").to_str().unwrap());
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("[FAIL] tpm.ek_chain"), "{text}");
+    // Another CA entirely.
+    let other = concat!(env!("CARGO_MANIFEST_DIR"), "/certs/amd/ask_ark_milan.pem");
+    let (code, text) = with(other);
+    assert_eq!(code, 1, "{text}");
 }
