@@ -24,6 +24,9 @@ use plinth_attestation::x509chain;
 
 const AT: i64 = 1_767_225_600;
 
+/// One verification of one kind of evidence.
+type VerifyFn = fn(&Inputs) -> bool;
+
 struct Inputs {
     snp_report: Vec<u8>,
     snp_vcek: Vec<u8>,
@@ -140,7 +143,7 @@ fn bench(c: &mut Criterion) {
     let per_thread = 16usize;
     let mut batch = c.benchmark_group(format!("batch_{threads}_threads"));
     batch.throughput(Throughput::Elements((threads * per_thread) as u64));
-    let kinds: [(&str, fn(&Inputs) -> bool); 3] = [
+    let kinds: [(&str, VerifyFn); 3] = [
         ("snp_report_and_chain", snp_once),
         ("gpu_report_and_chain", gpu_once),
         ("tpm_quote", tpm_once),
