@@ -1,0 +1,12 @@
+//! Fuzz the NVIDIA SPDM GET_MEASUREMENTS report parser (binary and hex text).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use plinth_attestation::gpu::spdm::SpdmReport;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(report) = SpdmReport::parse(data) else { return };
+    assert!(report.signed_bytes().len() + 96 == report.raw.len());
+    let _ = report.driver_version();
+    let _ = report.vbios_version();
+});
