@@ -160,3 +160,22 @@ fn policy_checks() {
         ]
     );
 }
+
+#[test]
+fn turin_vcek_chains_to_pinned_turin_roots_and_carries_fmc() {
+    let Some(dir) = vectors() else { return };
+    let vcek = read(&dir, "virtee-sev/tests/certs_data/vcek_turin.der");
+    let (ask, ark) = snp::pinned_chain(snp::Product::Turin, false).unwrap();
+    let summary = x509chain::verify_chain(&[vcek.clone(), ask], &[ark], AT_2026).unwrap();
+    assert_eq!(summary.subjects, vec!["SEV-VCEK", "SEV-Turin", "ARK-Turin"]);
+    // The Milan roots do not sign it.
+    let (milan_ask, milan_ark) = snp::pinned_chain(snp::Product::Milan, false).unwrap();
+    assert!(x509chain::verify_chain(&[vcek.clone(), milan_ask], &[milan_ark], AT_2026).is_err());
+    // Turin VCEKs carry the FMC SPL and an 8-byte hwID.
+    let cert = x509chain::parse_cert(&vcek, "vcek", 0).unwrap();
+    let fmc = x509chain::extension_value(&cert, "1.3.6.1.4.1.3704.1.3.9")
+        .and_then(x509chain::der_integer_u64);
+    assert!(fmc.is_some());
+    let hwid = x509chain::extension_value(&cert, "1.3.6.1.4.1.3704.1.4").unwrap();
+    assert_eq!(x509chain::der_octet_string(hwid).unwrap_or(hwid).len(), 8);
+}
