@@ -191,7 +191,6 @@ const DENIED_SYSCALLS: &[&str] = &[
     "acct",
     "add_key",
     "bpf",
-    "clock_adjtime",
     "clock_settime",
     "create_module",
     "delete_module",

@@ -418,7 +418,7 @@ impl Engine {
             log_cap_bytes: self.config.log_cap_bytes,
             cgroup,
         };
-        shim::write_json_atomic(&job_dir.join(SHIM_CONFIG), &shim_config)?;
+        shim::write_json_replace(&job_dir.join(SHIM_CONFIG), &shim_config)?;
         let record = JobRecord {
             job_id: job_id.to_string(),
             container_id,
@@ -426,7 +426,7 @@ impl Engine {
             gpu_devices: gpu_devices.to_vec(),
             image_id: image.record.image_id.clone(),
         };
-        shim::write_json_atomic(&job_dir.join(JOB_RECORD), &record)?;
+        shim::write_json_replace(&job_dir.join(JOB_RECORD), &record)?;
         Ok(record)
     }
 

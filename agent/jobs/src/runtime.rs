@@ -150,6 +150,27 @@ impl OciRuntime {
         Ok(command)
     }
 
+    /// `run --detach --bundle B --pid-file P ID`: create and start in one
+    /// invocation; the caller sets stdio (inherited by the container's process).
+    pub fn run_detached_command(
+        &self,
+        id: &str,
+        bundle: &Path,
+        pid_file: &Path,
+    ) -> Result<Command, RuntimeError> {
+        check_container_id(id)?;
+        let mut command = self.base();
+        command
+            .arg("run")
+            .arg("--detach")
+            .arg("--bundle")
+            .arg(bundle)
+            .arg("--pid-file")
+            .arg(pid_file)
+            .arg(id);
+        Ok(command)
+    }
+
     /// `run --bundle B ID` in the foreground (used to measure the bare runtime).
     pub fn run_command(&self, id: &str, bundle: &Path) -> Result<Command, RuntimeError> {
         check_container_id(id)?;

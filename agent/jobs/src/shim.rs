@@ -206,7 +206,21 @@ pub fn now_ms() -> u64 {
 }
 
 /// Writes `value` as JSON to `path` atomically (temporary file, fsync, rename).
+///
+/// Used for what must survive a power loss (results).
 pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), ShimError> {
+    write_json(path, value, true)
+}
+
+/// Like [`write_json_atomic`] without the fsync: readers never see a partial
+/// file, but a power loss may lose the update. For state that a crash of
+/// the host makes moot anyway (pid files, live state, configs of jobs that
+/// cannot survive a reboot).
+pub fn write_json_replace<T: Serialize>(path: &Path, value: &T) -> Result<(), ShimError> {
+    write_json(path, value, false)
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T, durable: bool) -> Result<(), ShimError> {
     let mut tmp_name = path.as_os_str().to_os_string();
     tmp_name.push(".tmp");
     let tmp = PathBuf::from(tmp_name);
@@ -220,7 +234,9 @@ pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), Shi
     };
     let mut file = fs::File::create(&tmp).map_err(io_err("create"))?;
     file.write_all(&bytes).map_err(io_err("write"))?;
-    file.sync_all().map_err(io_err("sync"))?;
+    if durable {
+        file.sync_all().map_err(io_err("sync"))?;
+    }
     fs::rename(&tmp, path).map_err(io_err("rename"))?;
     Ok(())
 }
@@ -348,7 +364,7 @@ fn supervise(job_dir: &Path, config: &ShimConfig) -> Result<JobResult, ShimError
         pid: own_pid,
         start_time: process_start_time(own_pid).unwrap_or(0),
     };
-    write_json_atomic(&job_dir.join(SHIM_PID), &identity)?;
+    write_json_replace(&job_dir.join(SHIM_PID), &identity)?;
     let mut state = ShimState {
         phase: ShimPhase::Creating,
         container_pid: None,
@@ -357,22 +373,40 @@ fn supervise(job_dir: &Path, config: &ShimConfig) -> Result<JobResult, ShimError
         usage: Usage::default(),
         updated_at_ms: now_ms(),
     };
-    write_json_atomic(&job_dir.join(STATE), &state)?;
+    write_json_replace(&job_dir.join(STATE), &state)?;
     let stdout_log = CappedLog::create(&job_dir.join(STDOUT_LOG), config.log_cap_bytes)?;
     let stderr_log = CappedLog::create(&job_dir.join(STDERR_LOG), config.log_cap_bytes)?;
     let pid_file = job_dir.join(CONTAINER_PID);
     let _ = fs::remove_file(&pid_file);
-    let mut create =
+    if job_dir.join(CANCEL).exists() {
+        // Cancelled before it ever ran: nothing to bill.
+        let result = JobResult {
+            reason: EndReason::Cancelled,
+            exit_code: None,
+            signal: None,
+            started_at_ms: None,
+            ended_at_ms: now_ms(),
+            usage: Usage::default(),
+            stdout_dropped_bytes: 0,
+            stderr_dropped_bytes: 0,
+            error: None,
+        };
+        write_json_atomic(&job_dir.join(RESULT), &result)?;
+        return Ok(result);
+    }
+    // `run --detach` creates and starts in one runtime invocation (one exec
+    // of the runtime fewer than create + start); the container inherits the
+    // pipes, and its init is reparented to us when the runtime exits.
+    let mut run =
         config
             .runtime
-            .create_command(&config.container_id, &config.bundle, &pid_file)?;
-    create
-        .current_dir(job_dir)
+            .run_detached_command(&config.container_id, &config.bundle, &pid_file)?;
+    run.current_dir(job_dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = create.spawn().map_err(|source| ShimError::Io {
-        op: "spawn runtime create for",
+    let mut child = run.spawn().map_err(|source| ShimError::Io {
+        op: "spawn the runtime for",
         path: config.bundle.clone(),
         source,
     })?;
@@ -384,30 +418,33 @@ fn supervise(job_dir: &Path, config: &ShimConfig) -> Result<JobResult, ShimError
         .stderr
         .take()
         .map(|pipe| LogPump::spawn(stderr_log, pipe));
-    let create_status = child.wait().map_err(|source| ShimError::Io {
-        op: "wait for runtime create of",
+    let run_status = child.wait().map_err(|source| ShimError::Io {
+        op: "wait for the runtime of",
         path: config.bundle.clone(),
         source,
     })?;
-    if !create_status.success() {
+    let started = Instant::now();
+    let started_at_ms = now_ms();
+    if !run_status.success() {
         let drain = Instant::now() + LOG_DRAIN;
         stdout_pump.map(|p| p.finish(drain));
         stderr_pump.map(|p| p.finish(drain));
         let stderr = fs::read_to_string(job_dir.join(STDERR_LOG)).unwrap_or_default();
+        let tail: String = stderr
+            .trim()
+            .chars()
+            .rev()
+            .take(1000)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         return Err(ShimError::Runtime(RuntimeError::Failed {
             binary: config.runtime.binary.clone(),
-            command: "create",
+            command: "run",
             id: config.container_id.clone(),
-            status: create_status.to_string(),
-            stderr: stderr
-                .trim()
-                .chars()
-                .rev()
-                .take(1000)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect(),
+            status: run_status.to_string(),
+            stderr: tail,
         }));
     }
     let pid_text = fs::read_to_string(&pid_file).map_err(|source| ShimError::Io {
@@ -422,22 +459,14 @@ fn supervise(job_dir: &Path, config: &ShimConfig) -> Result<JobResult, ShimError
     })?;
     state.container_pid = Some(container_pid);
     let mut stop_reason: Option<EndReason> = None;
-    if job_dir.join(CANCEL).exists() {
-        stop_reason = Some(EndReason::Cancelled);
-        let _ = config.runtime.kill(&config.container_id, "KILL", true);
-    } else {
-        config.runtime.start(&config.container_id)?;
-    }
-    let started = Instant::now();
-    let started_at_ms = now_ms();
     let deadline = started + Duration::from_millis(config.max_duration_ms);
     state.phase = ShimPhase::Running;
     state.started_at_ms = Some(started_at_ms);
     state.deadline_ms = Some(started_at_ms + config.max_duration_ms);
     state.updated_at_ms = now_ms();
-    write_json_atomic(&job_dir.join(STATE), &state)?;
+    write_json_replace(&job_dir.join(STATE), &state)?;
     let mut term_sent_at: Option<Instant> = None;
-    let mut kill_sent = stop_reason.is_some();
+    let mut kill_sent = false;
     let mut last_sample = Instant::now() - SAMPLE_EVERY;
     let mut last_state = Instant::now();
     let exit = loop {
@@ -492,7 +521,7 @@ fn supervise(job_dir: &Path, config: &ShimConfig) -> Result<JobResult, ShimError
             last_state = now;
             state.usage.wall_ms = now.duration_since(started).as_millis() as u64;
             state.updated_at_ms = now_ms();
-            let _ = write_json_atomic(&job_dir.join(STATE), &state);
+            let _ = write_json_replace(&job_dir.join(STATE), &state);
         }
         thread::sleep(POLL);
     };
@@ -502,13 +531,11 @@ fn supervise(job_dir: &Path, config: &ShimConfig) -> Result<JobResult, ShimError
         state.usage.absorb(&sample);
     }
     state.usage.wall_ms = wall_ms;
-    if stop_reason != Some(EndReason::Cancelled) || term_sent_at.is_some() {
-        // The init process itself ran, even if it ended between samples.
-        state.usage.peak_pids = state.usage.peak_pids.max(1);
-    }
+    // The init process itself ran, even if it ended between samples.
+    state.usage.peak_pids = state.usage.peak_pids.max(1);
     state.phase = ShimPhase::Finishing;
     state.updated_at_ms = ended_at_ms;
-    let _ = write_json_atomic(&job_dir.join(STATE), &state);
+    let _ = write_json_replace(&job_dir.join(STATE), &state);
     let drain = Instant::now() + LOG_DRAIN;
     let stdout_dropped_bytes = stdout_pump.map(|p| p.finish(drain)).unwrap_or(0);
     let stderr_dropped_bytes = stderr_pump.map(|p| p.finish(drain)).unwrap_or(0);
