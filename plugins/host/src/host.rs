@@ -481,14 +481,14 @@ impl PluginHost {
                     }
                 }
             })?;
-        if let Some(declared) = &spec.declared_wit {
-            if parse_wit_package(declared) != Some(built_for) {
-                return Err(PluginLoadError::ManifestMismatch {
-                    plugin,
-                    manifest: declared.clone(),
-                    component: built_for.to_string(),
-                });
-            }
+        if let Some(declared) = &spec.declared_wit
+            && parse_wit_package(declared) != Some(built_for)
+        {
+            return Err(PluginLoadError::ManifestMismatch {
+                plugin,
+                manifest: declared.clone(),
+                component: built_for.to_string(),
+            });
         }
         let link_error = |error: wasmtime::Error| PluginLoadError::Link {
             plugin: plugin.clone(),
@@ -841,12 +841,12 @@ impl Plugin {
                 | PluginCallError::Trap { .. }
                 | PluginCallError::Instantiate { .. })
         );
-        if healthy && !fresh {
-            if let Ok(mut warm) = self.warm.lock() {
-                if warm.len() < self.shared.config.warm_instances_per_plugin {
-                    warm.push(live);
-                }
-            }
+        if healthy
+            && !fresh
+            && let Ok(mut warm) = self.warm.lock()
+            && warm.len() < self.shared.config.warm_instances_per_plugin
+        {
+            warm.push(live);
         }
         self.stats.latency.record(started.elapsed());
         result

@@ -93,3 +93,37 @@ fn fixture_mismatch_is_reported_with_a_diff() {
         "{diff}"
     );
 }
+
+#[test]
+fn concurrent_calls_share_warm_instances() {
+    let host = crate::support::host();
+    let Some(plugin) = crate::support::load(
+        &host,
+        "plinth_example_pricing",
+        "shared",
+        PluginKind::Pricing,
+        &[],
+    ) else {
+        return;
+    };
+    let expected = plugin
+        .price(&crate::support::request(2), &crate::support::state())
+        .unwrap();
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                for _ in 0..100 {
+                    let answer = plugin
+                        .price(&crate::support::request(2), &crate::support::state())
+                        .unwrap();
+                    assert_eq!(answer, expected);
+                }
+            });
+        }
+    });
+    let stats = plugin.stats();
+    assert_eq!((stats.calls, stats.ok, stats.traps), (401, 401, 0));
+    // Instances are reused: at most one per concurrent caller was ever created.
+    assert!(stats.instantiations <= 5, "{stats:?}");
+    assert!(stats.p50_ns > 0 && stats.p99_ns >= stats.p50_ns);
+}

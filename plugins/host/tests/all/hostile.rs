@@ -266,3 +266,33 @@ fn policy_set_falls_back_and_keeps_serving() {
     let decided = policies.price(&other_tenant, &state());
     assert!(matches!(decided.source, DecisionSource::Plugin { ref name, .. } if name == "sleeper"));
 }
+
+#[test]
+fn deterministic_mode_stops_loops_with_fuel() {
+    let Some(bytes) = wasm("plinth_hostile_misbehave") else {
+        return;
+    };
+    let host = plinth_plugin_host::PluginHost::new(plinth_plugin_host::HostConfig {
+        deterministic: true,
+        pool_instances: 4,
+        ..plinth_plugin_host::HostConfig::default()
+    })
+    .unwrap();
+    let mut looping = spec("fuel-loop", PluginKind::Pricing, &[("mode", "loop")]);
+    looping.limits.fuel = 1_000_000;
+    let plugin = host.load_component(looping, &bytes).unwrap();
+    let error = plugin.price(&request(1), &state()).unwrap_err();
+    assert_eq!(
+        error,
+        PluginCallError::FuelExhausted {
+            plugin: "fuel-loop".to_string(),
+            fuel: 1_000_000
+        }
+    );
+    // Same input, same answer, every time: the well-behaved mode under fuel.
+    let plugin = host
+        .load_component(spec("fuel-ok", PluginKind::Pricing, &[]), &bytes)
+        .unwrap();
+    let first = plugin.price(&request(1), &state()).unwrap();
+    assert_eq!(plugin.price_fresh(&request(1), &state()).unwrap(), first);
+}
