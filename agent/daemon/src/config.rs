@@ -400,10 +400,14 @@ fn read_file(path: &Path) -> Result<Option<toml::Table>, ConfigError> {
             });
         }
     };
-    // Checking the file alone against the schema gives errors that point into it.
-    toml::from_str::<AgentConfig>(&text).map_err(|err| invalid(path, &text, &err))?;
-    let table = toml::from_str::<toml::Table>(&text).map_err(|err| invalid(path, &text, &err))?;
-    Ok(Some(table))
+    parse_layer(path, &text).map(Some)
+}
+
+/// Parses one configuration layer's text, checking it against the schema on its own so
+/// that errors point into it (`path:line:column`). `path` is only used in errors.
+pub fn parse_layer(path: &Path, text: &str) -> Result<toml::Table, ConfigError> {
+    toml::from_str::<AgentConfig>(text).map_err(|err| invalid(path, text, &err))?;
+    toml::from_str::<toml::Table>(text).map_err(|err| invalid(path, text, &err))
 }
 
 fn invalid(path: &Path, text: &str, err: &toml::de::Error) -> ConfigError {
