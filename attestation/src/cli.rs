@@ -286,6 +286,38 @@ pub fn run(cli: &Cli) -> Result<Outcome, CliError> {
 
 fn human(appraisal: &Appraisal) -> String {
     let mut out = appraisal.to_human();
+    // Scalar claims worth showing an auditor, then the GPU measurement list.
+    for key in [
+        "product",
+        "measurement",
+        "report_data",
+        "host_data",
+        "device",
+        "driver_version",
+        "vbios_version",
+        "request_nonce",
+        "pcr_selection",
+        "extra_data",
+    ] {
+        if let Some(value) = appraisal.claims.get(key).and_then(|v| v.as_str()) {
+            out.push_str(&format!("  {key}: {value}\n"));
+        }
+    }
+    if let Some(blocks) = appraisal
+        .claims
+        .get("measurements")
+        .and_then(|m| m.as_object())
+    {
+        out.push_str("  measurements:\n");
+        let mut sorted: Vec<_> = blocks.iter().collect();
+        sorted.sort_by_key(|(k, _)| k.parse::<u32>().unwrap_or(u32::MAX));
+        for (idx, value) in sorted {
+            out.push_str(&format!(
+                "    {idx:<2} : {}\n",
+                value.as_str().unwrap_or_default()
+            ));
+        }
+    }
     if appraisal.subject == "eventlog"
         && let Some(banks) = appraisal.claims.get("pcrs").and_then(|p| p.as_object())
     {
