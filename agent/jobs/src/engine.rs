@@ -29,6 +29,10 @@ use crate::shim::{
 use crate::spec::{JobSpec, JobSpecError};
 use crate::unpack::UnpackLimits;
 
+/// How long a spawned supervisor may take to take its lock before a job
+/// without one counts as orphaned.
+const SPAWN_GRACE: Duration = Duration::from_secs(10);
+
 /// The engine's own record of a job (`job.json`).
 pub const JOB_RECORD: &str = "job.json";
 
@@ -141,8 +145,11 @@ pub struct EngineConfig {
     pub runtime_binary: PathBuf,
     /// OCI runtime state root (`--root`).
     pub runtime_root: PathBuf,
-    /// The `plinth-job-shim` binary.
+    /// The supervisor program: `plinth-job-shim`, or a binary that runs
+    /// [`crate::shim::run`] when given `shim_args` (e.g. `plinth-agent job-shim`).
     pub shim_binary: PathBuf,
+    /// Arguments put before the job directory on the supervisor's command line.
+    pub shim_args: Vec<String>,
     /// CDI spec directories, lowest priority first.
     pub cdi_dirs: Vec<PathBuf>,
     /// Parent cgroup of jobs (e.g. `plinth`).
@@ -210,9 +217,11 @@ pub fn check_job_id(id: &str) -> Result<(), EngineError> {
     }
 }
 
-/// Finds a live supervisor for `job_dir` by its command line.
-fn find_shim_process(job_dir: &Path) -> Option<i32> {
+/// Finds a live supervisor for `job_dir` by its command line (program name
+/// and last argument).
+fn find_shim_process(shim_binary: &Path, job_dir: &Path) -> Option<i32> {
     let wanted = job_dir.as_os_str().as_encoded_bytes();
+    let program = shim_binary.file_name()?.as_encoded_bytes();
     for entry in fs::read_dir("/proc").ok()?.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -224,11 +233,12 @@ fn find_shim_process(job_dir: &Path) -> Option<i32> {
         let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
             continue;
         };
-        let mut args = cmdline.split(|b| *b == 0);
-        let is_shim = args
-            .next()
-            .is_some_and(|argv0| argv0.ends_with(b"plinth-job-shim"));
-        if is_shim && args.next() == Some(wanted) {
+        let args: Vec<&[u8]> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .collect();
+        let is_shim = args.first().is_some_and(|argv0| argv0.ends_with(program));
+        if is_shim && args.len() >= 2 && args.last() == Some(&wanted) {
             let identity = ShimIdentity {
                 pid,
                 start_time: shim::process_start_time(pid).unwrap_or(0),
@@ -441,7 +451,12 @@ impl Engine {
         let shim_log_path = job_dir.join("shim.log");
         let shim_log =
             fs::File::create(&shim_log_path).map_err(io_err("create", &shim_log_path))?;
-        let child = Command::new(&self.config.shim_binary)
+        let mut command = Command::new(&self.config.shim_binary);
+        for name in crate::runtime::SYSTEMD_ENV {
+            command.env_remove(name);
+        }
+        let child = command
+            .args(&self.config.shim_args)
             .arg(&job_dir)
             .current_dir(&job_dir)
             .stdin(Stdio::null())
@@ -472,10 +487,23 @@ impl Engine {
     }
 
     fn shim_alive(&self, job_dir: &Path) -> bool {
+        if shim::is_locked(job_dir) {
+            return true;
+        }
         match shim::read_json::<ShimIdentity>(&job_dir.join(SHIM_PID)) {
             Ok(Some(identity)) if identity.is_alive() => true,
-            _ => find_shim_process(job_dir).is_some(),
+            _ => find_shim_process(&self.config.shim_binary, job_dir).is_some(),
         }
+    }
+
+    /// A supervisor spawned moments ago may not hold its lock yet.
+    fn recently_spawned(job_dir: &Path) -> bool {
+        !job_dir.join(SHIM_PID).exists()
+            && fs::metadata(job_dir.join("shim.log"))
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age < SPAWN_GRACE)
     }
 
     fn finish_result(&self, job_dir: &Path, mut result: JobResult) -> JobResult {
@@ -514,7 +542,7 @@ impl Engine {
             .lock()
             .map(|c| c.contains_key(job_id))
             .unwrap_or(false);
-        if in_children && !shim_exited {
+        if (in_children && !shim_exited) || (!in_children && Self::recently_spawned(&job_dir)) {
             return Ok(JobState::Starting);
         }
         // Re-check: the supervisor may have written its result just now.

@@ -60,6 +60,16 @@ pub enum RuntimeError {
     },
 }
 
+/// systemd service variables that must not reach the runtime or the job.
+pub const SYSTEMD_ENV: &[&str] = &[
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+];
+
 /// Which OCI runtime implementation the binary is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -127,6 +137,12 @@ impl OciRuntime {
     fn base(&self) -> Command {
         let mut command = Command::new(&self.binary);
         command.arg("--root").arg(&self.root);
+        // With NOTIFY_SOCKET set (the agent runs as a systemd notify service),
+        // runc proxies sd_notify into the container and `start`/`run --detach`
+        // wait for the container's READY=1, which jobs never send.
+        for name in SYSTEMD_ENV {
+            command.env_remove(name);
+        }
         command
     }
 
@@ -297,6 +313,23 @@ mod tests {
         for bad in ["", "-x", ".x", "a/b", "a b", "a;b", &"x".repeat(65)] {
             assert!(check_container_id(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn systemd_notify_variables_do_not_reach_the_runtime() {
+        let runtime = OciRuntime::new(Path::new("runc"), Path::new("/r"));
+        let command = runtime
+            .run_detached_command("c1", Path::new("/b"), Path::new("/p"))
+            .unwrap();
+        let removed: Vec<_> = command
+            .get_envs()
+            .filter(|(_, value)| value.is_none())
+            .map(|(name, _)| name.to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            removed.contains(&"NOTIFY_SOCKET".to_string()),
+            "{removed:?}"
+        );
     }
 
     #[test]

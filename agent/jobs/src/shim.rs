@@ -42,6 +42,8 @@ use crate::runtime::{OciRuntime, RuntimeError};
 pub const SHIM_CONFIG: &str = "shim.json";
 /// Supervisor pid file name.
 pub const SHIM_PID: &str = "shim.pid";
+/// Lock file held (flock) by the live supervisor for its whole life.
+pub const SHIM_LOCK: &str = "shim.lock";
 /// Container init pid file name (written by the runtime).
 pub const CONTAINER_PID: &str = "container.pid";
 /// Live state file name.
@@ -290,6 +292,36 @@ impl ShimIdentity {
     }
 }
 
+/// Takes the supervisor lock of `job_dir` without waiting; `None` when
+/// another process (a live supervisor) holds it.
+pub fn try_lock(job_dir: &Path) -> Result<Option<nix::fcntl::Flock<fs::File>>, ShimError> {
+    let path = job_dir.join(SHIM_LOCK);
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| ShimError::Io {
+            op: "open",
+            path: path.clone(),
+            source,
+        })?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, errno)) => Err(ShimError::Io {
+            op: "lock",
+            path,
+            source: io::Error::from(errno),
+        }),
+    }
+}
+
+/// Whether a live supervisor holds the lock of `job_dir`.
+pub fn is_locked(job_dir: &Path) -> bool {
+    matches!(try_lock(job_dir), Ok(None))
+}
+
 struct LogPump {
     handle: thread::JoinHandle<u64>,
 }
@@ -358,6 +390,27 @@ enum Exit {
 }
 
 fn supervise(job_dir: &Path, config: &ShimConfig) -> Result<JobResult, ShimError> {
+    // Held until this process exits: the agent tells a live supervisor by it.
+    // The agent probes the lock briefly; retry for a moment before giving up.
+    let mut lock = try_lock(job_dir)?;
+    for _ in 0..200 {
+        if lock.is_some() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(10));
+        lock = try_lock(job_dir)?;
+    }
+    let Some(_lock) = lock else {
+        return Err(ShimError::Io {
+            op: "lock",
+            path: job_dir.join(SHIM_LOCK),
+            source: io::Error::other("another supervisor runs this job"),
+        });
+    };
+    if let Some(result) = read_json::<JobResult>(&job_dir.join(RESULT))? {
+        // Recovery already ended this job (we started too late): do not run it.
+        return Ok(result);
+    }
     nix::sys::prctl::set_child_subreaper(true).map_err(ShimError::Subreaper)?;
     let own_pid = std::process::id() as i32;
     let identity = ShimIdentity {

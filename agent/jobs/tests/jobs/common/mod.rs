@@ -262,6 +262,7 @@ impl TestEnv {
             runtime_binary: which("runc").unwrap_or_else(|| PathBuf::from("runc")),
             runtime_root: dir.path().join("runc-root"),
             shim_binary: PathBuf::from(env!("CARGO_BIN_EXE_plinth-job-shim")),
+            shim_args: Vec::new(),
             cdi_dirs: cdi_dir.into_iter().collect(),
             cgroup_parent: test_cgroup_parent(),
             log_cap_bytes: 64 * 1024,
