@@ -20,7 +20,7 @@ use std::time::Instant;
 use plinth_plugin_host::tools::Percentiles;
 use plinth_plugin_host::{
     Gpu, HostConfig, HostState, JobRequest, Limits, PluginHost, PluginKind, PluginSpec,
-    PriceDecision, Quote,
+    PriceDecision, PricingState, Quote, summarize,
 };
 
 fn workspace_root() -> PathBuf {
@@ -64,10 +64,18 @@ fn build_pricing_example() -> Option<Vec<u8>> {
 }
 
 fn inputs() -> (JobRequest, HostState) {
-    let gpus = (0..8)
+    let n_gpus: u32 = std::env::var("PLINTH_BENCH_GPUS")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(8);
+    let gpus = (0..n_gpus)
         .map(|index| Gpu {
             index,
-            uuid: format!("GPU-{index:08x}-1111-2222-3333-444455556666"),
+            uuid: if std::env::var_os("PLINTH_BENCH_NO_UUID").is_some() {
+                String::new()
+            } else {
+                format!("GPU-{index:08x}-1111-2222-3333-444455556666")
+            },
             model: "NVIDIA H100 80GB HBM3".to_string(),
             memory_mib: 81_559,
             numa_node: index / 4,
@@ -100,16 +108,15 @@ fn inputs() -> (JobRequest, HostState) {
 fn native_price(
     config: &logic::PricingConfig,
     request: &JobRequest,
-    state: &HostState,
+    state: &PricingState,
 ) -> PriceDecision {
-    let gpus: Vec<logic::GpuView<'_>> = state
-        .gpus
+    let classes: Vec<logic::ClassView<'_>> = state
+        .classes
         .iter()
-        .map(|gpu| logic::GpuView {
-            model: &gpu.model,
-            memory_mib: gpu.memory_mib,
-            drained: gpu.drained,
-            allocated: gpu.allocated,
+        .map(|class| logic::ClassView {
+            model: &class.model,
+            memory_mib: class.memory_mib,
+            free: class.free,
         })
         .collect();
     let view = logic::RequestView {
@@ -119,7 +126,7 @@ fn native_price(
         duration_s: request.duration_s,
         max_price_micros: request.max_price_micros,
     };
-    match logic::price(config, &view, &gpus, state.utilisation_pct).unwrap() {
+    match logic::price(config, &view, &classes, state.utilisation_pct).unwrap() {
         logic::Decision::Offer(offer) => PriceDecision::Offer(Quote {
             price_micros: offer.price_micros,
             currency: config.currency.clone(),
@@ -176,7 +183,9 @@ fn main() {
         signer: None,
     };
     let plugin = host.load_component(spec, &wasm).unwrap();
-    let (request, state) = inputs();
+    let (request, host_state) = inputs();
+    // The agent summarises the host state when GPUs change, not per quote.
+    let state = summarize(&host_state);
 
     let native_config = logic::PricingConfig::from_lookup(&[], |_| None).unwrap();
     let expected = native_price(&native_config, &request, &state);
@@ -189,6 +198,19 @@ fn main() {
         panic!("bench input must be priced")
     };
 
+    // PLINTH_BENCH_PROFILE=warm|fresh: only spin that path for 3 s (for `perf record`).
+    if let Ok(path) = std::env::var("PLINTH_BENCH_PROFILE") {
+        let started = Instant::now();
+        while started.elapsed().as_secs() < 3 {
+            let answer = if path == "fresh" {
+                plugin.price_fresh(&request, &state)
+            } else {
+                plugin.price(&request, &state)
+            };
+            std::hint::black_box(answer.unwrap());
+        }
+        return;
+    }
     let native = series(200_000, || {
         std::hint::black_box(native_price(
             &native_config,
@@ -213,7 +235,8 @@ fn main() {
 
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/akash_quote.sh");
     let request_json =
-        serde_json::to_vec(&serde_json::json!({ "request": &request, "state": &state })).unwrap();
+        serde_json::to_vec(&serde_json::json!({ "request": &request, "state": &host_state }))
+            .unwrap();
     let run_script = || -> String {
         let mut child = Command::new("sh")
             .arg(&script)
@@ -241,7 +264,7 @@ fn main() {
 
     println!(
         "quote latency, example pricing plugin ({} GPUs in host state)",
-        state.gpus.len()
+        host_state.gpus.len()
     );
     print("native rust function", &native);
     print("wasm plugin, warm instance", &warm);

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    HostState, JobRequest, PriceDecision, Quote, ReportRecord, ScheduleDecision, UsageRecord,
+    HostState, JobRequest, PriceDecision, PricingState, Quote, ReportRecord, ScheduleDecision,
+    UsageRecord,
 };
 
 /// Settings of the built-in policies.
@@ -46,13 +47,22 @@ fn usable(request: &JobRequest, gpu: &crate::Gpu) -> bool {
 
 /// Flat-rate pricing: refuse when the host cannot run the request now or the tenant's
 /// maximum is below the price.
-pub fn price(config: &FallbackConfig, request: &JobRequest, state: &HostState) -> PriceDecision {
-    let n_free = state
-        .gpus
+pub fn price(config: &FallbackConfig, request: &JobRequest, state: &PricingState) -> PriceDecision {
+    let n_free: u64 = state
+        .classes
         .iter()
-        .filter(|gpu| !gpu.allocated && usable(request, gpu))
-        .count();
-    if request.gpu_count == 0 || n_free < request.gpu_count as usize {
+        .filter(|class| {
+            class.memory_mib >= request.min_gpu_memory_mib
+                && request.gpu_model.as_ref().is_none_or(|wanted| {
+                    class
+                        .model
+                        .to_ascii_lowercase()
+                        .contains(&wanted.to_ascii_lowercase())
+                })
+        })
+        .map(|class| u64::from(class.free))
+        .sum();
+    if request.gpu_count == 0 || n_free < u64::from(request.gpu_count) {
         return PriceDecision::Refuse(format!(
             "built-in policy: {n_free} matching free gpus, {} wanted",
             request.gpu_count
@@ -181,7 +191,7 @@ mod tests {
             schedule(&config, &request(3), &state),
             ScheduleDecision::Reject(_)
         ));
-        match price(&config, &request(1), &state) {
+        match price(&config, &request(1), &crate::summarize(&state)) {
             PriceDecision::Offer(quote) => assert_eq!(quote.price_micros, 2_000_000),
             other => panic!("{other:?}"),
         }

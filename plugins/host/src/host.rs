@@ -12,7 +12,9 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
 use crate::bindings::pricing::exports::plinth::policy::pricing::PriceDecision;
-use crate::bindings::pricing::plinth::policy::types::{HostState, JobRequest, PolicyError};
+use crate::bindings::pricing::plinth::policy::types::{
+    HostState, JobRequest, PolicyError, PricingState,
+};
 use crate::bindings::reporting::exports::plinth::policy::reporting::{ReportRecord, UsageRecord};
 use crate::bindings::scheduling::exports::plinth::policy::scheduling::ScheduleDecision;
 use crate::bindings::{pricing, reporting, scheduling};
@@ -332,6 +334,10 @@ impl PluginHost {
         pool.max_core_instances_per_component(16);
         pool.max_memories_per_component(2);
         pool.max_tables_per_component(16);
+        // Return memory to the kernel in batches: one madvise (and one TLB shootdown)
+        // per batch instead of per instance, which dominates fresh-instance latency.
+        pool.decommit_batch_size((slots as usize / 4).max(1));
+        pool.linear_memory_keep_resident(256 << 10);
         pool.max_memory_size(usize::try_from(config.max_limits.memory_bytes).unwrap_or(usize::MAX));
         wasm_config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&wasm_config)
@@ -864,7 +870,7 @@ impl Plugin {
         &self,
         fresh: bool,
         request: &JobRequest,
-        state: &HostState,
+        state: &PricingState,
     ) -> Result<PriceDecision, PluginCallError> {
         if !matches!(self.pre, Pre::Pricing(_)) {
             return Err(self.wrong_kind(PluginKind::Pricing));
@@ -885,7 +891,7 @@ impl Plugin {
     pub fn price(
         &self,
         request: &JobRequest,
-        state: &HostState,
+        state: &PricingState,
     ) -> Result<PriceDecision, PluginCallError> {
         self.price_inner(false, request, state)
     }
@@ -894,7 +900,7 @@ impl Plugin {
     pub fn price_fresh(
         &self,
         request: &JobRequest,
-        state: &HostState,
+        state: &PricingState,
     ) -> Result<PriceDecision, PluginCallError> {
         self.price_inner(true, request, state)
     }

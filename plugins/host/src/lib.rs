@@ -30,7 +30,9 @@ pub mod version;
 
 pub use bindings::pricing::exports::plinth::policy::pricing::{PriceDecision, Quote};
 pub use bindings::pricing::plinth::policy::host::Level;
-pub use bindings::pricing::plinth::policy::types::{Gpu, HostState, JobRequest, PolicyError};
+pub use bindings::pricing::plinth::policy::types::{
+    Gpu, GpuClass, HostState, JobRequest, PolicyError, PricingState,
+};
 pub use bindings::reporting::exports::plinth::policy::reporting::{ReportRecord, UsageRecord};
 pub use bindings::scheduling::exports::plinth::policy::scheduling::ScheduleDecision;
 pub use config::{HostConfig, Limits, PluginKind};
@@ -39,5 +41,5 @@ pub use host::{
 };
 pub use package::{Manifest, Package, PackageError, TrustPolicy};
 
-pub use policy::{Decided, DecisionSource, PolicySet, ReloadError, SelfTest};
+pub use policy::{Decided, DecisionSource, PolicySet, ReloadError, SelfTest, summarize};
 pub use stats::PluginStatsSnapshot;

@@ -17,7 +17,8 @@ use crate::host::{Plugin, PluginCallError, PluginHost, PluginInfo, PluginLoadErr
 use crate::package::TrustPolicy;
 use crate::tools::{self, ToolsError};
 use crate::{
-    HostState, JobRequest, PluginKind, PriceDecision, ReportRecord, ScheduleDecision, UsageRecord,
+    GpuClass, HostState, JobRequest, PluginKind, PriceDecision, PricingState, ReportRecord,
+    ScheduleDecision, UsageRecord,
 };
 
 /// Who made a decision.
@@ -171,8 +172,9 @@ impl PolicySet {
         }
     }
 
-    /// Price a request.
-    pub fn price(&self, request: &JobRequest, state: &HostState) -> Decided<PriceDecision> {
+    /// Price a request; `state` is [`summarize`] of the current host state (recompute it
+    /// when GPUs are leased, released or drained, not per quote).
+    pub fn price(&self, request: &JobRequest, state: &PricingState) -> Decided<PriceDecision> {
         self.decide(
             PluginKind::Pricing,
             |plugin| plugin.price(request, state),
@@ -261,6 +263,59 @@ impl PolicySet {
     }
 }
 
+/// Summarise a host state for pricing: one class per (model, memory), largest memory
+/// first, counting free devices (neither drained nor allocated) and the most free
+/// devices in one NVLink domain.
+pub fn summarize(state: &HostState) -> PricingState {
+    let mut classes: Vec<GpuClass> = Vec::new();
+    let mut domains: Vec<(usize, u32, u32)> = Vec::new();
+    for gpu in &state.gpus {
+        let class_idx = match classes
+            .iter()
+            .position(|class| class.model == gpu.model && class.memory_mib == gpu.memory_mib)
+        {
+            Some(class_idx) => class_idx,
+            None => {
+                classes.push(GpuClass {
+                    model: gpu.model.clone(),
+                    memory_mib: gpu.memory_mib,
+                    total: 0,
+                    free: 0,
+                    free_in_one_nvlink_domain: 0,
+                });
+                classes.len() - 1
+            }
+        };
+        let class = &mut classes[class_idx];
+        class.total += 1;
+        if !gpu.drained && !gpu.allocated {
+            class.free += 1;
+            match domains
+                .iter_mut()
+                .find(|(idx, domain, _)| *idx == class_idx && *domain == gpu.nvlink_domain)
+            {
+                Some((_, _, count)) => *count += 1,
+                None => domains.push((class_idx, gpu.nvlink_domain, 1)),
+            }
+        }
+    }
+    for (class_idx, _, count) in domains {
+        let class = &mut classes[class_idx];
+        class.free_in_one_nvlink_domain = class.free_in_one_nvlink_domain.max(count);
+    }
+    classes.sort_by(|left, right| {
+        right
+            .memory_mib
+            .cmp(&left.memory_mib)
+            .then_with(|| left.model.cmp(&right.model))
+    });
+    PricingState {
+        classes,
+        running_jobs: state.running_jobs,
+        utilisation_pct: state.utilisation_pct,
+    }
+}
+
 /// Sample inputs for smoke tests and benches: 4 free GPUs on one NVLink domain.
 pub fn sample_inputs() -> (JobRequest, HostState, Vec<UsageRecord>) {
     let gpus = (0..4)
@@ -313,7 +368,7 @@ fn smoke_test(plugin: &Plugin) -> Result<(), ReloadError> {
     };
     match plugin.kind() {
         PluginKind::Pricing => plugin
-            .price_fresh(&request, &state)
+            .price_fresh(&request, &summarize(&state))
             .map(drop)
             .map_err(failure),
         PluginKind::Scheduling => plugin
@@ -321,5 +376,36 @@ fn smoke_test(plugin: &Plugin) -> Result<(), ReloadError> {
             .map(drop)
             .map_err(failure),
         PluginKind::Reporting => plugin.report_fresh(&records).map(drop).map_err(failure),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_groups_by_class_and_counts_free_devices() {
+        let (_, mut state, _) = sample_inputs();
+        state.gpus[0].drained = true;
+        state.gpus[1].allocated = true;
+        state.gpus[3].nvlink_domain = 1;
+        let mut small = state.gpus[2].clone();
+        small.index = 4;
+        small.memory_mib = 40_960;
+        small.model = "NVIDIA A100-PCIE-40GB".to_string();
+        state.gpus.push(small);
+        let summary = summarize(&state);
+        assert_eq!(summary.classes.len(), 2);
+        let big = &summary.classes[0];
+        assert_eq!(
+            (
+                big.memory_mib,
+                big.total,
+                big.free,
+                big.free_in_one_nvlink_domain
+            ),
+            (81_559, 4, 2, 1)
+        );
+        assert_eq!((summary.classes[1].total, summary.classes[1].free), (1, 1));
     }
 }

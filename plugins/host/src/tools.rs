@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::host::{Plugin, PluginCallError, PluginHost, PluginInfo, PluginLoadError, PluginSpec};
 use crate::package::{self, Manifest, Package, PackageError, TrustPolicy};
-use crate::{HostState, JobRequest, Limits, PluginKind, UsageRecord};
+use crate::{HostState, JobRequest, Limits, PluginKind, PricingState, UsageRecord};
 
 /// Errors of the author tools.
 #[derive(Debug, thiserror::Error)]
@@ -214,7 +214,16 @@ pub fn inspect(host: &PluginHost, bytes: &[u8]) -> Result<InspectReport, ToolsEr
     load_any(host, bytes, &BTreeMap::new()).map(|(_, report)| report)
 }
 
-/// Input of a pricing or scheduling fixture.
+/// Input of a pricing fixture.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PricingInput {
+    /// The request.
+    pub request: JobRequest,
+    /// The summarised host state (see [`crate::summarize`]).
+    pub state: PricingState,
+}
+
+/// Input of a scheduling fixture.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RequestInput {
     /// The request.
@@ -246,7 +255,7 @@ pub fn call_json(
     }
     Ok(match plugin.kind() {
         PluginKind::Pricing => {
-            let input: RequestInput = serde_json::from_value(input.clone())?;
+            let input: PricingInput = serde_json::from_value(input.clone())?;
             let result = if fresh {
                 plugin.price_fresh(&input.request, &input.state)
             } else {
@@ -504,7 +513,9 @@ pub fn bench(plugin: &Plugin, input: &Value, iterations: usize) -> Result<BenchR
 
 /// A fixture input decoded once, so benchmarks time only the call.
 pub enum TypedInput {
-    /// Pricing or scheduling input.
+    /// Pricing input.
+    Pricing(PricingInput),
+    /// Scheduling input.
     Request(RequestInput),
     /// Reporting input.
     Report(ReportInput),
@@ -518,7 +529,10 @@ impl TypedInput {
             source,
         };
         Ok(match kind {
-            PluginKind::Pricing | PluginKind::Scheduling => {
+            PluginKind::Pricing => {
+                TypedInput::Pricing(serde_json::from_value(input.clone()).map_err(json_error)?)
+            }
+            PluginKind::Scheduling => {
                 TypedInput::Request(serde_json::from_value(input.clone()).map_err(json_error)?)
             }
             PluginKind::Reporting => {
@@ -530,7 +544,7 @@ impl TypedInput {
     /// Call `plugin` once; policy refusals and policy errors count as answers.
     pub fn call(&self, plugin: &Plugin, fresh: bool) -> Result<(), ToolsError> {
         let outcome = match (self, plugin.kind()) {
-            (TypedInput::Request(input), PluginKind::Pricing) => if fresh {
+            (TypedInput::Pricing(input), PluginKind::Pricing) => if fresh {
                 plugin.price_fresh(&input.request, &input.state)
             } else {
                 plugin.price(&input.request, &input.state)
@@ -548,7 +562,7 @@ impl TypedInput {
                 plugin.report(&input.records)
             }
             .map(drop),
-            (TypedInput::Request(_), PluginKind::Reporting) => return Err(ToolsError::UnknownKind),
+            _ => return Err(ToolsError::UnknownKind),
         };
         match outcome {
             Ok(()) | Err(PluginCallError::Policy { .. }) => Ok(()),

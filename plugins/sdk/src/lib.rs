@@ -6,12 +6,12 @@
 //! emits a world's exports only from its export macro), so one SDK serves all kinds:
 //!
 //! ```ignore
-//! use plinth_plugin_sdk::pricing::{Guest, JobRequest, HostState, PriceDecision, PolicyError};
+//! use plinth_plugin_sdk::pricing::{Guest, JobRequest, PricingState, PriceDecision, PolicyError};
 //!
 //! struct MyPricing;
 //!
 //! impl Guest for MyPricing {
-//!     fn price(req: JobRequest, state: HostState) -> Result<PriceDecision, PolicyError> {
+//!     fn price(req: JobRequest, state: PricingState) -> Result<PriceDecision, PolicyError> {
 //!         plinth_plugin_sdk::init_logging();
 //!         plinth_plugin_sdk::log::info!("pricing {}", req.request_id);
 //!         Ok(PriceDecision::Refuse("not today".into()))
@@ -95,7 +95,7 @@ pub mod pricing {
         Guest, PriceDecision, Quote,
     };
     pub use crate::pricing_bindings::plinth::policy::types::{
-        Gpu, HostState, JobRequest, PolicyError,
+        GpuClass, JobRequest, PolicyError, PricingState,
     };
 }
 

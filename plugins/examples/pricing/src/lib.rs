@@ -12,15 +12,15 @@ mod plugin {
     use std::sync::OnceLock;
 
     use plinth_plugin_sdk::pricing::{
-        Guest, HostState, JobRequest, PolicyError, PriceDecision, Quote,
+        Guest, JobRequest, PolicyError, PriceDecision, PricingState, Quote,
     };
 
-    use crate::logic::{self, GpuView, PricingConfig, RequestView};
+    use crate::logic::{self, ClassView, PricingConfig, RequestView};
 
     struct ExamplePricing;
 
     impl Guest for ExamplePricing {
-        fn price(req: JobRequest, state: HostState) -> Result<PriceDecision, PolicyError> {
+        fn price(req: JobRequest, state: PricingState) -> Result<PriceDecision, PolicyError> {
             plinth_plugin_sdk::init_logging();
             // The configuration is read-only for the life of an instance: parse it once.
             static CONFIG: OnceLock<Result<PricingConfig, String>> = OnceLock::new();
@@ -31,14 +31,13 @@ mod plugin {
                 })
                 .as_ref()
                 .map_err(|reason| PolicyError::BadConfig(reason.clone()))?;
-            let gpus: Vec<GpuView<'_>> = state
-                .gpus
+            let classes: Vec<ClassView<'_>> = state
+                .classes
                 .iter()
-                .map(|gpu| GpuView {
-                    model: &gpu.model,
-                    memory_mib: gpu.memory_mib,
-                    drained: gpu.drained,
-                    allocated: gpu.allocated,
+                .map(|class| ClassView {
+                    model: &class.model,
+                    memory_mib: class.memory_mib,
+                    free: class.free,
                 })
                 .collect();
             let request = RequestView {
@@ -48,7 +47,7 @@ mod plugin {
                 duration_s: req.duration_s,
                 max_price_micros: req.max_price_micros,
             };
-            match logic::price(&config, &request, &gpus, state.utilisation_pct) {
+            match logic::price(config, &request, &classes, state.utilisation_pct) {
                 Err(reason) => Err(PolicyError::InvalidInput(reason)),
                 Ok(logic::Decision::Refuse(reason)) => {
                     plinth_plugin_sdk::log::debug!("refusing {}: {reason}", req.request_id);

@@ -3,17 +3,15 @@
 //! The plugin (`lib.rs`) converts the WIT types into these and back; the host's
 //! benchmark includes this very file to price natively with identical logic.
 
-/// One GPU, as far as pricing cares.
+/// One class of GPUs (same model and memory), as far as pricing cares.
 #[derive(Debug, Clone)]
-pub struct GpuView<'a> {
+pub struct ClassView<'a> {
     /// Model name.
     pub model: &'a str,
-    /// Memory in MiB.
+    /// Memory per device in MiB.
     pub memory_mib: u64,
-    /// Operator drained the device.
-    pub drained: bool,
-    /// Already leased.
-    pub allocated: bool,
+    /// Devices neither drained nor allocated.
+    pub free: u32,
 }
 
 /// The request, as far as pricing cares.
@@ -124,13 +122,21 @@ impl PricingConfig {
     }
 
     fn model_rate(&self, model: &str) -> u64 {
-        let model = model.to_ascii_lowercase();
         self.model_rates
             .iter()
-            .find(|(needle, _)| model.contains(needle.as_str()))
+            .find(|(needle, _)| contains_ignore_ascii_case(model, needle))
             .map(|(_, rate)| *rate)
             .unwrap_or(self.default_rate)
     }
+}
+
+/// Whether `haystack` contains `needle`, ignoring ASCII case, without allocating.
+pub fn contains_ignore_ascii_case(haystack: &str, needle: &str) -> bool {
+    let (haystack, needle) = (haystack.as_bytes(), needle.as_bytes());
+    needle.is_empty()
+        || haystack
+            .windows(needle.len())
+            .any(|window| window.eq_ignore_ascii_case(needle))
 }
 
 /// A priced offer.
@@ -157,27 +163,26 @@ pub enum Decision {
 pub fn price(
     config: &PricingConfig,
     request: &RequestView<'_>,
-    gpus: &[GpuView<'_>],
+    classes: &[ClassView<'_>],
     host_utilisation_pct: u8,
 ) -> Result<Decision, String> {
     if request.gpu_count == 0 {
         return Err("gpu-count is 0".to_string());
     }
-    let wanted_model = request.gpu_model.map(str::to_ascii_lowercase);
-    let mut chosen: Option<&GpuView<'_>> = None;
+    let mut chosen: Option<&ClassView<'_>> = None;
     let mut n_free = 0u32;
-    for gpu in gpus {
-        if gpu.drained || gpu.allocated || gpu.memory_mib < request.min_gpu_memory_mib {
+    for class in classes {
+        if class.free == 0 || class.memory_mib < request.min_gpu_memory_mib {
             continue;
         }
-        if let Some(wanted) = &wanted_model {
-            if !gpu.model.to_ascii_lowercase().contains(wanted.as_str()) {
-                continue;
-            }
+        if let Some(wanted) = request.gpu_model
+            && !contains_ignore_ascii_case(class.model, wanted)
+        {
+            continue;
         }
-        n_free += 1;
+        n_free += class.free;
         if chosen.is_none() {
-            chosen = Some(gpu);
+            chosen = Some(class);
         }
     }
     let Some(gpu) = chosen.filter(|_| n_free >= request.gpu_count) else {

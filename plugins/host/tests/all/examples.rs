@@ -107,14 +107,20 @@ fn concurrent_calls_share_warm_instances() {
         return;
     };
     let expected = plugin
-        .price(&crate::support::request(2), &crate::support::state())
+        .price(
+            &crate::support::request(2),
+            &crate::support::pricing_state(),
+        )
         .unwrap();
     std::thread::scope(|scope| {
         for _ in 0..4 {
             scope.spawn(|| {
                 for _ in 0..100 {
                     let answer = plugin
-                        .price(&crate::support::request(2), &crate::support::state())
+                        .price(
+                            &crate::support::request(2),
+                            &crate::support::pricing_state(),
+                        )
                         .unwrap();
                     assert_eq!(answer, expected);
                 }

@@ -9,7 +9,7 @@ use plinth_plugin_host::{
     SelfTest,
 };
 
-use crate::support::{host, load, request, spec, state, wasm};
+use crate::support::{host, load, pricing_state, request, spec, wasm};
 
 fn misbehave(
     mode: &str,
@@ -38,7 +38,7 @@ fn good_plugin_still_answers(host: &plinth_plugin_host::PluginHost) {
         &[],
     )
     .unwrap();
-    match good.price(&request(1), &state()).unwrap() {
+    match good.price(&request(1), &pricing_state()).unwrap() {
         PriceDecision::Offer(quote) => assert!(quote.price_micros > 0),
         other => panic!("{other:?}"),
     }
@@ -50,7 +50,7 @@ fn infinite_loop_times_out() {
         return;
     };
     let started = Instant::now();
-    let error = plugin.price(&request(1), &state()).unwrap_err();
+    let error = plugin.price(&request(1), &pricing_state()).unwrap_err();
     assert_eq!(
         error,
         PluginCallError::Timeout {
@@ -66,7 +66,7 @@ fn infinite_loop_times_out() {
     assert!(error.to_string().contains("evil-loop") && error.to_string().contains("cpu limit"));
     // A second call on a fresh instance is contained the same way.
     assert!(matches!(
-        plugin.price(&request(1), &state()),
+        plugin.price(&request(1), &pricing_state()),
         Err(PluginCallError::Timeout { .. })
     ));
     let stats = plugin.stats();
@@ -79,7 +79,7 @@ fn memory_bomb_hits_the_memory_limit() {
     let Some((host, plugin)) = misbehave("membomb") else {
         return;
     };
-    let error = plugin.price(&request(1), &state()).unwrap_err();
+    let error = plugin.price(&request(1), &pricing_state()).unwrap_err();
     assert_eq!(
         error,
         PluginCallError::MemoryExhausted {
@@ -96,7 +96,7 @@ fn deep_recursion_overflows_the_stack() {
     let Some((host, plugin)) = misbehave("recursion") else {
         return;
     };
-    let error = plugin.price(&request(1), &state()).unwrap_err();
+    let error = plugin.price(&request(1), &pricing_state()).unwrap_err();
     assert_eq!(
         error,
         PluginCallError::StackOverflow {
@@ -111,7 +111,7 @@ fn huge_output_is_rejected() {
     let Some((host, plugin)) = misbehave("huge-output") else {
         return;
     };
-    let error = plugin.price(&request(1), &state()).unwrap_err();
+    let error = plugin.price(&request(1), &pricing_state()).unwrap_err();
     assert_eq!(
         error,
         PluginCallError::OutputTooLarge {
@@ -128,7 +128,7 @@ fn trap_is_reported_with_its_cause() {
     let Some((host, plugin)) = misbehave("trap") else {
         return;
     };
-    let error = plugin.price(&request(1), &state()).unwrap_err();
+    let error = plugin.price(&request(1), &pricing_state()).unwrap_err();
     match &error {
         PluginCallError::Trap { plugin, trap } => {
             assert_eq!(plugin, "evil-trap");
@@ -147,7 +147,7 @@ fn garbage_output_is_rejected() {
     let Some((host, plugin)) = misbehave("garbage") else {
         return;
     };
-    let error = plugin.price(&request(1), &state()).unwrap_err();
+    let error = plugin.price(&request(1), &pricing_state()).unwrap_err();
     match &error {
         PluginCallError::InvalidOutput { plugin, reason } => {
             assert_eq!(plugin, "evil-garbage");
@@ -163,7 +163,7 @@ fn log_flood_is_capped() {
     let Some((_host, plugin)) = misbehave("log-flood") else {
         return;
     };
-    let decision = plugin.price(&request(1), &state()).unwrap();
+    let decision = plugin.price(&request(1), &pricing_state()).unwrap();
     assert_eq!(decision, PriceDecision::Refuse("flooded".to_string()));
     let stats = plugin.stats();
     assert_eq!(stats.log_records, 32);
@@ -176,7 +176,7 @@ fn well_behaved_mode_of_the_same_plugin_answers() {
         return;
     };
     assert!(matches!(
-        plugin.price(&request(1), &state()).unwrap(),
+        plugin.price(&request(1), &pricing_state()).unwrap(),
         PriceDecision::Offer(_)
     ));
 }
@@ -243,7 +243,7 @@ fn policy_set_falls_back_and_keeps_serving() {
     )
     .unwrap();
     policies.install(sleeper, SelfTest::Smoke).unwrap();
-    let decided = policies.price(&request(1), &state());
+    let decided = policies.price(&request(1), &pricing_state());
     match &decided.source {
         DecisionSource::BuiltIn {
             plugin_error: Some(error),
@@ -263,7 +263,7 @@ fn policy_set_falls_back_and_keeps_serving() {
     // Other tenants are still served by the plugin.
     let mut other_tenant = request(1);
     other_tenant.tenant = "tenant-b".to_string();
-    let decided = policies.price(&other_tenant, &state());
+    let decided = policies.price(&other_tenant, &pricing_state());
     assert!(matches!(decided.source, DecisionSource::Plugin { ref name, .. } if name == "sleeper"));
 }
 
@@ -281,7 +281,7 @@ fn deterministic_mode_stops_loops_with_fuel() {
     let mut looping = spec("fuel-loop", PluginKind::Pricing, &[("mode", "loop")]);
     looping.limits.fuel = 1_000_000;
     let plugin = host.load_component(looping, &bytes).unwrap();
-    let error = plugin.price(&request(1), &state()).unwrap_err();
+    let error = plugin.price(&request(1), &pricing_state()).unwrap_err();
     assert_eq!(
         error,
         PluginCallError::FuelExhausted {
@@ -293,6 +293,9 @@ fn deterministic_mode_stops_loops_with_fuel() {
     let plugin = host
         .load_component(spec("fuel-ok", PluginKind::Pricing, &[]), &bytes)
         .unwrap();
-    let first = plugin.price(&request(1), &state()).unwrap();
-    assert_eq!(plugin.price_fresh(&request(1), &state()).unwrap(), first);
+    let first = plugin.price(&request(1), &pricing_state()).unwrap();
+    assert_eq!(
+        plugin.price_fresh(&request(1), &pricing_state()).unwrap(),
+        first
+    );
 }

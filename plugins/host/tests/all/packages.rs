@@ -11,7 +11,7 @@ use plinth_plugin_host::{
     ReloadError, SelfTest, TrustPolicy,
 };
 
-use crate::support::{examples_dir, host, request, state, wasm};
+use crate::support::{examples_dir, host, pricing_state, request, wasm};
 
 fn manifest(name: &str, version: &str, kind: PluginKind, wit: &str) -> Manifest {
     Manifest {
@@ -66,7 +66,7 @@ fn trusted_package_loads_and_prices() {
         .unwrap();
     assert_eq!(plugin.info().signer.as_deref().map(str::len), Some(64));
     assert!(matches!(
-        plugin.price(&request(1), &state()).unwrap(),
+        plugin.price(&request(1), &pricing_state()).unwrap(),
         PriceDecision::Offer(_)
     ));
     let report = tools::inspect(&host, &bytes).unwrap();
@@ -240,7 +240,7 @@ fn hot_reload_success_and_failure() {
         matches!(error, ReloadError::Fixtures { ref plugin, .. } if plugin == "example-pricing"),
         "{error}"
     );
-    let decided = policies.price(&request(1), &state());
+    let decided = policies.price(&request(1), &pricing_state());
     assert_eq!(
         decided.source,
         DecisionSource::Plugin {
@@ -295,7 +295,7 @@ fn compiled_code_cache_is_reused_across_hosts() {
     let second = PluginHost::new(config.clone()).unwrap();
     let plugin = second.load_component(spec.clone(), &bytes).unwrap();
     assert!(matches!(
-        plugin.price(&request(1), &state()).unwrap(),
+        plugin.price(&request(1), &pricing_state()).unwrap(),
         PriceDecision::Offer(_)
     ));
     let entry = cache_dir.join(&entries[0]);
@@ -306,7 +306,7 @@ fn compiled_code_cache_is_reused_across_hosts() {
     let third = PluginHost::new(config).unwrap();
     let plugin = third.load_component(spec, &bytes).unwrap();
     assert!(matches!(
-        plugin.price(&request(1), &state()).unwrap(),
+        plugin.price(&request(1), &pricing_state()).unwrap(),
         PriceDecision::Offer(_)
     ));
     assert_ne!(

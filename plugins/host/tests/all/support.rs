@@ -138,6 +138,12 @@ pub fn state() -> HostState {
     }
 }
 
+/// [`state`] summarised for pricing.
+#[allow(dead_code)]
+pub fn pricing_state() -> plinth_plugin_host::PricingState {
+    plinth_plugin_host::summarize(&state())
+}
+
 /// A request for `gpu_count` GPUs for an hour.
 pub fn request(gpu_count: u32) -> JobRequest {
     JobRequest {

@@ -2,7 +2,7 @@
 
 use plinth_plugin_host::{PluginKind, PluginLoadError, PriceDecision};
 
-use crate::support::{host, request, spec, state, wasm};
+use crate::support::{host, pricing_state, request, spec, wasm};
 
 #[test]
 fn plugin_built_against_frozen_0_1_0_is_served() {
@@ -15,7 +15,7 @@ fn plugin_built_against_frozen_0_1_0_is_served() {
         .unwrap();
     eprintln!("{:#?}", plugin.info());
     assert_eq!(plugin.info().wit, "plinth:policy@0.1.0");
-    let decision = plugin.price(&request(2), &state()).unwrap();
+    let decision = plugin.price(&request(2), &pricing_state()).unwrap();
     match decision {
         PriceDecision::Offer(quote) => assert_eq!(quote.price_micros, 7200),
         other => panic!("{other:?}"),

@@ -10,12 +10,12 @@ wit_bindgen::generate!({
 
 use exports::plinth::policy::pricing::{Guest, PriceDecision, Quote};
 use plinth::policy::host::{self, Level};
-use plinth::policy::types::{HostState, JobRequest, PolicyError};
+use plinth::policy::types::{JobRequest, PolicyError, PricingState};
 
 struct Compat;
 
 impl Guest for Compat {
-    fn price(req: JobRequest, _state: HostState) -> Result<PriceDecision, PolicyError> {
+    fn price(req: JobRequest, _state: PricingState) -> Result<PriceDecision, PolicyError> {
         host::log(Level::Info, "compat plugin quoting", &[]);
         let seconds = req.duration_s * u64::from(req.gpu_count);
         Ok(PriceDecision::Offer(Quote {

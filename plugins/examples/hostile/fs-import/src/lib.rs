@@ -8,12 +8,12 @@ wit_bindgen::generate!({
 });
 
 use exports::plinth::policy::pricing::{Guest, PriceDecision};
-use plinth::policy::types::{HostState, JobRequest, PolicyError};
+use plinth::policy::types::{JobRequest, PolicyError, PricingState};
 
 struct ReadsFiles;
 
 impl Guest for ReadsFiles {
-    fn price(_req: JobRequest, _state: HostState) -> Result<PriceDecision, PolicyError> {
+    fn price(_req: JobRequest, _state: PricingState) -> Result<PriceDecision, PolicyError> {
         let secret = std::fs::read_to_string("/etc/shadow").unwrap_or_default();
         Ok(PriceDecision::Refuse(secret))
     }

@@ -4,7 +4,9 @@
 //! is set, it misbehaves only for that tenant: a plugin that passes the host's self-test
 //! and turns hostile later, so containment must hold at call time too.
 
-use plinth_plugin_sdk::pricing::{Guest, HostState, JobRequest, PolicyError, PriceDecision, Quote};
+use plinth_plugin_sdk::pricing::{
+    Guest, JobRequest, PolicyError, PriceDecision, PricingState, Quote,
+};
 
 struct Misbehave;
 
@@ -19,7 +21,7 @@ fn recurse(depth: u64, sink: &mut [u64; 16]) -> u64 {
 }
 
 impl Guest for Misbehave {
-    fn price(req: JobRequest, _state: HostState) -> Result<PriceDecision, PolicyError> {
+    fn price(req: JobRequest, _state: PricingState) -> Result<PriceDecision, PolicyError> {
         let mut mode = plinth_plugin_sdk::config_get("mode").unwrap_or_default();
         if let Some(target) = plinth_plugin_sdk::config_get("only-tenant") {
             if target != req.tenant {

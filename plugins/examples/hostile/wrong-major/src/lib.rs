@@ -8,12 +8,12 @@ wit_bindgen::generate!({
 });
 
 use exports::plinth::policy::pricing::{Guest, PriceDecision};
-use plinth::policy::types::{HostState, JobRequest, PolicyError};
+use plinth::policy::types::{JobRequest, PolicyError, PricingState};
 
 struct FromTheFuture;
 
 impl Guest for FromTheFuture {
-    fn price(_req: JobRequest, _state: HostState) -> Result<PriceDecision, PolicyError> {
+    fn price(_req: JobRequest, _state: PricingState) -> Result<PriceDecision, PolicyError> {
         Ok(PriceDecision::Refuse("built for 1.0.0".to_string()))
     }
 }
