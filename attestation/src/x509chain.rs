@@ -277,12 +277,74 @@ pub fn verify_signed_by(
         SignatureAlgorithm::ED25519 => &ring::signature::ED25519,
         _ => return Err(unsupported(sig_alg_oid)),
     };
+    let cache_key = signature_cache_key(child, spki);
+    if signature_cache_contains(&cache_key) {
+        return Ok(());
+    }
     let key = ring::signature::UnparsedPublicKey::new(verification, &spki.subject_public_key.data);
     key.verify(child.tbs_certificate.as_ref(), &child.signature_value.data)
         .map_err(|_| X509ChainError::BadSignature {
             subject,
             issuer: issuer_name,
-        })
+        })?;
+    signature_cache_insert(cache_key);
+    Ok(())
+}
+
+/// Certificate signatures already verified in this process, keyed by SHA-256
+/// over (signature algorithm, TBS bytes, signature, issuer SPKI). Vendor
+/// intermediates (AMD ASK/ARK, NVIDIA identity CAs) recur in every report, so
+/// a checker verifying many reports checks each CA signature once. Only
+/// successful verifications are remembered; validity periods are still
+/// checked every time. Bounded: cleared when it reaches
+/// [`SIGNATURE_CACHE_CAPACITY`] entries.
+type SignatureCache = std::sync::Mutex<std::collections::HashSet<[u8; 32]>>;
+static SIGNATURE_CACHE: std::sync::OnceLock<SignatureCache> = std::sync::OnceLock::new();
+
+/// Maximum number of remembered certificate signatures.
+pub const SIGNATURE_CACHE_CAPACITY: usize = 4096;
+
+fn signature_cache_key(child: &X509Certificate<'_>, spki: &SubjectPublicKeyInfo<'_>) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in [
+        child.signature_algorithm.algorithm.as_bytes(),
+        child.tbs_certificate.as_ref(),
+        &child.signature_value.data,
+        spki.raw,
+    ] {
+        ctx.update(&(part.len() as u64).to_be_bytes());
+        ctx.update(part);
+    }
+    let mut key = [0u8; 32];
+    key.copy_from_slice(ctx.finish().as_ref());
+    key
+}
+
+fn signature_cache_contains(key: &[u8; 32]) -> bool {
+    SIGNATURE_CACHE
+        .get()
+        .and_then(|cache| cache.lock().ok().map(|set| set.contains(key)))
+        .unwrap_or(false)
+}
+
+fn signature_cache_insert(key: [u8; 32]) {
+    let cache = SIGNATURE_CACHE.get_or_init(Default::default);
+    if let Ok(mut set) = cache.lock() {
+        if set.len() >= SIGNATURE_CACHE_CAPACITY {
+            set.clear();
+        }
+        set.insert(key);
+    }
+}
+
+/// Forgets every remembered certificate signature (benchmarks use it to
+/// measure cold verification).
+pub fn clear_signature_cache() {
+    if let Some(cache) = SIGNATURE_CACHE.get()
+        && let Ok(mut set) = cache.lock()
+    {
+        set.clear();
+    }
 }
 
 fn pss_salt_len(hash_oid: &str) -> usize {

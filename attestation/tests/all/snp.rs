@@ -179,3 +179,22 @@ fn turin_vcek_chains_to_pinned_turin_roots_and_carries_fmc() {
     let hwid = x509chain::extension_value(&cert, "1.3.6.1.4.1.3704.1.4").unwrap();
     assert_eq!(x509chain::der_octet_string(hwid).unwrap_or(hwid).len(), 8);
 }
+
+#[test]
+fn remembered_chain_signatures_do_not_mask_a_changed_certificate() {
+    let Some(dir) = vectors() else { return };
+    let ev = evidence(&dir, PAIRS[0].0, PAIRS[0].1);
+    assert!(snp::verify(&ev, &lenient(), AT_2026).unwrap().verified());
+    // Same report, VCEK with one byte of its signature changed: the chain
+    // check must run again and fail, although the good VCEK was seen before.
+    let mut vcek = ev.vcek_der.clone();
+    let last = vcek.len() - 5;
+    vcek[last] ^= 0x01;
+    let tampered = SnpEvidence {
+        vcek_der: vcek,
+        ..ev.clone()
+    };
+    let appraisal = snp::verify(&tampered, &lenient(), AT_2026).unwrap();
+    let fail: Vec<_> = appraisal.failures().map(|c| c.name.clone()).collect();
+    assert_eq!(fail, vec!["snp.cert_chain"]);
+}
