@@ -21,6 +21,12 @@ pub enum AgentCommand {
     Run(ConfigArg),
     /// Load and check the configuration, print the merged result, and exit.
     CheckConfig(ConfigArg),
+    /// Supervise one job's container (started by the agent itself).
+    #[command(hide = true)]
+    JobShim {
+        /// The job directory.
+        job_dir: PathBuf,
+    },
 }
 
 /// The `--config` option shared by subcommands.
@@ -52,6 +58,24 @@ pub struct CtlCli {
 pub enum CtlCommand {
     /// Show the agent's status.
     Status(OutputArgs),
+    /// Submit, list, show, follow and cancel jobs.
+    Jobs {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::ctl::jobs::JobsCommand,
+    },
+    /// Export the usage receipt ledger.
+    Receipts {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::ctl::jobs::ReceiptsCommand,
+    },
+    /// Tools for plugin authors: keygen, sign, inspect, test, bench.
+    Plugin {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::ctl::plugin::PluginCommand,
+    },
     /// Print shell completions for plinthctl.
     Completions {
         /// The shell.

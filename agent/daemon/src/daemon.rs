@@ -129,6 +129,7 @@ pub async fn run(loaded: LoadedConfig, options: RunOptions) -> Result<(), Daemon
     if identity.was_created() {
         tracing::info!(public_key = %identity.public_key_hex(), path = %identity.path().display(), "created node key");
     }
+    let jobs = crate::jobs::start(&config, store.clone(), identity.clone());
     let hardware = Hardware::detect();
     tracing::info!(summary = %hardware.summary, "hardware detected");
 
@@ -151,6 +152,7 @@ pub async fn run(loaded: LoadedConfig, options: RunOptions) -> Result<(), Daemon
         started: std::time::Instant::now(),
         started_at: crate::store::now_rfc3339(),
         previous_run,
+        jobs: jobs.as_ref().map(|jobs| jobs.manager.clone()),
     });
     let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
@@ -193,6 +195,9 @@ pub async fn run(loaded: LoadedConfig, options: RunOptions) -> Result<(), Daemon
     tracing::info!(signal = outcome, "shutting down");
     systemd::notify_stopping("shutting down");
     let _ = shutdown_sender.send(true);
+    if let Some(jobs) = &jobs {
+        jobs.stop();
+    }
     match tokio::time::timeout(Duration::from_secs(10), &mut server).await {
         Ok(_) => {}
         Err(_) => tracing::warn!("in-flight requests did not finish within 10 s; closing"),

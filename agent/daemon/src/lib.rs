@@ -12,6 +12,8 @@ pub mod ctl;
 pub mod daemon;
 pub mod hardware;
 pub mod identity;
+pub mod jobs;
+pub mod plugins;
 pub mod store;
 pub mod systemd;
 

@@ -12,6 +12,13 @@ use plinth_agent::{error_chain, systemd};
 fn main() -> ExitCode {
     let cli = AgentCli::parse();
     match cli.command {
+        AgentCommand::JobShim { job_dir } => match plinth_jobs::shim::run(&job_dir) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("plinth-agent job-shim: {}", error_chain(&err));
+                ExitCode::from(1)
+            }
+        },
         AgentCommand::CheckConfig(arg) => {
             match config::load(&ConfigSources::from_arg(arg.config.as_deref())) {
                 Ok(loaded) => {

@@ -28,10 +28,11 @@ pub struct Migration {
 }
 
 /// Every migration this build knows, in order. Append only: never edit a released one.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "agent runs and node metadata",
-    sql: "
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "agent runs and node metadata",
+        sql: "
         CREATE TABLE node_meta (
             key   TEXT PRIMARY KEY NOT NULL,
             value TEXT NOT NULL
@@ -45,7 +46,13 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
             outcome    TEXT
         );
     ",
-}];
+    },
+    Migration {
+        version: 2,
+        name: "jobs and receipts",
+        sql: crate::jobs::MIGRATION_SQL,
+    },
+];
 
 /// The schema version this build writes.
 pub fn latest_version() -> u32 {

@@ -23,6 +23,7 @@ use crate::hardware::Hardware;
 use crate::identity::NodeIdentity;
 use crate::store::{PreviousRun, Store};
 
+pub mod jobs;
 pub mod status;
 
 /// Errors setting up the admin socket.
@@ -85,6 +86,8 @@ pub struct AgentState {
     pub started_at: String,
     /// How the previous run ended.
     pub previous_run: PreviousRun,
+    /// The job manager; `None` when jobs are disabled on this host.
+    pub jobs: Option<Arc<crate::jobs::JobManager>>,
 }
 
 /// Shared handler state.
@@ -94,6 +97,7 @@ pub type SharedState = Arc<AgentState>;
 pub fn router(state: SharedState) -> Router {
     Router::new()
         .merge(status::routes())
+        .merge(jobs::routes())
         .fallback(not_found)
         .with_state(state)
 }
