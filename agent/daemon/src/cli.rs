@@ -70,12 +70,6 @@ pub enum CtlCommand {
         #[command(subcommand)]
         command: crate::ctl::jobs::ReceiptsCommand,
     },
-    /// Tools for plugin authors: keygen, sign, inspect, test, bench.
-    Plugin {
-        /// What to do.
-        #[command(subcommand)]
-        command: crate::ctl::plugin::PluginCommand,
-    },
     /// Print shell completions for plinthctl.
     Completions {
         /// The shell.

@@ -9,7 +9,6 @@ use crate::client::{AdminClient, ClientError};
 use crate::config::{self, ConfigSources};
 
 pub mod jobs;
-pub mod plugin;
 pub mod status;
 
 /// Errors of `plinthctl` commands.
@@ -30,9 +29,6 @@ pub enum CtlError {
     /// JSON output could not be produced.
     #[error("cannot render JSON")]
     Json(#[from] serde_json::Error),
-    /// A `plinthctl plugin` tool failed.
-    #[error(transparent)]
-    Plugin(#[from] plugin::PluginCtlError),
 }
 
 impl CtlError {
@@ -70,7 +66,6 @@ pub async fn run(cli: CtlCli) -> Result<(), CtlError> {
         CtlCommand::Status(output) => status::run(&client, output).await,
         CtlCommand::Jobs { command } => jobs::run(&client, command).await,
         CtlCommand::Receipts { command } => jobs::run_receipts(&client, command).await,
-        CtlCommand::Plugin { command } => Ok(plugin::run(command)?),
         CtlCommand::Completions { shell } => {
             let mut command = CtlCli::command();
             clap_complete::generate(shell, &mut command, "plinthctl", &mut std::io::stdout());
