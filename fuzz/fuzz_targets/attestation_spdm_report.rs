@@ -1,10 +1,12 @@
-//! Fuzz the NVIDIA SPDM GET_MEASUREMENTS report parser (binary and hex text).
+//! Fuzz the NVIDIA SPDM GET_MEASUREMENTS report parser (binary and hex text)
+//! and the NVIDIA SDK evidence JSON reader.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use plinth_attestation::gpu::spdm::SpdmReport;
 
 fuzz_target!(|data: &[u8]| {
+    let _ = plinth_attestation::gpu::spdm::parse_sdk_evidence(data);
     let Ok(report) = SpdmReport::parse(data) else { return };
     assert!(report.signed_bytes().len() + 96 == report.raw.len());
     let _ = report.driver_version();
