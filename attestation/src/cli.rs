@@ -101,8 +101,30 @@ pub enum Command {
     Eventlog(EventlogArgs),
     /// Generate an Ed25519 key for signing EAR tokens.
     Keygen(KeygenArgs),
-    // Reserved: `bundle` (evidence bundles), `batch` (directories of bundles)
-    // and `receipts` (usage receipt ledgers) are added by later issues.
+    /// Verify a usage receipt ledger (JSON lines from `plinthctl receipts export`).
+    Receipts(ReceiptsArgs),
+    // Reserved: `bundle` (evidence bundles) and `batch` (directories of
+    // bundles) are added by later issues.
+}
+
+/// Arguments of `receipts`.
+#[derive(Debug, Args)]
+pub struct ReceiptsArgs {
+    /// The ledger (JSON lines).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// The node's Ed25519 public key: hex, or a file holding the hex (node.key.pub).
+    #[arg(long, value_name = "KEY")]
+    pub node_key: String,
+    /// The export starts at this seq instead of 1 (needs --start-prev).
+    #[arg(long, value_name = "SEQ", requires = "start_prev")]
+    pub start_seq: Option<u64>,
+    /// Hash of the receipt before --start-seq (hex).
+    #[arg(long, value_name = "HEX", requires = "start_seq")]
+    pub start_prev: Option<String>,
+    /// The seq the last receipt must have (detects truncation at the end).
+    #[arg(long, value_name = "SEQ")]
+    pub expect_last_seq: Option<u64>,
 }
 
 /// Arguments of `snp`.
@@ -249,6 +271,7 @@ pub fn run(cli: &Cli) -> Result<Outcome, CliError> {
         Command::Gpu(args) => run_gpu(args, &policy, at)?,
         Command::TpmQuote(args) => vec![run_tpm_quote(args, &policy, at)?],
         Command::Eventlog(args) => vec![run_eventlog(args)?],
+        Command::Receipts(args) => vec![run_receipts(args)?],
     };
     if let Some(ear_path) = &cli.ear {
         let key_path = cli.ear_key.as_ref().ok_or_else(|| {
@@ -365,6 +388,32 @@ fn keygen(args: &KeygenArgs) -> Result<Outcome, CliError> {
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signer.public_key())
         ),
     })
+}
+
+fn run_receipts(args: &ReceiptsArgs) -> Result<Appraisal, CliError> {
+    let key_text = if Path::new(&args.node_key).is_file() {
+        String::from_utf8_lossy(&read(Path::new(&args.node_key))?).into_owned()
+    } else {
+        args.node_key.clone()
+    };
+    let node_key = key_text.trim().to_ascii_lowercase();
+    if node_key.len() != 64 || !node_key.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(CliError::Usage(format!(
+            "--node-key '{}' is not a 32-byte hex Ed25519 public key (or a file holding one)",
+            args.node_key
+        )));
+    }
+    let options = crate::receipt::LedgerOptions {
+        node_key: Some(node_key),
+        start: args.start_seq.zip(args.start_prev.clone()),
+        expected_last_seq: args.expect_last_seq,
+    };
+    let ledger = read(&args.file)?;
+    Ok(crate::receipt::appraise_ledger(
+        &args.file.display().to_string(),
+        &ledger,
+        &options,
+    ))
 }
 
 fn run_snp(args: &SnpArgs, policy: &Policy, at: i64) -> Result<Appraisal, CliError> {

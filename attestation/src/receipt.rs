@@ -572,6 +572,50 @@ pub fn verify_ledger(text: &[u8], options: &LedgerOptions) -> Result<LedgerSumma
     })
 }
 
+/// Verifies a ledger and reports it as an appraisal (one named check, with
+/// the summary as claims), for `plinth-verify receipts`.
+pub fn appraise_ledger(
+    name: &str,
+    text: &[u8],
+    options: &LedgerOptions,
+) -> crate::check::Appraisal {
+    use crate::check::{Appraisal, Aspect, Check};
+    let mut appraisal = Appraisal::new("receipts");
+    appraisal.claim("ledger", name);
+    match verify_ledger(text, options) {
+        Ok(summary) => {
+            appraisal.push(Check::pass(
+                "receipts.ledger",
+                Aspect::InstanceIdentity,
+                format!(
+                    "{} receipts (seq {}..{}) from {} jobs: signatures, chain, sequence and billing periods verified",
+                    summary.n_receipts, summary.first_seq, summary.last_seq, summary.n_jobs
+                ),
+            ));
+            appraisal.claim("receipts", summary.n_receipts as u64);
+            appraisal.claim("last_seq", summary.last_seq);
+            appraisal.claim("head_hash", summary.head_hash.clone());
+            appraisal.claim("jobs", summary.n_jobs as u64);
+            appraisal.claim("final_receipts", summary.n_final as u64);
+            let totals: serde_json::Map<String, Value> = summary
+                .totals_micros
+                .iter()
+                .map(|(currency, micros)| (currency.clone(), Value::from(*micros)))
+                .collect();
+            appraisal.claim("totals_micros", Value::Object(totals));
+        }
+        Err(err) => {
+            appraisal.push(Check::fail(
+                "receipts.ledger",
+                Aspect::InstanceIdentity,
+                err.to_string(),
+            ));
+            appraisal.claim("first_bad_line", err.line as u64);
+        }
+    }
+    appraisal
+}
+
 fn crate_error_chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
@@ -837,6 +881,19 @@ mod tests {
         check(&lines(&[i1, i2]), &opts, 2, |f| {
             matches!(f, LedgerFault::OverlappingPeriod { .. })
         });
+    }
+
+    #[test]
+    fn ledgers_appraise_as_one_named_check() {
+        let key = key(1);
+        let good = appraise_ledger("l", &lines(&ledger(&key)), &options(&key));
+        assert!(good.verified());
+        assert_eq!(good.claims["last_seq"], 3);
+        let mut tampered = ledger(&key);
+        tampered[2].usage.cpu_ns += 1;
+        let bad = appraise_ledger("l", &lines(&tampered), &options(&key));
+        assert!(!bad.verified());
+        assert_eq!(bad.claims["first_bad_line"], 3);
     }
 
     #[test]
