@@ -5,7 +5,9 @@ use libfuzzer_sys::fuzz_target;
 use plinth_attestation::x509chain::{self, parse_bundle, verify_chain};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(ders) = parse_bundle(data, "fuzz") else { return };
+    let Ok(ders) = parse_bundle(data, "fuzz") else {
+        return;
+    };
     let anchors: Vec<Vec<u8>> = ders.last().cloned().into_iter().collect();
     let _ = verify_chain(&ders, &anchors, 1_767_225_600);
     for der in &ders {

@@ -6,7 +6,9 @@ use libfuzzer_sys::fuzz_target;
 use plinth_attestation::snp::{SnpReport, TcbVersion};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(report) = SnpReport::parse(data) else { return };
+    let Ok(report) = SnpReport::parse(data) else {
+        return;
+    };
     assert_eq!(report.raw.len(), 0x4A0);
     // An arbitrary (invalid) point must be rejected, never panic.
     let mut point = vec![0x04];

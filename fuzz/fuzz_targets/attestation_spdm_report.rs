@@ -7,7 +7,9 @@ use plinth_attestation::gpu::spdm::SpdmReport;
 
 fuzz_target!(|data: &[u8]| {
     let _ = plinth_attestation::gpu::spdm::parse_sdk_evidence(data);
-    let Ok(report) = SpdmReport::parse(data) else { return };
+    let Ok(report) = SpdmReport::parse(data) else {
+        return;
+    };
     assert!(report.signed_bytes().len() + 96 == report.raw.len());
     let _ = report.driver_version();
     let _ = report.vbios_version();
