@@ -1,0 +1,271 @@
+//! `plinthctl plugin keygen|sign|inspect|test|bench`: tools for plugin authors that work
+//! without an agent. Thin wrappers over `plinth_plugin_host::tools`.
+
+use std::path::{Path, PathBuf};
+
+use clap::Subcommand;
+use plinth_plugin_host::tools::{self, ToolsError};
+use plinth_plugin_host::{HostConfig, PluginHost, PluginHostError};
+
+/// `plinthctl plugin` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Generate an Ed25519 signing key (PKCS#8, mode 0600) and print its public key.
+    Keygen {
+        /// Where to write the private key (never overwritten).
+        out: PathBuf,
+    },
+    /// Build a package from a manifest and a wasm component, signed with a key.
+    Sign {
+        /// Manifest (TOML; `wasm_sha256` is filled in).
+        #[arg(long, value_name = "FILE")]
+        manifest: PathBuf,
+        /// The wasm component.
+        #[arg(long, value_name = "FILE")]
+        wasm: PathBuf,
+        /// PKCS#8 private key from `plinthctl plugin keygen`; omit for an unsigned package.
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+        /// Output package.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Show a package's or component's kind, WIT version, imports, exports, limits, signer.
+    Inspect {
+        /// Package (.plinthpkg) or raw component (.wasm).
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a plugin against a fixtures directory and diff against the expected outputs.
+    Test {
+        /// Package or raw component.
+        file: PathBuf,
+        /// Directory of NAME.input.json / NAME.expected.json pairs (+ optional config.json).
+        #[arg(long, value_name = "DIR")]
+        fixtures: PathBuf,
+        /// Rewrite the expected files from the actual answers.
+        #[arg(long)]
+        bless: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure warm-call and fresh-instance latency on one fixture input.
+    Bench {
+        /// Package or raw component.
+        file: PathBuf,
+        /// A NAME.input.json file.
+        #[arg(long, value_name = "FILE")]
+        fixture: PathBuf,
+        /// Calls per series.
+        #[arg(long, default_value_t = 10_000)]
+        iterations: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Errors of `plinthctl plugin`.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginCtlError {
+    /// A plugin tool failed.
+    #[error(transparent)]
+    Tools(#[from] ToolsError),
+    /// The wasmtime host could not start.
+    #[error("cannot start the plugin host")]
+    Host(#[from] PluginHostError),
+    /// A file could not be read or written.
+    #[error("cannot access {path}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// JSON output or input failed.
+    #[error("invalid JSON in {path}")]
+    Json {
+        /// The file (or `-` for output).
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Some fixtures did not match.
+    #[error("{failed} of {total} fixtures failed")]
+    FixturesFailed {
+        /// Failed cases.
+        failed: usize,
+        /// All cases.
+        total: usize,
+    },
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, PluginCtlError> {
+    std::fs::read(path).map_err(|source| PluginCtlError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<(), PluginCtlError> {
+    let text = serde_json::to_string_pretty(value).map_err(|source| PluginCtlError::Json {
+        path: PathBuf::from("-"),
+        source,
+    })?;
+    println!("{text}");
+    Ok(())
+}
+
+/// Tools run deterministically (fuel, frozen clocks), like the host's self-tests.
+fn tool_host(deterministic: bool) -> Result<PluginHost, PluginCtlError> {
+    Ok(PluginHost::new(HostConfig {
+        deterministic,
+        pool_instances: 16,
+        ..HostConfig::default()
+    })?)
+}
+
+/// Run one `plinthctl plugin` command.
+pub fn run(command: PluginCommand) -> Result<(), PluginCtlError> {
+    match command {
+        PluginCommand::Keygen { out } => {
+            let public_hex = tools::keygen(&out)?;
+            println!("{public_hex}");
+            eprintln!(
+                "private key written to {}; add the public key above to [plugins] trusted_keys",
+                out.display()
+            );
+            Ok(())
+        }
+        PluginCommand::Sign {
+            manifest,
+            wasm,
+            key,
+            out,
+        } => {
+            let manifest = tools::read_manifest(&manifest)?;
+            let bytes = tools::sign(manifest, read(&wasm)?, key.as_deref())?;
+            std::fs::write(&out, &bytes).map_err(|source| PluginCtlError::Io {
+                path: out.clone(),
+                source,
+            })?;
+            println!("{}", out.display());
+            Ok(())
+        }
+        PluginCommand::Inspect { file, json } => {
+            let report = tools::inspect(&tool_host(false)?, &read(&file)?)?;
+            if json {
+                return print_json(&report);
+            }
+            let plugin = &report.plugin;
+            println!("name:      {} {}", plugin.name, plugin.version);
+            println!("kind:      {}", plugin.kind);
+            println!("wit:       {}", plugin.wit);
+            println!("sha256:    {}", plugin.wasm_sha256);
+            match (&report.signer, report.signature_valid) {
+                (Some(signer), Some(valid)) => {
+                    println!(
+                        "signer:    {signer} (signature {})",
+                        if valid { "valid" } else { "INVALID" }
+                    )
+                }
+                _ => println!("signer:    unsigned"),
+            }
+            if let Some(matches) = report.wasm_digest_matches {
+                println!(
+                    "digest:    {}",
+                    if matches {
+                        "matches manifest"
+                    } else {
+                        "DOES NOT MATCH manifest"
+                    }
+                );
+            }
+            let limits = &plugin.limits;
+            println!(
+                "limits:    memory {} B, cpu {} ms, fuel {}, output {} B, {} log records/call",
+                limits.memory_bytes,
+                limits.cpu_ms,
+                limits.fuel,
+                limits.output_bytes,
+                limits.log_records_per_call
+            );
+            println!("imports:   {}", plugin.imports.join(", "));
+            println!("exports:   {}", plugin.exports.join(", "));
+            Ok(())
+        }
+        PluginCommand::Test {
+            file,
+            fixtures,
+            bless,
+            json,
+        } => {
+            let host = tool_host(true)?;
+            let config = tools::fixture_config(&fixtures)?;
+            let (plugin, _) = tools::load_any(&host, &read(&file)?, &config)?;
+            let report = tools::run_fixtures(&plugin, &fixtures, bless)?;
+            if json {
+                print_json(&report)?;
+            } else {
+                for case in &report.cases {
+                    match &case.diff {
+                        None => println!("ok    {}", case.name),
+                        Some(diff) => println!("FAIL  {}: {diff}", case.name),
+                    }
+                }
+            }
+            let failed = report.cases.iter().filter(|case| !case.passed).count();
+            if failed > 0 || report.cases.is_empty() {
+                return Err(PluginCtlError::FixturesFailed {
+                    failed,
+                    total: report.cases.len(),
+                });
+            }
+            Ok(())
+        }
+        PluginCommand::Bench {
+            file,
+            fixture,
+            iterations,
+            json,
+        } => {
+            let host = tool_host(false)?;
+            let config = fixture
+                .parent()
+                .map(tools::fixture_config)
+                .transpose()?
+                .unwrap_or_default();
+            let (plugin, _) = tools::load_any(&host, &read(&file)?, &config)?;
+            let input: serde_json::Value =
+                serde_json::from_slice(&read(&fixture)?).map_err(|source| {
+                    PluginCtlError::Json {
+                        path: fixture.clone(),
+                        source,
+                    }
+                })?;
+            let report = tools::bench(&plugin, &input, iterations)?;
+            if json {
+                return print_json(&report);
+            }
+            for (name, series) in [
+                ("warm instance", &report.warm),
+                ("fresh instance", &report.fresh),
+            ] {
+                println!(
+                    "{name:<15} n={} p50={:.3} us p90={:.3} us p99={:.3} us max={:.3} us",
+                    series.samples,
+                    series.p50_ns as f64 / 1e3,
+                    series.p90_ns as f64 / 1e3,
+                    series.p99_ns as f64 / 1e3,
+                    series.max_ns as f64 / 1e3
+                );
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! Policy plugins in the agent: the `[plugins]` configuration section and the service
+//! that loads signed packages from the plugin directory at start and on SIGHUP, installs
+//! new ones (verified and self-tested before they replace the active plugin, then
+//! persisted), lists and removes them. Decisions go through [`PluginService::policies`],
+//! which falls back to built-in policies whenever a plugin fails.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use plinth_plugin_host::fallback::FallbackConfig;
+use plinth_plugin_host::{
+    HostConfig, PackageError, PluginHost, PluginHostError, PluginInfo, PluginKind,
+    PluginStatsSnapshot, PolicySet, ReloadError, SelfTest, TrustPolicy,
+};
+use serde::{Deserialize, Serialize};
+
+/// File extension of plugin packages in the plugin directory.
+pub const PACKAGE_EXTENSION: &str = "plinthpkg";
+
+/// The `[plugins]` section of agent.toml.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// Directory of installed packages, one `<kind>.plinthpkg` per kind.
+    pub dir: PathBuf,
+    /// Private directory for compiled code (mode 0700, owned by the agent's user).
+    pub cache_dir: Option<PathBuf>,
+    /// Ed25519 public keys (64 hex digits) whose signed packages are accepted.
+    pub trusted_keys: Vec<String>,
+    /// Accept unsigned packages (development only).
+    pub allow_unsigned: bool,
+    /// Operator configuration per plugin name, overriding the manifest's defaults.
+    pub config: BTreeMap<String, BTreeMap<String, String>>,
+    /// Directory with self-test fixtures per plugin name (`<dir>/<name>/*.input.json`);
+    /// plugins without fixtures get a smoke test.
+    pub fixtures_dir: Option<PathBuf>,
+    /// Settings of the built-in fallback policies.
+    pub fallback: FallbackConfig,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            dir: PathBuf::from("/var/lib/plinth/plugins"),
+            cache_dir: Some(PathBuf::from("/var/cache/plinth/plugin-code")),
+            trusted_keys: Vec::new(),
+            allow_unsigned: false,
+            config: BTreeMap::new(),
+            fixtures_dir: None,
+            fallback: FallbackConfig::default(),
+        }
+    }
+}
+
+/// Errors of the plugin service.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginServiceError {
+    /// A trusted key in `[plugins] trusted_keys` is malformed.
+    #[error("invalid plugins.trusted_keys entry")]
+    TrustedKey(#[source] PackageError),
+    /// The wasmtime host could not start.
+    #[error("cannot start the plugin host")]
+    Host(#[from] PluginHostError),
+    /// A package failed to load or its self-test.
+    #[error("plugin not installed")]
+    Reload(#[from] ReloadError),
+    /// The plugin directory could not be read or written.
+    #[error("cannot access plugin file {path}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One active plugin and its counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginStatus {
+    /// What it is.
+    pub info: PluginInfo,
+    /// How it behaved.
+    pub stats: PluginStatsSnapshot,
+}
+
+/// Outcome of loading the plugin directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadReport {
+    /// Plugins now active.
+    pub loaded: Vec<PluginInfo>,
+    /// Packages that were not installed, with the error chain; the previous plugin of
+    /// that kind (if any) keeps serving.
+    pub failed: Vec<(PathBuf, String)>,
+}
+
+/// The agent's plugins: host, active policies and trust settings.
+pub struct PluginService {
+    host: PluginHost,
+    policies: PolicySet,
+    trust: TrustPolicy,
+    config: PluginsConfig,
+}
+
+impl std::fmt::Debug for PluginService {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("PluginService")
+            .field("dir", &self.config.dir)
+            .field("active", &self.policies.list())
+            .finish_non_exhaustive()
+    }
+}
+
+fn chain(error: &dyn std::error::Error) -> String {
+    crate::error_chain(error)
+}
+
+impl PluginService {
+    /// Start the host (no plugins loaded yet; call [`Self::load_dir`]).
+    pub fn new(config: PluginsConfig) -> Result<PluginService, PluginServiceError> {
+        let trust = TrustPolicy::from_hex_keys(&config.trusted_keys, config.allow_unsigned)
+            .map_err(PluginServiceError::TrustedKey)?;
+        let host = PluginHost::new(HostConfig {
+            cache_dir: config.cache_dir.clone(),
+            ..HostConfig::default()
+        })?;
+        Ok(PluginService {
+            host,
+            policies: PolicySet::new(config.fallback.clone()),
+            trust,
+            config,
+        })
+    }
+
+    /// The active policies (with built-in fallbacks): what pricing, scheduling and
+    /// reporting decisions go through.
+    pub fn policies(&self) -> &PolicySet {
+        &self.policies
+    }
+
+    fn install_bytes(&self, bytes: &[u8]) -> Result<PluginInfo, ReloadError> {
+        let name = plinth_plugin_host::Package::parse(bytes)
+            .map(|package| package.manifest.name)
+            .unwrap_or_default();
+        let operator_config = self.config.config.get(&name).cloned().unwrap_or_default();
+        let fixtures = self
+            .config
+            .fixtures_dir
+            .as_ref()
+            .map(|dir| dir.join(&name))
+            .filter(|dir| dir.is_dir());
+        let self_test = match &fixtures {
+            Some(dir) => SelfTest::Fixtures(dir),
+            None => SelfTest::Smoke,
+        };
+        self.policies
+            .reload_package(&self.host, bytes, &self.trust, &operator_config, self_test)
+    }
+
+    /// Load every `*.plinthpkg` in the plugin directory (at start and on SIGHUP). Each
+    /// package is verified and self-tested before it replaces the active plugin of its
+    /// kind; failures are reported and leave the previous plugin serving.
+    pub fn load_dir(&self) -> Result<LoadReport, PluginServiceError> {
+        let dir = &self.config.dir;
+        let mut report = LoadReport::default();
+        let entries = match fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(report),
+            Err(source) => {
+                return Err(PluginServiceError::Io {
+                    path: dir.clone(),
+                    source,
+                });
+            }
+        };
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|path| path.extension().is_some_and(|ext| ext == PACKAGE_EXTENSION))
+            .collect();
+        paths.sort();
+        for path in paths {
+            let outcome = fs::read(&path)
+                .map_err(|source| PluginServiceError::Io {
+                    path: path.clone(),
+                    source,
+                })
+                .and_then(|bytes| self.install_bytes(&bytes).map_err(PluginServiceError::from));
+            match outcome {
+                Ok(info) => report.loaded.push(info),
+                Err(error) => {
+                    tracing::warn!(path = %path.display(), error = %chain(&error), "plugin package not loaded");
+                    report.failed.push((path, chain(&error)));
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Install a package: verify, self-test, activate, then store it as
+    /// `<dir>/<kind>.plinthpkg` (replacing the previous package of that kind).
+    pub fn install(&self, bytes: &[u8]) -> Result<PluginInfo, PluginServiceError> {
+        let info = self.install_bytes(bytes)?;
+        let dir = &self.config.dir;
+        fs::create_dir_all(dir).map_err(|source| PluginServiceError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let path = package_path(dir, info.kind);
+        let tmp = dir.join(format!(".{}.tmp", info.kind));
+        let written = fs::File::create(&tmp)
+            .and_then(|mut file| {
+                file.write_all(bytes)?;
+                file.sync_all()
+            })
+            .and_then(|()| fs::rename(&tmp, &path));
+        written.map_err(|source| PluginServiceError::Io { path, source })?;
+        Ok(info)
+    }
+
+    /// Active plugins with their counters.
+    pub fn list(&self) -> Vec<PluginStatus> {
+        PluginKind::ALL
+            .iter()
+            .filter_map(|kind| self.policies.active(*kind))
+            .map(|plugin| PluginStatus {
+                info: plugin.info().clone(),
+                stats: plugin.stats(),
+            })
+            .collect()
+    }
+
+    /// Deactivate the plugin of `kind` (the built-in policy takes over) and delete its
+    /// package from the plugin directory.
+    pub fn remove(&self, kind: PluginKind) -> Result<Option<PluginInfo>, PluginServiceError> {
+        let removed = self
+            .policies
+            .remove(kind)
+            .map(|plugin| plugin.info().clone());
+        let path = package_path(&self.config.dir, kind);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(PluginServiceError::Io { path, source }),
+        }
+        Ok(removed)
+    }
+}
+
+/// Where the package of `kind` lives in `dir`.
+pub fn package_path(dir: &Path, kind: PluginKind) -> PathBuf {
+    dir.join(format!("{kind}.{PACKAGE_EXTENSION}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(dir: &Path, allow_unsigned: bool) -> PluginService {
+        PluginService::new(PluginsConfig {
+            dir: dir.join("plugins"),
+            cache_dir: None,
+            allow_unsigned,
+            ..PluginsConfig::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn empty_directory_serves_built_in_policies() {
+        let temp = tempfile::tempdir().unwrap();
+        let service = service(temp.path(), false);
+        let report = service.load_dir().unwrap();
+        assert!(report.loaded.is_empty() && report.failed.is_empty());
+        assert!(service.list().is_empty());
+        let (request, state, _) = plinth_plugin_host::policy::sample_inputs();
+        let decided = service.policies().schedule(&request, &state);
+        assert_eq!(
+            decided.source,
+            plinth_plugin_host::DecisionSource::BuiltIn { plugin_error: None }
+        );
+        assert!(service.remove(PluginKind::Pricing).unwrap().is_none());
+    }
+
+    #[test]
+    fn bad_packages_are_reported_not_fatal() {
+        let temp = tempfile::tempdir().unwrap();
+        let service = service(temp.path(), true);
+        fs::create_dir_all(temp.path().join("plugins")).unwrap();
+        fs::write(
+            temp.path().join("plugins/pricing.plinthpkg"),
+            b"garbage, not a plugin package",
+        )
+        .unwrap();
+        let report = service.load_dir().unwrap();
+        assert_eq!(report.failed.len(), 1);
+        assert!(
+            report.failed[0].1.contains("not a plinth plugin package"),
+            "{:?}",
+            report.failed
+        );
+        let error = service
+            .install(b"garbage, not a plugin package")
+            .unwrap_err();
+        assert!(
+            chain(&error).contains("not a plinth plugin package"),
+            "{}",
+            chain(&error)
+        );
+    }
+
+    #[test]
+    fn malformed_trusted_key_is_a_config_error() {
+        let error = PluginService::new(PluginsConfig {
+            trusted_keys: vec!["zz".to_string()],
+            cache_dir: None,
+            ..PluginsConfig::default()
+        })
+        .unwrap_err();
+        assert!(
+            matches!(error, PluginServiceError::TrustedKey(_)),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn config_section_is_strict() {
+        let parsed: PluginsConfig =
+            toml::from_str("trusted_keys = []\nallow_unsigned = true\n[config.example-pricing]\n\"surcharge.pct\" = \"10\"\n")
+                .unwrap();
+        assert!(parsed.allow_unsigned);
+        assert_eq!(parsed.config["example-pricing"]["surcharge.pct"], "10");
+        assert!(toml::from_str::<PluginsConfig>("trusted = []").is_err());
+    }
+}
