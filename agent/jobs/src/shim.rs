@@ -458,6 +458,10 @@ fn supervise(job_dir: &Path, config: &ShimConfig) -> Result<JobResult, ShimError
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    // The job's time starts when the runtime is asked to start it: creation
+    // is part of the job (and bounded by its deadline).
+    let started = Instant::now();
+    let started_at_ms = now_ms();
     let mut child = run.spawn().map_err(|source| ShimError::Io {
         op: "spawn the runtime for",
         path: config.bundle.clone(),
@@ -476,8 +480,6 @@ fn supervise(job_dir: &Path, config: &ShimConfig) -> Result<JobResult, ShimError
         path: config.bundle.clone(),
         source,
     })?;
-    let started = Instant::now();
-    let started_at_ms = now_ms();
     if !run_status.success() {
         let drain = Instant::now() + LOG_DRAIN;
         stdout_pump.map(|p| p.finish(drain));
