@@ -198,3 +198,48 @@ fn remembered_chain_signatures_do_not_mask_a_changed_certificate() {
     let fail: Vec<_> = appraisal.failures().map(|c| c.name.clone()).collect();
     assert_eq!(fail, vec!["snp.cert_chain"]);
 }
+
+/// No real version-3 report is in the vectors: a v2 report relabelled as v3
+/// with CPUID bytes checks the v3 parsing and product cross-check (its
+/// signature then fails, as it must).
+#[test]
+fn version3_cpuid_is_parsed_and_cross_checked() {
+    let Some(dir) = vectors() else { return };
+    let ev = evidence(&dir, PAIRS[0].0, PAIRS[0].1);
+    let mut raw = ev.report.raw.clone();
+    raw[0] = 3;
+    raw[0x188] = 0x19; // family: Zen 3/4
+    raw[0x189] = 0x01; // model: Milan
+    raw[0x18A] = 0x01; // stepping
+    let report = SnpReport::parse(&raw).unwrap();
+    assert_eq!(report.cpuid, Some((0x19, 0x01, 0x01)));
+    let appraisal = snp::verify(
+        &SnpEvidence {
+            report,
+            ..ev.clone()
+        },
+        &lenient(),
+        AT_2026,
+    )
+    .unwrap();
+    let product = appraisal
+        .checks
+        .iter()
+        .find(|c| c.name == "snp.product")
+        .unwrap();
+    assert_eq!(
+        product.status,
+        plinth_attestation::CheckStatus::Pass,
+        "{}",
+        product.detail
+    );
+    let fail: Vec<_> = appraisal.failures().map(|c| c.name.clone()).collect();
+    assert_eq!(fail, vec!["snp.signature"]);
+    // A Turin CPUID under a Milan VCEK is a product mismatch.
+    raw[0x188] = 0x1A;
+    raw[0x189] = 0x02;
+    let report = SnpReport::parse(&raw).unwrap();
+    let appraisal = snp::verify(&SnpEvidence { report, ..ev }, &lenient(), AT_2026).unwrap();
+    let fail: Vec<_> = appraisal.failures().map(|c| c.name.clone()).collect();
+    assert!(fail.contains(&"snp.product".to_owned()), "{fail:?}");
+}
