@@ -70,6 +70,13 @@ pub enum CtlCommand {
         #[command(subcommand)]
         command: crate::ctl::jobs::ReceiptsCommand,
     },
+    /// Policy plugins: author tools (keygen, sign, inspect, test, bench) and the
+    /// agent's plugins (install, list, remove, reload).
+    Plugin {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::ctl::plugin::PluginCommand,
+    },
     /// Print shell completions for plinthctl.
     Completions {
         /// The shell.

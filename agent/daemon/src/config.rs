@@ -87,6 +87,8 @@ pub struct AgentConfig {
     pub agent: AgentSection,
     /// The local admin API.
     pub api: ApiSection,
+    /// Policy plugins: trusted keys, directory, per-plugin configuration.
+    pub plugins: crate::plugins::PluginsConfig,
 }
 
 /// The `[agent]` section.

@@ -130,6 +130,7 @@ pub async fn run(loaded: LoadedConfig, options: RunOptions) -> Result<(), Daemon
         tracing::info!(public_key = %identity.public_key_hex(), path = %identity.path().display(), "created node key");
     }
     let jobs = crate::jobs::start(&config, store.clone(), identity.clone());
+    let plugins = crate::plugins::start(&config);
     let hardware = Hardware::detect();
     tracing::info!(summary = %hardware.summary, "hardware detected");
 
@@ -153,6 +154,7 @@ pub async fn run(loaded: LoadedConfig, options: RunOptions) -> Result<(), Daemon
         started_at: crate::store::now_rfc3339(),
         previous_run,
         jobs: jobs.as_ref().map(|jobs| jobs.manager.clone()),
+        plugins: plugins.clone(),
     });
     let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
@@ -180,7 +182,10 @@ pub async fn run(loaded: LoadedConfig, options: RunOptions) -> Result<(), Daemon
         tokio::select! {
             _ = terminate.recv() => break "SIGTERM",
             _ = interrupt.recv() => break "SIGINT",
-            _ = hangup.recv() => reload(&options.sources, &reload_sender, &ready),
+            _ = hangup.recv() => {
+                reload(&options.sources, &reload_sender, &ready);
+                crate::plugins::reload_in_background(plugins.clone());
+            }
             result = &mut server => {
                 let failure = match result {
                     Ok(Ok(())) => std::io::Error::other("server stopped unexpectedly"),

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod hardware;
 pub mod identity;
 pub mod jobs;
+pub mod plugins;
 pub mod store;
 pub mod systemd;
 

@@ -20,12 +20,14 @@ use serde::{Deserialize, Serialize};
 pub const PACKAGE_EXTENSION: &str = "plinthpkg";
 
 /// The `[plugins]` section of agent.toml.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginsConfig {
-    /// Directory of installed packages, one `<kind>.plinthpkg` per kind.
-    pub dir: PathBuf,
-    /// Private directory for compiled code (mode 0700, owned by the agent's user).
+    /// Directory of installed packages, one `<kind>.plinthpkg` per kind (default:
+    /// `<agent.state_dir>/plugins`).
+    pub dir: Option<PathBuf>,
+    /// Private directory for compiled code, mode 0700 and owned by the agent's user
+    /// (default: `<agent.state_dir>/plugin-cache`).
     pub cache_dir: Option<PathBuf>,
     /// Ed25519 public keys (64 hex digits) whose signed packages are accepted.
     pub trusted_keys: Vec<String>,
@@ -38,20 +40,6 @@ pub struct PluginsConfig {
     pub fixtures_dir: Option<PathBuf>,
     /// Settings of the built-in fallback policies.
     pub fallback: FallbackConfig,
-}
-
-impl Default for PluginsConfig {
-    fn default() -> Self {
-        PluginsConfig {
-            dir: PathBuf::from("/var/lib/plinth/plugins"),
-            cache_dir: Some(PathBuf::from("/var/cache/plinth/plugin-code")),
-            trusted_keys: Vec::new(),
-            allow_unsigned: false,
-            config: BTreeMap::new(),
-            fixtures_dir: None,
-            fallback: FallbackConfig::default(),
-        }
-    }
 }
 
 /// Errors of the plugin service.
@@ -98,6 +86,7 @@ pub struct LoadReport {
 
 /// The agent's plugins: host, active policies and trust settings.
 pub struct PluginService {
+    dir: PathBuf,
     host: PluginHost,
     policies: PolicySet,
     trust: TrustPolicy,
@@ -108,7 +97,7 @@ impl std::fmt::Debug for PluginService {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
             .debug_struct("PluginService")
-            .field("dir", &self.config.dir)
+            .field("dir", &self.dir)
             .field("active", &self.policies.list())
             .finish_non_exhaustive()
     }
@@ -119,15 +108,28 @@ fn chain(error: &dyn std::error::Error) -> String {
 }
 
 impl PluginService {
-    /// Start the host (no plugins loaded yet; call [`Self::load_dir`]).
-    pub fn new(config: PluginsConfig) -> Result<PluginService, PluginServiceError> {
+    /// Start the host (no plugins loaded yet; call [`Self::load_dir`]). Relative
+    /// defaults resolve under `state_dir`.
+    pub fn new(
+        config: PluginsConfig,
+        state_dir: &Path,
+    ) -> Result<PluginService, PluginServiceError> {
         let trust = TrustPolicy::from_hex_keys(&config.trusted_keys, config.allow_unsigned)
             .map_err(PluginServiceError::TrustedKey)?;
+        let dir = config
+            .dir
+            .clone()
+            .unwrap_or_else(|| state_dir.join("plugins"));
+        let cache_dir = config
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| state_dir.join("plugin-cache"));
         let host = PluginHost::new(HostConfig {
-            cache_dir: config.cache_dir.clone(),
+            cache_dir: Some(cache_dir),
             ..HostConfig::default()
         })?;
         Ok(PluginService {
+            dir,
             host,
             policies: PolicySet::new(config.fallback.clone()),
             trust,
@@ -164,7 +166,7 @@ impl PluginService {
     /// package is verified and self-tested before it replaces the active plugin of its
     /// kind; failures are reported and leave the previous plugin serving.
     pub fn load_dir(&self) -> Result<LoadReport, PluginServiceError> {
-        let dir = &self.config.dir;
+        let dir = &self.dir;
         let mut report = LoadReport::default();
         let entries = match fs::read_dir(dir) {
             Ok(entries) => entries,
@@ -203,7 +205,7 @@ impl PluginService {
     /// `<dir>/<kind>.plinthpkg` (replacing the previous package of that kind).
     pub fn install(&self, bytes: &[u8]) -> Result<PluginInfo, PluginServiceError> {
         let info = self.install_bytes(bytes)?;
-        let dir = &self.config.dir;
+        let dir = &self.dir;
         fs::create_dir_all(dir).map_err(|source| PluginServiceError::Io {
             path: dir.clone(),
             source,
@@ -239,7 +241,7 @@ impl PluginService {
             .policies
             .remove(kind)
             .map(|plugin| plugin.info().clone());
-        let path = package_path(&self.config.dir, kind);
+        let path = package_path(&self.dir, kind);
         match fs::remove_file(&path) {
             Ok(()) => {}
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
@@ -247,6 +249,42 @@ impl PluginService {
         }
         Ok(removed)
     }
+}
+
+/// Start plugin support for the daemon: create the host and load the plugin directory.
+/// Failures are logged, never fatal: without plugins every decision uses the built-in
+/// policies.
+pub fn start(config: &crate::config::AgentConfig) -> Option<std::sync::Arc<PluginService>> {
+    let service = match PluginService::new(config.plugins.clone(), &config.agent.state_dir) {
+        Ok(service) => service,
+        Err(error) => {
+            tracing::error!(error = %chain(&error), "plugin support disabled");
+            return None;
+        }
+    };
+    match service.load_dir() {
+        Ok(report) => tracing::info!(
+            loaded = report.loaded.len(),
+            failed = report.failed.len(),
+            dir = %service.dir.display(),
+            "plugins loaded"
+        ),
+        Err(error) => tracing::error!(error = %chain(&error), "cannot read the plugin directory"),
+    }
+    Some(std::sync::Arc::new(service))
+}
+
+/// Reload the plugin directory off the async workers (on SIGHUP); the outcome is logged.
+pub fn reload_in_background(service: Option<std::sync::Arc<PluginService>>) {
+    let Some(service) = service else { return };
+    tokio::task::spawn_blocking(move || match service.load_dir() {
+        Ok(report) => tracing::info!(
+            loaded = report.loaded.len(),
+            failed = report.failed.len(),
+            "plugins reloaded"
+        ),
+        Err(error) => tracing::error!(error = %chain(&error), "plugin reload failed"),
+    });
 }
 
 /// Where the package of `kind` lives in `dir`.
@@ -259,12 +297,13 @@ mod tests {
     use super::*;
 
     fn service(dir: &Path, allow_unsigned: bool) -> PluginService {
-        PluginService::new(PluginsConfig {
-            dir: dir.join("plugins"),
-            cache_dir: None,
-            allow_unsigned,
-            ..PluginsConfig::default()
-        })
+        PluginService::new(
+            PluginsConfig {
+                allow_unsigned,
+                ..PluginsConfig::default()
+            },
+            dir,
+        )
         .unwrap()
     }
 
@@ -313,12 +352,12 @@ mod tests {
 
     #[test]
     fn malformed_trusted_key_is_a_config_error() {
-        let error = PluginService::new(PluginsConfig {
+        let temp = tempfile::tempdir().unwrap();
+        let config = PluginsConfig {
             trusted_keys: vec!["zz".to_string()],
-            cache_dir: None,
             ..PluginsConfig::default()
-        })
-        .unwrap_err();
+        };
+        let error = PluginService::new(config, temp.path()).unwrap_err();
         assert!(
             matches!(error, PluginServiceError::TrustedKey(_)),
             "{error}"

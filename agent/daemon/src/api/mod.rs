@@ -24,6 +24,7 @@ use crate::identity::NodeIdentity;
 use crate::store::{PreviousRun, Store};
 
 pub mod jobs;
+pub mod plugins;
 pub mod status;
 
 /// Errors setting up the admin socket.
@@ -88,6 +89,8 @@ pub struct AgentState {
     pub previous_run: PreviousRun,
     /// The job manager; `None` when jobs are disabled on this host.
     pub jobs: Option<Arc<crate::jobs::JobManager>>,
+    /// Policy plugins; `None` when the plugin host could not start.
+    pub plugins: Option<Arc<crate::plugins::PluginService>>,
 }
 
 /// Shared handler state.
@@ -98,6 +101,7 @@ pub fn router(state: SharedState) -> Router {
     Router::new()
         .merge(status::routes())
         .merge(jobs::routes())
+        .merge(plugins::routes())
         .fallback(not_found)
         .with_state(state)
 }

@@ -9,6 +9,7 @@ use crate::client::{AdminClient, ClientError};
 use crate::config::{self, ConfigSources};
 
 pub mod jobs;
+pub mod plugin;
 pub mod status;
 
 /// Errors of `plinthctl` commands.
@@ -29,6 +30,9 @@ pub enum CtlError {
     /// JSON output could not be produced.
     #[error("cannot render JSON")]
     Json(#[from] serde_json::Error),
+    /// A `plinthctl plugin` tool failed.
+    #[error(transparent)]
+    Plugin(#[from] plugin::PluginCtlError),
 }
 
 impl CtlError {
@@ -66,6 +70,7 @@ pub async fn run(cli: CtlCli) -> Result<(), CtlError> {
         CtlCommand::Status(output) => status::run(&client, output).await,
         CtlCommand::Jobs { command } => jobs::run(&client, command).await,
         CtlCommand::Receipts { command } => jobs::run_receipts(&client, command).await,
+        CtlCommand::Plugin { command } => plugin::dispatch(&client, command).await,
         CtlCommand::Completions { shell } => {
             let mut command = CtlCli::command();
             clap_complete::generate(shell, &mut command, "plinthctl", &mut std::io::stdout());

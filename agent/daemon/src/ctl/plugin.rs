@@ -3,9 +3,15 @@
 
 use std::path::{Path, PathBuf};
 
+use base64::Engine as _;
 use clap::Subcommand;
 use plinth_plugin_host::tools::{self, ToolsError};
 use plinth_plugin_host::{HostConfig, PluginHost, PluginHostError};
+
+use super::CtlError;
+use crate::api::plugins::{InstallRequest, RemoveResponse};
+use crate::client::AdminClient;
+use crate::plugins::{LoadReport, PluginStatus};
 
 /// `plinthctl plugin` subcommands.
 #[derive(Debug, Subcommand)]
@@ -52,6 +58,24 @@ pub enum PluginCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Install a package on the running agent (verified and self-tested there first).
+    Install {
+        /// The `.plinthpkg` file.
+        file: PathBuf,
+    },
+    /// List the agent's active plugins with their counters.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the agent's plugin of one kind; the built-in policy takes over.
+    Remove {
+        /// pricing, scheduling or reporting.
+        kind: plinth_plugin_host::PluginKind,
+    },
+    /// Make the agent reload its plugin directory (as SIGHUP does).
+    Reload,
     /// Measure warm-call and fresh-instance latency on one fixture input.
     Bench {
         /// Package or raw component.
@@ -95,6 +119,9 @@ pub enum PluginCtlError {
         #[source]
         source: serde_json::Error,
     },
+    /// The command talks to the agent; use [`dispatch`].
+    #[error("this command needs the running agent")]
+    NeedsAgent,
     /// Some fixtures did not match.
     #[error("{failed} of {total} fixtures failed")]
     FixturesFailed {
@@ -130,9 +157,80 @@ fn tool_host(deterministic: bool) -> Result<PluginHost, PluginCtlError> {
     })?)
 }
 
-/// Run one `plinthctl plugin` command.
+/// Run one `plinthctl plugin` command: install, list, remove and reload talk to the
+/// agent, the others work locally.
+pub async fn dispatch(client: &AdminClient, command: PluginCommand) -> Result<(), CtlError> {
+    match command {
+        PluginCommand::Install { file } => {
+            let bytes = read(&file)?;
+            let request = InstallRequest {
+                package_base64: base64::engine::general_purpose::STANDARD.encode(&bytes),
+            };
+            let info: plinth_plugin_host::PluginInfo = client.post("/v1/plugins", &request).await?;
+            println!(
+                "installed {} {} ({}, {})",
+                info.name, info.version, info.kind, info.wit
+            );
+            Ok(())
+        }
+        PluginCommand::List { json } => {
+            let plugins: Vec<PluginStatus> = client.get("/v1/plugins").await?;
+            if json {
+                return Ok(print_json(&plugins)?);
+            }
+            if plugins.is_empty() {
+                println!("no plugins installed; built-in policies serve every kind");
+            }
+            for status in plugins {
+                let (info, stats) = (&status.info, &status.stats);
+                println!(
+                    "{:<11} {} {} ({}) calls={} ok={} traps={} timeouts={} p50={}ns p99={}ns",
+                    info.kind.as_str(),
+                    info.name,
+                    info.version,
+                    info.wit,
+                    stats.calls,
+                    stats.ok,
+                    stats.traps,
+                    stats.timeouts,
+                    stats.p50_ns,
+                    stats.p99_ns
+                );
+            }
+            Ok(())
+        }
+        PluginCommand::Remove { kind } => {
+            let answer: RemoveResponse = client.delete(&format!("/v1/plugins/{kind}")).await?;
+            match answer.removed {
+                Some(info) => println!("removed {} {}", info.name, info.version),
+                None => println!("no {kind} plugin was installed"),
+            }
+            Ok(())
+        }
+        PluginCommand::Reload => {
+            let report: LoadReport = client
+                .post("/v1/plugins/reload", &serde_json::json!({}))
+                .await?;
+            for info in &report.loaded {
+                println!("loaded  {} {} ({})", info.name, info.version, info.kind);
+            }
+            for (path, error) in &report.failed {
+                println!("FAILED  {}: {error}", path.display());
+            }
+            Ok(())
+        }
+        local => Ok(run(local)?),
+    }
+}
+
+/// Run one local `plinthctl plugin` command (everything but install, list, remove,
+/// reload).
 pub fn run(command: PluginCommand) -> Result<(), PluginCtlError> {
     match command {
+        PluginCommand::Install { .. }
+        | PluginCommand::List { .. }
+        | PluginCommand::Remove { .. }
+        | PluginCommand::Reload => Err(PluginCtlError::NeedsAgent),
         PluginCommand::Keygen { out } => {
             let public_hex = tools::keygen(&out)?;
             println!("{public_hex}");
