@@ -5,7 +5,7 @@
 //! export macro. Only the world named by that macro ends up in the component (wit-bindgen
 //! emits a world's exports only from its export macro), so one SDK serves all kinds:
 //!
-//! ```ignore
+//! ```text
 //! use plinth_plugin_sdk::pricing::{Guest, JobRequest, PricingState, PriceDecision, PolicyError};
 //!
 //! struct MyPricing;
