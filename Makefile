@@ -13,7 +13,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the build and the tests use: a real TPM (swtpm + tpm2-tools), the
 # TSS headers for the TPM collector, a real OCI runtime (runc) and busybox for test
 # root filesystems, systemd-nspawn + debootstrap for the packaging tests.
-APT_PACKAGES := build-essential pkg-config libtss2-dev swtpm swtpm-tools tpm2-tools \
+APT_PACKAGES := build-essential pkg-config libtss2-dev swtpm swtpm-tools tpm2-tools gnutls-bin \
 	runc busybox-static sqlite3 debootstrap systemd-container
 
 .PHONY: demo test deps fmt clippy unit build fuzz-check
