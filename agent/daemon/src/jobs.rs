@@ -26,6 +26,7 @@ use plinth_attestation::receipt::{
     GENESIS_HASH, RECEIPT_FORMAT, Receipt, ReceiptKind, ReceiptPrice, ReceiptUsage,
 };
 use plinth_jobs::engine::{Engine, EngineConfig, EngineError, JobState};
+use plinth_jobs::image::ImportProgress;
 use plinth_jobs::meter::{GpuUsage, Usage};
 use plinth_jobs::shim::{EndReason, JobResult, now_ms};
 use plinth_jobs::spec::{JobSpec, JobSpecError};
@@ -590,6 +591,23 @@ impl JobManager {
             .engine
             .prepare(id, &job.spec, &job.gpu_devices, &mut |progress| {
                 tracing::debug!(job = %id, ?progress, "image import");
+                // Shown by `plinthctl jobs show` / `submit --wait` while preparing.
+                let text = match &progress {
+                    ImportProgress::Resolved { image_id, n_layers } => {
+                        format!("importing image {image_id} ({n_layers} layers)")
+                    }
+                    ImportProgress::CacheHit => "image cached".to_string(),
+                    ImportProgress::Layer {
+                        layer_idx,
+                        n_layers,
+                        digest,
+                    } => format!("unpacking layer {}/{n_layers} {digest}", layer_idx + 1),
+                    ImportProgress::Done => "image imported".to_string(),
+                };
+                let _ = self.store.connection().execute(
+                    "UPDATE jobs SET reason = ?2 WHERE id = ?1 AND state = 'preparing'",
+                    params![id, text],
+                );
             })
         {
             self.fail(
@@ -598,7 +616,10 @@ impl JobManager {
             )?;
             return Ok(());
         }
-        self.set_state(id, "running")?;
+        self.store.connection().execute(
+            "UPDATE jobs SET state = 'running', reason = NULL, updated_at_ms = ?2 WHERE id = ?1",
+            params![id, now_ms() as i64],
+        )?;
         self.engine.start(id)?;
         Ok(())
     }

@@ -110,12 +110,16 @@ pub async fn run(client: &AdminClient, command: JobsCommand) -> Result<(), CtlEr
             let answer: SubmitAnswer = client.post("/v1/jobs", &request).await?;
             println!("{}", answer.id);
             if wait {
-                let mut last_state = String::new();
+                let mut last_shown = String::new();
                 loop {
                     let job: JobInfo = client.get(&format!("/v1/jobs/{}", answer.id)).await?;
-                    if job.state != last_state {
-                        eprintln!("{}: {}", answer.id, job.state);
-                        last_state = job.state.clone();
+                    let shown = match &job.reason {
+                        Some(reason) => format!("{} ({reason})", job.state),
+                        None => job.state.clone(),
+                    };
+                    if shown != last_shown {
+                        eprintln!("{}: {shown}", answer.id);
+                        last_shown = shown;
                     }
                     if crate::jobs::TERMINAL_STATES.contains(&job.state.as_str()) {
                         break;
