@@ -1,0 +1,181 @@
+//! Periodic receipts of a running job, driven through the job manager with a
+//! short receipt interval: interim receipts while it runs, one final
+//! receipt, consecutive periods, a verifying ledger; and a second manager
+//! (an agent restart) that bills nothing again. Real runc and a busybox
+//! image; skips with a printed reason without root, runc, tar or busybox.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use plinth_agent::identity::NodeIdentity;
+use plinth_agent::jobs::{JobManager, JobsConfig, SubmitRequest};
+use plinth_agent::store::Store;
+use plinth_attestation::receipt::{LedgerOptions, Receipt, ReceiptKind, verify_ledger};
+
+fn sha256(bytes: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+}
+
+fn available() -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping: needs root (runc)");
+        return false;
+    }
+    let on_path = |tool: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+    };
+    if !on_path("runc") || !on_path("tar") || !Path::new("/bin/busybox").exists() {
+        eprintln!("skipping: runc, tar or /bin/busybox (busybox-static) is missing");
+        return false;
+    }
+    true
+}
+
+fn write_layout(work: &Path, layout: &Path) {
+    let rootfs = work.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    for applet in ["sh", "sleep"] {
+        std::os::unix::fs::symlink("/bin/busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    let layer_path = work.join("layer.tar");
+    assert!(
+        Command::new("tar")
+            .args(["--numeric-owner", "-C"])
+            .arg(&rootfs)
+            .arg("-cf")
+            .arg(&layer_path)
+            .arg(".")
+            .status()
+            .unwrap()
+            .success()
+    );
+    let layer = std::fs::read(&layer_path).unwrap();
+    let blobs = layout.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |bytes: &[u8]| {
+        let digest = sha256(bytes);
+        std::fs::write(blobs.join(&digest), bytes).unwrap();
+        digest
+    };
+    let layer_digest = put(&layer);
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": if cfg!(target_arch = "aarch64") { "arm64" } else { "amd64" },
+        "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{layer_digest}")]}
+    }))
+    .unwrap();
+    let config_digest = put(&config);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": format!("sha256:{config_digest}"), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": format!("sha256:{layer_digest}"), "size": layer.len()}]
+    }))
+    .unwrap();
+    let manifest_digest = put(&manifest);
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": format!("sha256:{manifest_digest}"), "size": manifest.len()}
+        ]}))
+        .unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        layout.join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+}
+
+#[test]
+fn running_jobs_get_interim_receipts_and_one_final() {
+    if !available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let layout = state.join("import/busybox");
+    std::fs::create_dir_all(&layout).unwrap();
+    write_layout(dir.path(), &layout);
+    let store = Arc::new(Store::open(&state.join("agent.db")).unwrap());
+    let identity = Arc::new(NodeIdentity::create(&state.join("node.key")).unwrap());
+    let mut config = JobsConfig::from_dirs(&state, &dir.path().join("run"));
+    config.engine.shim_binary = PathBuf::from(env!("CARGO_BIN_EXE_plinth-agent"));
+    config.receipt_interval = Duration::from_millis(400);
+    let manager = JobManager::new(store.clone(), identity.clone(), config.clone()).unwrap();
+    let id = manager
+        .submit(&SubmitRequest {
+            spec: serde_json::json!({
+                "format": "plinth-job/1",
+                "image": {"source": "oci-layout", "path": layout},
+                "command": ["/bin/sh", "-c", "sleep 2"],
+                "resources": {"memory_bytes": 67108864u64, "max_duration_s": 30}
+            }),
+            tenant: "t1".into(),
+            lease_id: "l1".into(),
+            gpu_devices: Vec::new(),
+        })
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut restarted = false;
+    loop {
+        manager.tick().unwrap();
+        let job = manager.get(&id).unwrap();
+        if job.state == "succeeded" {
+            break;
+        }
+        assert!(
+            !["failed", "cancelled", "timed_out"].contains(&job.state.as_str()),
+            "{job:?}"
+        );
+        assert!(Instant::now() < deadline, "job did not finish: {job:?}");
+        if !restarted && job.billed_until_ms.is_some() {
+            // An "agent restart" in the middle: a second manager on the same
+            // store takes over; it must continue the periods, not repeat them.
+            restarted = true;
+            let second = JobManager::new(store.clone(), identity.clone(), config.clone()).unwrap();
+            second.recover().unwrap();
+            second.tick().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(restarted, "no interim receipt was issued while the job ran");
+    let ledger = manager.export_receipts().unwrap();
+    let summary = verify_ledger(
+        &ledger,
+        &LedgerOptions {
+            node_key: Some(identity.public_key_hex()),
+            ..LedgerOptions::default()
+        },
+    )
+    .unwrap_or_else(|err| panic!("ledger does not verify: {err}"));
+    let receipts: Vec<Receipt> = ledger
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| Receipt::from_json(l).unwrap())
+        .collect();
+    let interim = receipts
+        .iter()
+        .filter(|r| r.kind == ReceiptKind::Interim)
+        .count();
+    let finals = receipts
+        .iter()
+        .filter(|r| r.kind == ReceiptKind::Final)
+        .count();
+    assert!(interim >= 2, "{receipts:#?}");
+    assert_eq!(finals, 1);
+    assert_eq!(summary.n_final, 1);
+    // Consecutive periods that cover the run.
+    for pair in receipts.windows(2) {
+        assert_eq!(pair[1].period_start_ms, pair[0].period_end_ms, "{pair:#?}");
+    }
+    let billed_ms: u64 = receipts.iter().map(|r| r.usage.wall_ms).sum();
+    assert!((1900..6000).contains(&billed_ms), "billed {billed_ms} ms");
+}
