@@ -135,7 +135,8 @@ pub async fn run(loaded: LoadedConfig, options: RunOptions) -> Result<(), Daemon
     tracing::info!(summary = %hardware.summary, "hardware detected");
 
     let socket_path = config.socket_path();
-    let listener = api::bind_admin_socket(
+    // Held until `run` returns: its lock keeps other agents off this socket.
+    let admin_socket = api::bind_admin_socket(
         &socket_path,
         config.socket_mode()?,
         config.api.socket_group.as_deref(),
@@ -161,8 +162,8 @@ pub async fn run(loaded: LoadedConfig, options: RunOptions) -> Result<(), Daemon
     let mut hangup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
 
     let (shutdown_sender, mut shutdown_receiver) = watch::channel(false);
-    let server =
-        axum::serve(listener, api::router(state.clone())).with_graceful_shutdown(async move {
+    let server = axum::serve(admin_socket.listener, api::router(state.clone()))
+        .with_graceful_shutdown(async move {
             let _ = shutdown_receiver.wait_for(|stop| *stop).await;
         });
     let mut server = tokio::spawn(async move { server.await });

@@ -7,7 +7,7 @@
 //! router merged here.
 
 use std::io;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -133,13 +133,14 @@ pub fn error_response(status: StatusCode, message: impl Into<String>) -> Respons
 
 /// Creates the admin socket with restrictive permissions.
 ///
-/// A stale socket left by a crashed agent is replaced; a live one (another agent
-/// answering) or a non-socket file is an error.
+/// An exclusive lock on `<socket>.lock` makes one agent the owner of the socket: when
+/// the lock is held by another process the socket is in use; otherwise a socket left by
+/// a crashed agent is stale and replaced. A non-socket file at the path is an error.
 pub fn bind_admin_socket(
     path: &Path,
     mode: u32,
     group: Option<&str>,
-) -> Result<UnixListener, ApiError> {
+) -> Result<AdminSocket, ApiError> {
     let socket_error = |action| {
         move |source| ApiError::Socket {
             action,
@@ -153,13 +154,39 @@ pub fn bind_admin_socket(
             source,
         })?;
     }
+    // The lock, not a connection probe, decides whether another agent owns the socket:
+    // a probe can reach a dying agent whose listener is not closed yet.
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|source| ApiError::Socket {
+            action: "open the lock file of",
+            path: path.to_owned(),
+            source,
+        })?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(ApiError::InUse {
+                path: path.to_owned(),
+            });
+        }
+        Err(std::fs::TryLockError::Error(source)) => {
+            return Err(ApiError::Socket {
+                action: "lock",
+                path: lock_path,
+                source,
+            });
+        }
+    }
     match std::fs::symlink_metadata(path) {
         Ok(metadata) if metadata.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(ApiError::InUse {
-                    path: path.to_owned(),
-                });
-            }
             std::fs::remove_file(path).map_err(socket_error("remove stale"))?;
         }
         Ok(_) => {
@@ -184,5 +211,17 @@ pub fn bind_admin_socket(
         nix::unistd::chown(path, None, Some(gid))
             .map_err(|errno| socket_error("set the group of")(io::Error::from(errno)))?;
     }
-    Ok(listener)
+    Ok(AdminSocket {
+        listener,
+        _lock: lock,
+    })
+}
+
+/// The bound admin socket and the lock that makes this agent its only owner; the lock
+/// is released when the process ends, however it ends.
+#[derive(Debug)]
+pub struct AdminSocket {
+    /// The listening socket.
+    pub listener: UnixListener,
+    _lock: std::fs::File,
 }
