@@ -19,6 +19,7 @@ fn vendor_config_is_valid_and_matches_defaults() {
     assert_eq!(loaded.files_read.len(), 1);
     let defaults = config::AgentConfig::default();
     assert_eq!(loaded.config.agent, defaults.agent);
+    assert_eq!(loaded.config.jobs, defaults.jobs);
     assert_eq!(loaded.config.api.socket_group.as_deref(), Some("plinth"));
 }
 

@@ -89,6 +89,46 @@ pub struct AgentConfig {
     pub api: ApiSection,
     /// Policy plugins: trusted keys, directory, per-plugin configuration.
     pub plugins: crate::plugins::PluginsConfig,
+    /// Sandboxed jobs: OCI runtime, image sources, CDI, limits, receipts.
+    pub jobs: JobsSection,
+}
+
+/// The `[jobs]` section: how tenants' jobs run and are billed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobsSection {
+    /// Run jobs at all (a host may only attest and price).
+    pub enabled: bool,
+    /// The OCI runtime: `runc`, `crun`, or an absolute path.
+    pub runtime: PathBuf,
+    /// Directories from which images may be imported (OCI layouts and archives);
+    /// empty means `<state_dir>/import`.
+    pub image_roots: Vec<PathBuf>,
+    /// Container Device Interface spec directories, in priority order.
+    pub cdi_dirs: Vec<PathBuf>,
+    /// cgroup parent of job containers.
+    pub cgroup_parent: String,
+    /// Cap of each captured log (stdout, stderr), in bytes; the oldest bytes go first.
+    pub log_cap_bytes: u64,
+    /// Seconds between SIGTERM and SIGKILL when a job is cancelled or times out.
+    pub kill_grace_seconds: u64,
+    /// Seconds between interim receipts of a running job.
+    pub receipt_interval_seconds: u64,
+}
+
+impl Default for JobsSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            runtime: PathBuf::from("runc"),
+            image_roots: Vec::new(),
+            cdi_dirs: vec![PathBuf::from("/etc/cdi"), PathBuf::from("/var/run/cdi")],
+            cgroup_parent: "plinth".to_owned(),
+            log_cap_bytes: 8 * 1024 * 1024,
+            kill_grace_seconds: 10,
+            receipt_interval_seconds: 300,
+        }
+    }
 }
 
 /// The `[agent]` section.
@@ -194,6 +234,28 @@ impl AgentConfig {
                     message: format!("{} is not an absolute path", path.display()),
                 });
             }
+        }
+        let jobs = &self.jobs;
+        let positive = [
+            ("jobs.log_cap_bytes", jobs.log_cap_bytes),
+            (
+                "jobs.receipt_interval_seconds",
+                jobs.receipt_interval_seconds,
+            ),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Validate {
+                    key: key.to_owned(),
+                    message: "must be greater than 0".to_owned(),
+                });
+            }
+        }
+        if jobs.runtime.as_os_str().is_empty() {
+            return Err(ConfigError::Validate {
+                key: "jobs.runtime".to_owned(),
+                message: "must name an OCI runtime such as runc or crun".to_owned(),
+            });
         }
         if self.api.socket.as_os_str().is_empty() {
             return Err(ConfigError::Validate {
@@ -680,6 +742,25 @@ mod tests {
         fixture.write("agent.toml", "[agent]\nlog_level = \"=[\"\n");
         let err = load(&fixture.sources(&[])).unwrap_err();
         assert!(err.to_string().contains("agent.log_level"), "{err}");
+    }
+
+    #[test]
+    fn jobs_section_is_checked() {
+        let fixture = Fixture::new();
+        fixture.write(
+            "agent.toml",
+            "[jobs]\nruntime = \"/usr/bin/crun\"\nreceipt_interval_seconds = 60\n",
+        );
+        let loaded = load(&fixture.sources(&[("PLINTH_JOBS_KILL_GRACE_SECONDS", "3")])).unwrap();
+        assert_eq!(loaded.config.jobs.runtime, PathBuf::from("/usr/bin/crun"));
+        assert_eq!(loaded.config.jobs.receipt_interval_seconds, 60);
+        assert_eq!(loaded.config.jobs.kill_grace_seconds, 3);
+        fixture.write("agent.toml", "[jobs]\nreceipt_interval_seconds = 0\n");
+        let err = load(&fixture.sources(&[])).unwrap_err();
+        assert!(
+            err.to_string().contains("jobs.receipt_interval_seconds"),
+            "{err}"
+        );
     }
 
     #[test]

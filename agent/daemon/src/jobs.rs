@@ -169,6 +169,22 @@ pub struct JobsConfig {
 }
 
 impl JobsConfig {
+    /// The agent configuration's `[jobs]` section applied over [`JobsConfig::from_dirs`].
+    pub fn from_config(config: &crate::config::AgentConfig) -> JobsConfig {
+        let section = &config.jobs;
+        let mut jobs = JobsConfig::from_dirs(&config.agent.state_dir, &config.agent.runtime_dir);
+        jobs.engine.runtime_binary = section.runtime.clone();
+        if !section.image_roots.is_empty() {
+            jobs.engine.image_roots = section.image_roots.clone();
+        }
+        jobs.engine.cdi_dirs = section.cdi_dirs.clone();
+        jobs.engine.cgroup_parent = section.cgroup_parent.clone();
+        jobs.engine.log_cap_bytes = section.log_cap_bytes;
+        jobs.engine.kill_grace = Duration::from_secs(section.kill_grace_seconds);
+        jobs.receipt_interval = Duration::from_secs(section.receipt_interval_seconds);
+        jobs
+    }
+
     /// Defaults derived from the agent's directories: jobs and images under
     /// `state_dir`, runc state under `runtime_dir`, the supervisor being this
     /// executable's `job-shim` subcommand.
@@ -869,7 +885,11 @@ pub fn start(
     store: Arc<Store>,
     identity: Arc<NodeIdentity>,
 ) -> Option<JobsService> {
-    let jobs_config = JobsConfig::from_dirs(&config.agent.state_dir, &config.agent.runtime_dir);
+    if !config.jobs.enabled {
+        tracing::info!("jobs are disabled by configuration (jobs.enabled = false)");
+        return None;
+    }
+    let jobs_config = JobsConfig::from_config(config);
     let runtime = &jobs_config.engine.runtime_binary;
     let found = runtime.is_absolute() && runtime.exists()
         || std::env::var_os("PATH").is_some_and(|path| {
