@@ -114,6 +114,9 @@ pub struct JobsSection {
     pub kill_grace_seconds: u64,
     /// Seconds between interim receipts of a running job.
     pub receipt_interval_seconds: u64,
+    /// Whether a job may ask for the host's network namespace (`"network": "host"`);
+    /// off by default, so tenants get a private namespace with loopback only.
+    pub allow_host_network: bool,
 }
 
 impl Default for JobsSection {
@@ -127,6 +130,7 @@ impl Default for JobsSection {
             log_cap_bytes: 8 * 1024 * 1024,
             kill_grace_seconds: 10,
             receipt_interval_seconds: 300,
+            allow_host_network: false,
         }
     }
 }

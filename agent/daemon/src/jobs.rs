@@ -166,6 +166,8 @@ pub struct JobsConfig {
     pub receipt_interval: Duration,
     /// Pricing.
     pub pricing: Pricing,
+    /// Whether a job may ask for the host's network namespace.
+    pub allow_host_network: bool,
 }
 
 impl JobsConfig {
@@ -182,6 +184,7 @@ impl JobsConfig {
         jobs.engine.log_cap_bytes = section.log_cap_bytes;
         jobs.engine.kill_grace = Duration::from_secs(section.kill_grace_seconds);
         jobs.receipt_interval = Duration::from_secs(section.receipt_interval_seconds);
+        jobs.allow_host_network = section.allow_host_network;
         jobs
     }
 
@@ -210,6 +213,7 @@ impl JobsConfig {
             },
             receipt_interval: Duration::from_secs(300),
             pricing: Pricing::default(),
+            allow_host_network: false,
         }
     }
 }
@@ -382,6 +386,13 @@ impl JobManager {
         let spec = JobSpec::from_json(&spec_bytes)?;
         check_label("tenant", &request.tenant)?;
         check_label("lease_id", &request.lease_id)?;
+        if spec.network == plinth_jobs::spec::Network::Host && !self.config.allow_host_network {
+            return Err(JobsError::InvalidRequest {
+                field: "spec.network",
+                reason: "\"host\" is not allowed on this node (jobs.allow_host_network = false)"
+                    .to_owned(),
+            });
+        }
         if request.gpu_devices.len() != spec.gpus.count as usize {
             return Err(JobsError::InvalidRequest {
                 field: "gpu_devices",
