@@ -1,9 +1,15 @@
 //! The `plinth-verify` command line: argument definitions and the commands.
 //!
 //! `main.rs` only parses arguments with [`Cli`], calls [`run`] and maps the
-//! outcome to an exit code: 0 verified, 1 evidence rejected, 2 bad usage or
-//! unreadable input. New subcommands (`bundle`, `batch`, `receipts`) slot into
-//! [`Command`].
+//! outcome to an exit code: 0 verified, 1 evidence rejected, 2 bad usage. New
+//! subcommands (`bundle`, `batch`, `receipts`) slot into [`Command`].
+//!
+//! Evidence that does not parse (a truncated report, a quote with trailing
+//! bytes, an EK certificate that is not X.509) is a verdict, not a usage
+//! error: the appraisal gets a failing `<subject>.parse` check naming the file
+//! and the field, so the auditor still gets a report (and `--json`) and exit
+//! code 1. Exit 2 is kept for what the auditor controls: arguments, missing
+//! files, the policy, RIMs, the EK CA bundle and the EAR key.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -24,7 +30,9 @@ use crate::tpm::public;
 use crate::tpm::quote::{self, Attest, QuoteEvidence, TpmSignature};
 use crate::x509chain;
 
-/// Errors that stop a command before a verdict (exit code 2).
+/// Errors that stop a command before a verdict (exit code 2): usage errors,
+/// unreadable files and bad auditor-side inputs. Unparseable evidence is not
+/// one of them (see the module documentation).
 #[derive(Debug, Error)]
 pub enum CliError {
     /// A file could not be read.
@@ -242,6 +250,26 @@ fn parse_err(path: &Path, err: &dyn std::error::Error) -> CliError {
     }
 }
 
+/// The appraisal of evidence that did not parse: one failing check,
+/// `check` (e.g. `snp.parse`), whose detail is `err` (it names the file and
+/// the field).
+fn unparseable(subject: &str, check: &str, err: &CliError) -> Appraisal {
+    let mut appraisal = Appraisal::new(subject);
+    appraisal.push(Check::fail(check, Aspect::Hardware, err.to_string()));
+    appraisal
+}
+
+/// Parses one piece of evidence read from `path`; a parse error becomes the
+/// `Err` appraisal of [`unparseable`].
+fn parse_evidence<T, E: std::error::Error>(
+    subject: &str,
+    check: &str,
+    path: &Path,
+    parsed: Result<T, E>,
+) -> Result<T, Appraisal> {
+    parsed.map_err(|e| unparseable(subject, check, &parse_err(path, &e)))
+}
+
 fn hex_arg(name: &str, value: &str) -> Result<Vec<u8>, CliError> {
     crate::bytes::decode_hex_text(value)
         .map_err(|err| CliError::Usage(format!("--{name} '{value}' is not hex: {err}")))
@@ -417,40 +445,72 @@ fn run_receipts(args: &ReceiptsArgs) -> Result<Appraisal, CliError> {
 }
 
 fn run_snp(args: &SnpArgs, policy: &Policy, at: i64) -> Result<Appraisal, CliError> {
-    let report = SnpReport::parse(&read(&args.report)?).map_err(|e| parse_err(&args.report, &e))?;
-    let Some(vcek_path) = &args.vcek else {
-        let tcb = report.reported_tcb;
-        return Err(CliError::Usage(format!(
-            "--vcek FILE is required: fetch the VCEK for this chip from AMD KDS, e.g. \
-             https://kdsintf.amd.com/vcek/v1/<Milan|Genoa|Turin>/{}?blSPL=..&teeSPL=..&snpSPL=..&ucodeSPL=.. \
-             (reported TCB bytes {})",
-            hex::encode(report.chip_id),
-            hex::encode(tcb)
-        )));
-    };
-    let vcek_bytes = read(vcek_path)?;
-    let vcek_der = x509chain::parse_bundle(&vcek_bytes, &vcek_path.display().to_string())
-        .map_err(|e| parse_err(vcek_path, &e))?
-        .into_iter()
-        .next()
-        .unwrap_or_default();
-    let chain = match &args.chain {
-        Some(path) => Some(
-            x509chain::parse_bundle(&read(path)?, &path.display().to_string())
-                .map_err(|e| parse_err(path, &e))?,
-        ),
-        None => None,
-    };
     let mut snp_policy = policy.snp.clone();
     if let Some(data) = &args.report_data {
         snp_policy.report_data = Some(crate::policy::HexBytes(hex_arg("report-data", data)?));
     }
+    let report_bytes = read(&args.report)?;
+    let report = match parse_evidence(
+        "snp",
+        "snp.parse",
+        &args.report,
+        SnpReport::parse(&report_bytes),
+    ) {
+        Ok(report) => report,
+        Err(appraisal) => return Ok(appraisal),
+    };
+    let vcek_der = match (&args.vcek, report.table_vek()) {
+        (Some(vcek_path), _) => {
+            let vcek_bytes = read(vcek_path)?;
+            match parse_evidence(
+                "snp",
+                "snp.parse",
+                vcek_path,
+                x509chain::parse_bundle(&vcek_bytes, &vcek_path.display().to_string()),
+            ) {
+                Ok(ders) => ders.into_iter().next().unwrap_or_default(),
+                Err(appraisal) => return Ok(appraisal),
+            }
+        }
+        (None, Some(entry)) => match parse_evidence(
+            "snp",
+            "snp.parse",
+            &args.report,
+            x509chain::parse_cert(&entry.der, "certificate table", 0).map(|_| ()),
+        ) {
+            Ok(()) => entry.der.clone(),
+            Err(appraisal) => return Ok(appraisal),
+        },
+        (None, None) => {
+            let tcb = report.reported_tcb;
+            return Err(CliError::Usage(format!(
+                "--vcek FILE is required: fetch the VCEK for this chip from AMD KDS, e.g. \
+                 https://kdsintf.amd.com/vcek/v1/<Milan|Genoa|Turin>/{}?blSPL=..&teeSPL=..&snpSPL=..&ucodeSPL=.. \
+                 (reported TCB bytes {})",
+                hex::encode(report.chip_id),
+                hex::encode(tcb)
+            )));
+        }
+    };
+    let chain = match &args.chain {
+        Some(path) => match parse_evidence(
+            "snp",
+            "snp.parse",
+            path,
+            x509chain::parse_bundle(&read(path)?, &path.display().to_string()),
+        ) {
+            Ok(chain) => Some(chain),
+            Err(appraisal) => return Ok(appraisal),
+        },
+        None => report.table_chain(),
+    };
     let evidence = SnpEvidence {
         report,
         vcek_der,
         chain,
     };
-    snp::verify(&evidence, &snp_policy, at).map_err(|e| parse_err(vcek_path, &e))
+    let vcek_source = args.vcek.as_deref().unwrap_or(&args.report);
+    snp::verify(&evidence, &snp_policy, at).map_err(|e| parse_err(vcek_source, &e))
 }
 
 fn run_gpu(args: &GpuArgs, policy: &Policy, at: i64) -> Result<Vec<Appraisal>, CliError> {
@@ -489,16 +549,28 @@ fn run_gpu(args: &GpuArgs, policy: &Policy, at: i64) -> Result<Vec<Appraisal>, C
     }
     let mut appraisals = Vec::new();
     for (index, (report, certs, certs_path)) in devices.into_iter().enumerate() {
-        let report = SpdmReport::parse(&report).map_err(|e| parse_err(&args.report, &e))?;
-        let chain = x509chain::parse_bundle(&certs, &certs_path.display().to_string())
-            .map_err(|e| parse_err(&certs_path, &e))?;
-        let evidence = GpuEvidence {
-            report,
-            chain,
-            rims: rims.clone(),
+        let parsed = parse_evidence("gpu", "gpu.parse", &args.report, SpdmReport::parse(&report))
+            .and_then(|report| {
+                parse_evidence(
+                    "gpu",
+                    "gpu.parse",
+                    &certs_path,
+                    x509chain::parse_bundle(&certs, &certs_path.display().to_string()),
+                )
+                .map(|chain| (report, chain))
+            });
+        let mut appraisal = match parsed {
+            Ok((report, chain)) => {
+                let evidence = GpuEvidence {
+                    report,
+                    chain,
+                    rims: rims.clone(),
+                };
+                spdm::verify(&evidence, nonce.as_deref(), &policy.gpu, at)
+                    .map_err(|e| parse_err(&certs_path, &e))?
+            }
+            Err(appraisal) => appraisal,
         };
-        let mut appraisal = spdm::verify(&evidence, nonce.as_deref(), &policy.gpu, at)
-            .map_err(|e| parse_err(&certs_path, &e))?;
         if index > 0 {
             appraisal.subject = format!("gpu{index}");
         }
@@ -508,15 +580,43 @@ fn run_gpu(args: &GpuArgs, policy: &Policy, at: i64) -> Result<Vec<Appraisal>, C
 }
 
 fn run_tpm_quote(args: &TpmQuoteArgs, policy: &Policy, at: i64) -> Result<Appraisal, CliError> {
-    let ak = public::load_ak(&read(&args.ak)?, &args.ak.display().to_string())
-        .map_err(|e| parse_err(&args.ak, &e))?;
-    let attest = Attest::parse(&read(&args.quote)?).map_err(|e| parse_err(&args.quote, &e))?;
-    let signature = TpmSignature::parse(&read(&args.sig)?).map_err(|e| parse_err(&args.sig, &e))?;
-    let pcr_values = match &args.pcrs {
-        Some(path) => Some(
-            pcrs::parse_pcr_file(&read(path)?, &attest.pcr_select)
-                .map_err(|e| parse_err(path, &e))?,
-        ),
+    const SUBJECT: &str = "tpm-quote";
+    const PARSE: &str = "tpm.parse";
+    let ak_bytes = read(&args.ak)?;
+    let quote_bytes = read(&args.quote)?;
+    let sig_bytes = read(&args.sig)?;
+    let pcr_bytes = match &args.pcrs {
+        Some(path) => Some((path, read(path)?)),
+        None => None,
+    };
+    let ak = match parse_evidence(
+        SUBJECT,
+        PARSE,
+        &args.ak,
+        public::load_ak(&ak_bytes, &args.ak.display().to_string()),
+    ) {
+        Ok(ak) => ak,
+        Err(appraisal) => return Ok(appraisal),
+    };
+    let attest = match parse_evidence(SUBJECT, PARSE, &args.quote, Attest::parse(&quote_bytes)) {
+        Ok(attest) => attest,
+        Err(appraisal) => return Ok(appraisal),
+    };
+    let signature = match parse_evidence(SUBJECT, PARSE, &args.sig, TpmSignature::parse(&sig_bytes))
+    {
+        Ok(signature) => signature,
+        Err(appraisal) => return Ok(appraisal),
+    };
+    let pcr_values = match pcr_bytes {
+        Some((path, bytes)) => match parse_evidence(
+            SUBJECT,
+            PARSE,
+            path,
+            pcrs::parse_pcr_file(&bytes, &attest.pcr_select),
+        ) {
+            Ok(values) => Some(values),
+            Err(appraisal) => return Ok(appraisal),
+        },
         None => None,
     };
     let nonce = match &args.nonce {
@@ -531,30 +631,37 @@ fn run_tpm_quote(args: &TpmQuoteArgs, policy: &Policy, at: i64) -> Result<Apprai
     };
     let mut appraisal = quote::verify(&evidence, nonce.as_deref(), &policy.tpm);
     if let Some(log_path) = &args.eventlog {
-        let log = EventLog::parse(&read(log_path)?).map_err(|e| parse_err(log_path, &e))?;
-        match &evidence.pcrs {
-            Some(values) => {
+        let Some(values) = &evidence.pcrs else {
+            return Err(CliError::Usage(
+                "--eventlog needs --pcrs to compare against".to_owned(),
+            ));
+        };
+        match EventLog::parse(&read(log_path)?) {
+            Ok(log) => {
                 let replayed = log.replay();
                 for check in eventlog::compare(&log, &replayed, values) {
                     appraisal.push(check);
                 }
             }
-            None => {
-                return Err(CliError::Usage(
-                    "--eventlog needs --pcrs to compare against".to_owned(),
-                ));
-            }
+            Err(err) => appraisal.push(Check::fail(
+                "eventlog.parse",
+                Aspect::Executables,
+                parse_err(log_path, &err).to_string(),
+            )),
         }
     }
     if let (Some(ek_path), Some(ca_path)) = (&args.ek_cert, &args.ek_ca) {
-        let ek = x509chain::parse_bundle(&read(ek_path)?, &ek_path.display().to_string())
-            .map_err(|e| parse_err(ek_path, &e))?;
+        let ek_bytes = read(ek_path)?;
+        // The CA bundle is the auditor's trust material: a bad one is usage.
         let cas = x509chain::parse_bundle(&read(ca_path)?, &ca_path.display().to_string())
             .map_err(|e| parse_err(ca_path, &e))?;
+        let ek_result = x509chain::parse_bundle(&ek_bytes, &ek_path.display().to_string())
+            .map_err(|e| parse_err(ek_path, &e).to_string())
+            .and_then(|ek| verify_ek_chain(&ek, &cas, at));
         appraisal.push(Check::from_result(
             "tpm.ek_chain",
             Aspect::Hardware,
-            verify_ek_chain(&ek, &cas, at),
+            ek_result,
         ));
         appraisal.push(Check::skip(
             "tpm.ak_binding",
@@ -599,7 +706,16 @@ pub fn verify_ek_chain(ek: &[Vec<u8>], cas: &[Vec<u8>], at: i64) -> Result<Strin
 }
 
 fn run_eventlog(args: &EventlogArgs) -> Result<Appraisal, CliError> {
-    let log = EventLog::parse(&read(&args.file)?).map_err(|e| parse_err(&args.file, &e))?;
+    let bytes = read(&args.file)?;
+    let log = match parse_evidence(
+        "eventlog",
+        "eventlog.parse",
+        &args.file,
+        EventLog::parse(&bytes),
+    ) {
+        Ok(log) => log,
+        Err(appraisal) => return Ok(appraisal),
+    };
     let replayed = log.replay();
     let mut appraisal = Appraisal::new("eventlog");
     let unknown = log

@@ -1,7 +1,13 @@
 //! The appraisal policy: reference values and minimums, from a TOML file.
 //!
-//! Every section is optional; unknown keys are rejected so that a typo in a
-//! policy never silently weakens it. See `docs/attestation.md` for an example.
+//! Every section and key is optional; unknown keys are rejected so that a typo
+//! in a policy never silently weakens it. See `docs/attestation.md` for an
+//! example.
+//!
+//! Defaults have one source: each struct's `Default` implementation. Every
+//! struct is `#[serde(default)]` at the container level, so a missing section,
+//! an empty section and a section missing some keys all take their values from
+//! `Default`, and `Policy::default()` is exactly the policy of an empty file.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -46,20 +52,16 @@ impl<'de> Deserialize<'de> for HexBytes {
 }
 
 /// The whole appraisal policy.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Policy {
     /// Reference values for SEV-SNP reports.
-    #[serde(default)]
     pub snp: SnpPolicy,
     /// Reference values for NVIDIA GPU reports.
-    #[serde(default)]
     pub gpu: GpuPolicy,
     /// Reference values for TPM quotes and event logs.
-    #[serde(default)]
     pub tpm: TpmPolicy,
     /// Settings for the EAR token.
-    #[serde(default)]
     pub ear: EarPolicy,
 }
 
@@ -84,41 +86,34 @@ impl Policy {
 
 /// Minimum TCB component versions (security patch levels).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct MinTcb {
     /// Minimum boot loader SPL.
-    #[serde(default)]
     pub bootloader: u8,
     /// Minimum PSP OS (TEE) SPL.
-    #[serde(default)]
     pub tee: u8,
     /// Minimum SNP firmware SPL.
-    #[serde(default)]
     pub snp: u8,
     /// Minimum CPU microcode SPL.
-    #[serde(default)]
     pub microcode: u8,
     /// Minimum FMC SPL (Turin and later; ignored for older products).
-    #[serde(default)]
     pub fmc: u8,
 }
 
 /// SEV-SNP reference values.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SnpPolicy {
     /// Accept guests launched with the DEBUG policy bit (default: no).
-    #[serde(default)]
     pub allow_debug: bool,
     /// Minimum reported TCB.
     pub min_tcb: Option<MinTcb>,
     /// Allowed launch measurements (48-byte hex each); empty = any.
-    #[serde(default)]
     pub measurements: Vec<HexBytes>,
     /// Expected REPORT_DATA (up to 64 bytes, zero-padded).
     pub report_data: Option<HexBytes>,
-    /// Accept reports signed with a VLEK (default: yes).
-    #[serde(default = "default_true")]
+    /// Accept reports signed with a VLEK (default: yes; cloud SNP instances
+    /// sign with VLEKs).
     pub allow_vlek: bool,
     /// Minimum guest SVN.
     pub min_guest_svn: Option<u32>,
@@ -126,45 +121,54 @@ pub struct SnpPolicy {
     pub vmpl: Option<u32>,
 }
 
-fn default_true() -> bool {
-    true
+impl Default for SnpPolicy {
+    fn default() -> Self {
+        Self {
+            allow_debug: false,
+            min_tcb: None,
+            measurements: Vec::new(),
+            report_data: None,
+            allow_vlek: true,
+            min_guest_svn: None,
+            vmpl: None,
+        }
+    }
 }
 
 /// NVIDIA GPU reference values.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct GpuPolicy {
     /// Expected nonce (32 bytes hex); `--nonce` overrides it.
     pub nonce: Option<HexBytes>,
     /// Allowed driver versions as the report states them (e.g. "550.144.03"); empty = any.
-    #[serde(default)]
     pub driver_versions: Vec<String>,
     /// Allowed VBIOS versions as the report states them (e.g. "96.00.74.00.1C"); empty = any.
-    #[serde(default)]
     pub vbios_versions: Vec<String>,
     /// Reference measurements by block index ("2" = ["hex", ...]): each listed
     /// block must equal one of its values.
-    #[serde(default)]
     pub measurements: BTreeMap<String, Vec<HexBytes>>,
+    /// Refuse any bytes after the SPDM signature, zero padding included
+    /// (default: no; zero padding is accepted and noted, as the Confidential
+    /// Containers stack records reports with a trailing 0x00).
+    pub strict_length: bool,
 }
 
 /// TPM reference values.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct TpmPolicy {
     /// Expected qualifying data (nonce), hex; `--nonce` overrides it.
     pub nonce: Option<HexBytes>,
     /// Golden PCR values: bank name ("sha256") -> PCR index ("7") -> hex value.
-    #[serde(default)]
     pub pcrs: BTreeMap<String, BTreeMap<String, HexBytes>>,
 }
 
 /// EAR token settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct EarPolicy {
-    /// `ear.verifier-id.developer`.
-    #[serde(default = "default_developer")]
+    /// `ear.verifier-id.developer` (default "plinth").
     pub developer: String,
     /// `ear.appraisal-policy-id` written into each submodule.
     pub policy_id: Option<String>,
@@ -173,14 +177,10 @@ pub struct EarPolicy {
 impl Default for EarPolicy {
     fn default() -> Self {
         Self {
-            developer: default_developer(),
+            developer: "plinth".to_owned(),
             policy_id: None,
         }
     }
-}
-
-fn default_developer() -> String {
-    "plinth".to_owned()
 }
 
 #[cfg(test)]
@@ -214,6 +214,53 @@ mod tests {
         assert_eq!(policy.gpu.nonce.unwrap().0, vec![0x11]);
         assert_eq!(policy.tpm.pcrs["sha256"]["0"].0, vec![0]);
         assert_eq!(policy.ear.developer, "auditor");
+    }
+
+    /// One source of defaults: no file, an empty file, every section present
+    /// but empty, and a section with only some keys all agree with `Default`.
+    #[test]
+    fn defaults_have_one_source() {
+        let built_in = Policy::default();
+        assert!(built_in.snp.allow_vlek, "VLEK is allowed by default");
+        assert!(!built_in.snp.allow_debug);
+        assert!(!built_in.gpu.strict_length);
+        assert_eq!(built_in.ear.developer, "plinth");
+        assert_eq!(Policy::from_toml("").unwrap(), built_in);
+        assert_eq!(
+            Policy::from_toml("[snp]\n[gpu]\n[tpm]\n[ear]\n").unwrap(),
+            built_in
+        );
+        for section in ["snp", "gpu", "tpm", "ear"] {
+            assert_eq!(
+                Policy::from_toml(&format!("[{section}]\n")).unwrap(),
+                built_in,
+                "[{section}] alone"
+            );
+        }
+        // A section with one key keeps every other default.
+        let partial = Policy::from_toml("[snp]\nallow_debug = true\n").unwrap();
+        assert_eq!(
+            partial.snp,
+            SnpPolicy {
+                allow_debug: true,
+                ..SnpPolicy::default()
+            }
+        );
+        let partial = Policy::from_toml("[snp]\nmin_tcb = { snp = 3 }\n").unwrap();
+        assert_eq!(
+            partial.snp.min_tcb,
+            Some(MinTcb {
+                snp: 3,
+                ..MinTcb::default()
+            })
+        );
+        let partial = Policy::from_toml("[ear]\npolicy_id = \"p\"\n").unwrap();
+        assert_eq!(partial.ear.developer, "plinth");
+        // Explicit values override.
+        let strict =
+            Policy::from_toml("[snp]\nallow_vlek = false\n[gpu]\nstrict_length = true\n").unwrap();
+        assert!(!strict.snp.allow_vlek);
+        assert!(strict.gpu.strict_length);
     }
 
     #[test]

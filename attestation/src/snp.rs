@@ -7,6 +7,15 @@
 //! P-384 with SHA-384 over bytes 0..0x2A0, r and s stored little-endian in
 //! 72-byte fields. Reserved bytes after the signature and the zero padding of
 //! r and s must be zero, so any single changed byte of a report is rejected.
+//!
+//! Three containers are read, which is what real producers write (see
+//! [`Container`]): the bare 0x4A0-byte report (`/dev/sev-guest` through
+//! snpguest or go-sev-guest, and the kernel's configfs-tsm `outblob`); the
+//! firmware's MSG_REPORT_RSP as the `SNP_GET_REPORT` ioctl returns it (a
+//! 0x20-byte header, the report, zero padding to the 4000-byte response
+//! buffer); and the extended report, the report followed by the certificate
+//! table the hypervisor supplies (`SNP_GET_EXT_REPORT`, go-sev-guest's
+//! `attest -extended`). Anything else after a report is refused.
 
 use serde_json::json;
 use thiserror::Error;
@@ -28,11 +37,37 @@ const P384_LEN: usize = 48;
 /// Errors parsing a report.
 #[derive(Debug, Error)]
 pub enum SnpReportError {
-    /// Neither raw 0x4A0 bytes nor hex text of them.
-    #[error("snp report is {len} bytes: expected {REPORT_SIZE} raw bytes or their hex text")]
+    /// Neither raw 0x4A0 bytes nor hex text of them, nor a known container.
+    #[error(
+        "snp report is {len} bytes: expected {REPORT_SIZE} raw bytes or their hex text, a MSG_REPORT_RSP, or a report followed by a certificate table"
+    )]
     BadLength {
         /// Length of the input (decoded, for hex text).
         len: usize,
+    },
+    /// The firmware response header is not a successful 0x4A0-byte report.
+    #[error("snp MSG_REPORT_RSP {field} is {value:#x}, expected {expected:#x}")]
+    Response {
+        /// Which header field.
+        field: &'static str,
+        /// Its value.
+        value: u32,
+        /// The value a successful response has.
+        expected: u32,
+    },
+    /// Non-zero bytes where only zero padding may follow.
+    #[error("snp {container}: {count} bytes after the report are not zero padding")]
+    Padding {
+        /// Which container.
+        container: &'static str,
+        /// How many bytes followed.
+        count: usize,
+    },
+    /// The bytes after the report are not a well-formed certificate table.
+    #[error("snp certificate table after the report: {reason}")]
+    CertTable {
+        /// What was wrong.
+        reason: String,
     },
     /// A field could not be read.
     #[error("snp report truncated")]
@@ -163,6 +198,138 @@ impl TcbVersion {
     }
 }
 
+/// What the report came wrapped in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Container {
+    /// Exactly the 0x4A0-byte report (or its hex text).
+    Bare,
+    /// The firmware's MSG_REPORT_RSP (status 0, REPORT_SIZE 0x4A0, reserved
+    /// zero), as the `SNP_GET_REPORT` ioctl returns it.
+    GuestResponse {
+        /// Zero bytes after the report (the rest of the ioctl's buffer).
+        padding: usize,
+    },
+    /// The report followed by the hypervisor's certificate table (GHCB
+    /// extended guest request).
+    Extended {
+        /// The table's entries, in table order.
+        certs: Vec<CertTableEntry>,
+    },
+}
+
+/// One certificate from an extended report's certificate table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertTableEntry {
+    /// The entry's GUID, as its 16 table bytes.
+    pub guid: [u8; 16],
+    /// `vcek`, `vlek`, `ask`, `ark`, `asvk`, or `unknown`.
+    pub kind: &'static str,
+    /// The certificate bytes (DER).
+    pub der: Vec<u8>,
+}
+
+/// (GUID in table byte order, kind). GUIDs from the GHCB specification and
+/// the AMD SEV-SNP firmware ABI; the table stores them in the mixed-endian
+/// UEFI layout.
+const CERT_GUIDS: &[(&str, &str)] = &[
+    ("63da758d-e664-4564-adc5-f4b93be8accd", "vcek"),
+    ("a8074bc2-a25a-483e-aae6-39c045a0b8a1", "vlek"),
+    ("4ab7b379-bbac-4fe4-a02f-05aef327c782", "ask"),
+    ("c0b406a4-a803-4952-9743-3fb6014cd0ae", "ark"),
+    ("00000000-0000-0000-0000-000000000000", "end"),
+];
+
+/// The 16 table bytes of a textual GUID (UEFI layout: the first three
+/// groups little-endian).
+pub fn guid_bytes(text: &str) -> Option<[u8; 16]> {
+    let hex: String = text.chars().filter(|c| *c != '-').collect();
+    let raw = hex::decode(hex).ok()?;
+    let raw: [u8; 16] = raw.try_into().ok()?;
+    let mut out = raw;
+    out[0..4].copy_from_slice(&[raw[3], raw[2], raw[1], raw[0]]);
+    out[4..6].copy_from_slice(&[raw[5], raw[4]]);
+    out[6..8].copy_from_slice(&[raw[7], raw[6]]);
+    Some(out)
+}
+
+fn cert_kind(guid: &[u8; 16]) -> &'static str {
+    CERT_GUIDS
+        .iter()
+        .find(|(text, _)| guid_bytes(text).as_ref() == Some(guid))
+        .map(|(_, kind)| *kind)
+        .unwrap_or("unknown")
+}
+
+/// Most entries a certificate table may have (the GHCB table names four).
+const MAX_CERT_ENTRIES: usize = 16;
+/// Size of the SNP_GET_REPORT ioctl's response buffer.
+const GUEST_RESPONSE_BUFFER: usize = 4000;
+const RESPONSE_HEADER: usize = 0x20;
+
+/// Parses the GHCB certificate table: 24-byte entries (GUID, offset, length,
+/// little-endian, offsets from the table start) up to an all-zero entry, then
+/// the certificates. Every byte not covered by an entry must be zero.
+fn parse_cert_table(table: &[u8]) -> Result<Vec<CertTableEntry>, SnpReportError> {
+    let bad = |reason: String| SnpReportError::CertTable { reason };
+    let mut r = Reader::new(table);
+    let mut entries = Vec::new();
+    let mut covered = vec![false; table.len()];
+    loop {
+        let guid: [u8; 16] = r.array("cert_table.guid").map_err(|e| bad(e.to_string()))?;
+        let offset = r
+            .u32_le("cert_table.offset")
+            .map_err(|e| bad(e.to_string()))? as usize;
+        let length = r
+            .u32_le("cert_table.length")
+            .map_err(|e| bad(e.to_string()))? as usize;
+        if guid == [0; 16] {
+            if offset != 0 || length != 0 {
+                return Err(bad(
+                    "the terminating entry has a non-zero offset or length".to_owned()
+                ));
+            }
+            break;
+        }
+        if entries.len() == MAX_CERT_ENTRIES {
+            return Err(bad(format!("more than {MAX_CERT_ENTRIES} entries")));
+        }
+        let end = offset
+            .checked_add(length)
+            .filter(|end| *end <= table.len() && length > 0)
+            .ok_or_else(|| {
+                bad(format!(
+                    "entry {} (offset {offset}, length {length}) is empty or runs past the table's {} bytes",
+                    entries.len(),
+                    table.len()
+                ))
+            })?;
+        for flag in covered.get_mut(offset..end).unwrap_or_default() {
+            *flag = true;
+        }
+        entries.push(CertTableEntry {
+            guid,
+            kind: cert_kind(&guid),
+            der: table.get(offset..end).unwrap_or_default().to_vec(),
+        });
+    }
+    let header_end = r.position();
+    let stray = table
+        .iter()
+        .zip(&covered)
+        .enumerate()
+        .filter(|(i, (byte, covered))| *i >= header_end && !**covered && **byte != 0)
+        .count();
+    if entries.is_empty() {
+        return Err(bad("no entries".to_owned()));
+    }
+    if stray > 0 {
+        return Err(bad(format!(
+            "{stray} non-zero bytes belong to no certificate"
+        )));
+    }
+    Ok(entries)
+}
+
 /// A parsed attestation report. Fields keep the report's names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnpReport {
@@ -224,7 +391,9 @@ pub struct SnpReport {
     pub sig_s: [u8; 48],
     /// True when the zero padding of r/s and the reserved tail are all zero.
     pub reserved_zero: bool,
-    /// The raw report.
+    /// What the report came in.
+    pub container: Container,
+    /// The raw report (0x4A0 bytes, without its container).
     pub raw: Vec<u8>,
 }
 
@@ -234,22 +403,125 @@ pub const POLICY_DEBUG: u64 = 1 << 19;
 pub const POLICY_MIGRATE_MA: u64 = 1 << 18;
 
 impl SnpReport {
-    /// Parses raw report bytes or their hex text.
+    /// Parses a report, raw or as hex text, bare or in one of the containers
+    /// of [`Container`].
     pub fn parse(input: &[u8]) -> Result<Self, SnpReportError> {
-        if input.len() == REPORT_SIZE {
-            return Self::parse_raw(input);
-        }
         let decoded = std::str::from_utf8(input)
             .ok()
+            .filter(|text| !text.trim().is_empty())
             .and_then(|text| decode_hex_text(text).ok());
         match decoded {
-            Some(bytes) if bytes.len() == REPORT_SIZE => Self::parse_raw(&bytes),
-            Some(bytes) => Err(SnpReportError::BadLength { len: bytes.len() }),
-            None => Err(SnpReportError::BadLength { len: input.len() }),
+            Some(bytes) if input.len() != REPORT_SIZE => Self::parse_container(&bytes),
+            _ => Self::parse_container(input),
         }
     }
 
-    fn parse_raw(raw: &[u8]) -> Result<Self, SnpReportError> {
+    fn parse_container(bytes: &[u8]) -> Result<Self, SnpReportError> {
+        if bytes.len() == REPORT_SIZE {
+            return Self::parse_raw(bytes, Container::Bare);
+        }
+        if bytes.len() < REPORT_SIZE {
+            return Err(SnpReportError::BadLength { len: bytes.len() });
+        }
+        // A report starts with its version (2..5); a firmware response with
+        // its status (0 on success) and REPORT_SIZE.
+        let word = |at: usize| {
+            bytes
+                .get(at..at + 4)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map(u32::from_le_bytes)
+        };
+        let version = word(0).unwrap_or_default();
+        let is_report = (2..=5).contains(&version);
+        if version == 0 || (!is_report && word(4) == Some(REPORT_SIZE as u32)) {
+            return Self::parse_guest_response(bytes);
+        }
+        if !is_report {
+            return Err(SnpReportError::BadLength { len: bytes.len() });
+        }
+        let (report, table) = bytes.split_at(REPORT_SIZE);
+        if table.iter().all(|b| *b == 0) {
+            return Err(SnpReportError::Padding {
+                container: "report",
+                count: table.len(),
+            });
+        }
+        let certs = parse_cert_table(table)?;
+        Self::parse_raw(report, Container::Extended { certs })
+    }
+
+    fn parse_guest_response(bytes: &[u8]) -> Result<Self, SnpReportError> {
+        let mut r = Reader::new(bytes);
+        let status = r.u32_le("msg_report_rsp.status")?;
+        let size = r.u32_le("msg_report_rsp.report_size")?;
+        let reserved = r.take(RESPONSE_HEADER - 8, "msg_report_rsp.reserved")?;
+        for (field, value, expected) in [
+            ("status", status, 0),
+            ("report_size", size, REPORT_SIZE as u32),
+            ("reserved", u32::from(reserved.iter().any(|b| *b != 0)), 0),
+        ] {
+            if value != expected {
+                return Err(SnpReportError::Response {
+                    field,
+                    value,
+                    expected,
+                });
+            }
+        }
+        let report = r.take(REPORT_SIZE, "msg_report_rsp.report")?;
+        let padding = r.rest();
+        if bytes.len() > GUEST_RESPONSE_BUFFER || padding.iter().any(|b| *b != 0) {
+            return Err(SnpReportError::Padding {
+                container: "MSG_REPORT_RSP",
+                count: padding.len(),
+            });
+        }
+        Self::parse_raw(
+            report,
+            Container::GuestResponse {
+                padding: padding.len(),
+            },
+        )
+    }
+
+    /// The VCEK or VLEK certificate carried in an extended report's table.
+    pub fn table_vek(&self) -> Option<&CertTableEntry> {
+        match &self.container {
+            Container::Extended { certs } => certs
+                .iter()
+                .find(|entry| entry.kind == "vcek" || entry.kind == "vlek"),
+            _ => None,
+        }
+    }
+
+    /// The ASK/ASVK and ARK carried in an extended report's table, ASK first.
+    pub fn table_chain(&self) -> Option<Vec<Vec<u8>>> {
+        let Container::Extended { certs } = &self.container else {
+            return None;
+        };
+        let ask = certs.iter().find(|e| e.kind == "ask")?;
+        let ark = certs.iter().find(|e| e.kind == "ark")?;
+        Some(vec![ask.der.clone(), ark.der.clone()])
+    }
+
+    /// One line on the report's container, for the `snp.container` check.
+    pub fn container_note(&self) -> String {
+        match &self.container {
+            Container::Bare => "bare 0x4a0-byte report, nothing after it".to_owned(),
+            Container::GuestResponse { padding } => format!(
+                "note: MSG_REPORT_RSP from SNP_GET_REPORT (status 0, report_size 0x4a0), {padding} zero padding byte(s) after the report (not signed, ignored)"
+            ),
+            Container::Extended { certs } => {
+                let kinds: Vec<&str> = certs.iter().map(|e| e.kind).collect();
+                format!(
+                    "note: extended report; the host's certificate table ({}) follows the report (not signed by it; certificates are checked on their own)",
+                    kinds.join(", ")
+                )
+            }
+        }
+    }
+
+    fn parse_raw(raw: &[u8], container: Container) -> Result<Self, SnpReportError> {
         let mut r = Reader::new(raw);
         let version = r.u32_le("version")?;
         if !(2..=5).contains(&version) {
@@ -337,6 +609,7 @@ impl SnpReport {
             sig_r,
             sig_s,
             reserved_zero,
+            container,
             raw: raw.to_vec(),
         })
     }
@@ -495,26 +768,12 @@ pub fn verify(
         )),
     }
 
-    // Signing key kind.
-    let key_ok = match report.signing_key {
-        SigningKey::Vcek => !cert_is_vlek,
-        SigningKey::Vlek => cert_is_vlek && policy.allow_vlek,
-        _ => false,
-    };
-    appraisal.push(Check::from_bool(
-        "snp.signing_key",
+    appraisal.push(Check::pass(
+        "snp.container",
         Aspect::Hardware,
-        key_ok,
-        format!(
-            "report signed by {:?}, certificate issued by '{vcek_issuer}'{}",
-            report.signing_key,
-            if cert_is_vlek && !policy.allow_vlek {
-                " (policy forbids VLEK)"
-            } else {
-                ""
-            }
-        ),
+        report.container_note(),
     ));
+    appraisal.push(signing_key_check(report.signing_key, &vcek_issuer, policy));
 
     appraisal.push(Check::from_bool(
         "snp.reserved_zero",
@@ -637,6 +896,32 @@ pub fn verify(
 
     apply_policy(&mut appraisal, report, &tcb, policy);
     Ok(appraisal)
+}
+
+/// The `snp.signing_key` check: the report's SIGNING_KEY field must name the
+/// kind of key the certificate is (a VLEK certificate is issued by
+/// `SEV-VLEK-<product>`), and a VLEK must be allowed by the policy (it is by
+/// default).
+pub fn signing_key_check(report_key: SigningKey, cert_issuer: &str, policy: &SnpPolicy) -> Check {
+    let cert_is_vlek = cert_issuer.contains("VLEK");
+    let key_ok = match report_key {
+        SigningKey::Vcek => !cert_is_vlek,
+        SigningKey::Vlek => cert_is_vlek && policy.allow_vlek,
+        _ => false,
+    };
+    Check::from_bool(
+        "snp.signing_key",
+        Aspect::Hardware,
+        key_ok,
+        format!(
+            "report signed by {report_key:?}, certificate issued by '{cert_issuer}'{}",
+            if cert_is_vlek && !policy.allow_vlek {
+                " (policy forbids VLEK: allow_vlek = false)"
+            } else {
+                ""
+            }
+        ),
+    )
 }
 
 fn verify_amd_chain(
@@ -826,6 +1111,57 @@ mod tests {
                 x509chain::verify_chain(&[ask, ark.clone()], &[ark], now).unwrap();
             }
         }
+    }
+
+    /// VLEK is allowed by the built-in policy, by a file without `[snp]`,
+    /// by an empty `[snp]`, and refused only by `allow_vlek = false`. (No real
+    /// VLEK-signed report exists in the vectors; this checks the decision
+    /// itself, and `tests/all/snp.rs` runs it through `verify`.)
+    #[test]
+    fn vlek_allowed_by_default_and_refused_on_request() {
+        use crate::check::CheckStatus;
+        use crate::policy::Policy;
+        let issuer = "SEV-VLEK-Milan";
+        for (label, policy) in [
+            ("built-in", Policy::default()),
+            ("no [snp]", Policy::from_toml("[gpu]\n").unwrap()),
+            ("empty [snp]", Policy::from_toml("[snp]\n").unwrap()),
+            (
+                "[snp] without allow_vlek",
+                Policy::from_toml("[snp]\nallow_debug = false\n").unwrap(),
+            ),
+        ] {
+            let check = signing_key_check(SigningKey::Vlek, issuer, &policy.snp);
+            assert_eq!(check.status, CheckStatus::Pass, "{label}: {}", check.detail);
+        }
+        let refusing = Policy::from_toml("[snp]\nallow_vlek = false\n").unwrap();
+        let check = signing_key_check(SigningKey::Vlek, issuer, &refusing.snp);
+        assert_eq!(check.status, CheckStatus::Fail);
+        assert!(
+            check.detail.contains("policy forbids VLEK"),
+            "{}",
+            check.detail
+        );
+        // The kinds must still agree.
+        let default = SnpPolicy::default();
+        for (key, issuer) in [
+            (SigningKey::Vlek, "SEV-Milan"),
+            (SigningKey::Vcek, "SEV-VLEK-Milan"),
+            (SigningKey::None, "SEV-Milan"),
+        ] {
+            let check = signing_key_check(key, issuer, &default);
+            assert_eq!(check.status, CheckStatus::Fail, "{key:?} with {issuer}");
+        }
+        let check = signing_key_check(SigningKey::Vcek, "SEV-Milan", &default);
+        assert_eq!(check.status, CheckStatus::Pass);
+    }
+
+    #[test]
+    fn guid_bytes_use_the_uefi_layout() {
+        let vcek = guid_bytes("63da758d-e664-4564-adc5-f4b93be8accd").unwrap();
+        assert_eq!(hex::encode(vcek), "8d75da6364e66445adc5f4b93be8accd");
+        assert_eq!(cert_kind(&vcek), "vcek");
+        assert_eq!(cert_kind(&[1; 16]), "unknown");
     }
 
     #[test]

@@ -3,6 +3,25 @@
 //! `x509-parser` does the parsing; every signature (RSA PKCS#1 v1.5, RSA-PSS,
 //! ECDSA P-256/P-384, Ed25519) is verified here with `ring` so that the AMD
 //! RSA-PSS chains and the NVIDIA ECDSA chains go through one audited path.
+//!
+//! [`verify_chain`] applies these rules (RFC 5280 section 6.1, the parts an
+//! offline vendor-chain verifier needs) to every link, the trust anchor's
+//! included:
+//!
+//! - the child's issuer name equals the issuer's subject name (DER bytes);
+//! - the issuer has basicConstraints with cA = TRUE (a missing extension
+//!   means "not a CA", so a leaf can never act as an issuer);
+//! - the issuer's pathLenConstraint, when present, is at least the number of
+//!   non-self-issued intermediate CA certificates below it;
+//! - the issuer's keyUsage, when present, has keyCertSign (a CA without
+//!   keyUsage is unrestricted, as RFC 5280 4.2.1.3 reads);
+//! - the issuer's key verifies the child's signature, and every certificate
+//!   is valid at the given time.
+//!
+//! Every pinned vendor chain (AMD ARK/ASK/ASVK for Milan, Genoa and Turin,
+//! NVIDIA's Device Identity CA and the device chains under it) satisfies
+//! these rules as published, so no vendor exception is needed; the tests
+//! check each pinned chain against them.
 
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
@@ -68,12 +87,46 @@ pub enum X509ChainError {
         not_after: String,
     },
     /// An issuer certificate is not a CA.
-    #[error(
-        "certificate '{subject}' signs another certificate but its basicConstraints say it is not a CA"
-    )]
+    #[error("certificate '{subject}' signs another certificate but {reason}")]
     NotCa {
         /// Subject of the certificate.
         subject: String,
+        /// Why it is not a CA (what its basicConstraints say, or that it has none).
+        reason: &'static str,
+    },
+    /// An issuer's keyUsage does not allow certificate signing.
+    #[error(
+        "certificate '{subject}' signs another certificate but its keyUsage ({usage}) lacks keyCertSign"
+    )]
+    KeyUsage {
+        /// Subject of the certificate.
+        subject: String,
+        /// The key usages it has.
+        usage: String,
+    },
+    /// An issuer has more CA certificates below it than its pathLenConstraint allows.
+    #[error(
+        "certificate '{subject}' has pathLenConstraint {path_len} but {below} intermediate CA certificate(s) follow it towards the leaf"
+    )]
+    PathLen {
+        /// Subject of the certificate.
+        subject: String,
+        /// Its pathLenConstraint.
+        path_len: u32,
+        /// Non-self-issued intermediates between it and the leaf.
+        below: usize,
+    },
+    /// A certificate's issuer name is not the next certificate's subject.
+    #[error(
+        "certificate '{subject}' names issuer '{issuer}' but the certificate above it is '{next}'"
+    )]
+    IssuerMismatch {
+        /// Subject of the certificate.
+        subject: String,
+        /// The issuer name it carries.
+        issuer: String,
+        /// Subject of the certificate that was to be its issuer.
+        next: String,
     },
     /// The chain does not end at a trusted root.
     #[error("chain ending at '{subject}' does not lead to a trusted root")]
@@ -357,12 +410,61 @@ fn pss_salt_len(hash_oid: &str) -> usize {
     }
 }
 
-fn check_is_ca(cert: &X509Certificate<'_>) -> Result<(), X509ChainError> {
-    match cert.basic_constraints() {
-        Ok(Some(bc)) if !bc.value.ca => Err(X509ChainError::NotCa {
-            subject: subject_name(cert),
+fn is_self_issued(cert: &X509Certificate<'_>) -> bool {
+    cert.subject().as_raw() == cert.issuer().as_raw()
+}
+
+/// Checks that `issuer` may issue `child`: names chain, `issuer` is a CA
+/// whose keyUsage (if any) has keyCertSign and whose pathLenConstraint (if
+/// any) allows `intermediates_below` non-self-issued CA certificates between
+/// it and the leaf. The signature is checked separately
+/// ([`verify_signed_by`]).
+pub fn check_may_issue(
+    child: &X509Certificate<'_>,
+    issuer: &X509Certificate<'_>,
+    intermediates_below: usize,
+) -> Result<(), X509ChainError> {
+    if child.issuer().as_raw() != issuer.subject().as_raw() {
+        return Err(X509ChainError::IssuerMismatch {
+            subject: subject_name(child),
+            issuer: child.issuer().to_string(),
+            next: issuer.subject().to_string(),
+        });
+    }
+    let not_ca = |reason| X509ChainError::NotCa {
+        subject: subject_name(issuer),
+        reason,
+    };
+    match issuer.basic_constraints() {
+        Ok(Some(bc)) if bc.value.ca => {
+            if let Some(path_len) = bc.value.path_len_constraint
+                && usize::try_from(path_len).is_ok_and(|max| intermediates_below > max)
+            {
+                return Err(X509ChainError::PathLen {
+                    subject: subject_name(issuer),
+                    path_len,
+                    below: intermediates_below,
+                });
+            }
+        }
+        Ok(Some(_)) => return Err(not_ca("its basicConstraints say cA = FALSE")),
+        Ok(None) => return Err(not_ca("it has no basicConstraints extension (not a CA)")),
+        Err(_) => {
+            return Err(not_ca(
+                "its basicConstraints extension is malformed or repeated",
+            ));
+        }
+    }
+    match issuer.key_usage() {
+        Ok(Some(ku)) if !ku.value.key_cert_sign() => Err(X509ChainError::KeyUsage {
+            subject: subject_name(issuer),
+            usage: ku.value.to_string(),
         }),
-        _ => Ok(()),
+        Ok(_) => Ok(()),
+        Err(_) => Err(X509ChainError::KeyUsage {
+            subject: subject_name(issuer),
+            usage: "malformed or repeated".to_owned(),
+        }),
     }
 }
 
@@ -377,7 +479,9 @@ pub struct ChainSummary {
 
 /// Verifies `chain` (DER, leaf first) up to one of `anchors` (DER) at unix time
 /// `at`. The chain may end with the anchor itself or with a certificate the
-/// anchor signed. Every certificate, anchor included, must be valid at `at`.
+/// anchor signed. Every certificate, anchor included, must be valid at `at`,
+/// and every link must satisfy [`check_may_issue`] (see the module
+/// documentation for the rules).
 pub fn verify_chain(
     chain: &[Vec<u8>],
     anchors: &[Vec<u8>],
@@ -399,14 +503,22 @@ pub fn verify_chain(
         });
     };
     let mut subjects = Vec::new();
+    // Non-self-issued intermediates seen so far (certificates 1..=index).
+    let mut intermediates_below = 0usize;
     for (index, cert) in certs.iter().enumerate() {
         check_validity(cert, at)?;
         subjects.push(subject_name(cert));
+        if index > 0 && !is_self_issued(cert) {
+            intermediates_below += 1;
+        }
         if let Some(issuer) = certs.get(index + 1) {
-            check_is_ca(issuer)?;
+            check_may_issue(cert, issuer, intermediates_below)?;
             verify_signed_by(cert, issuer)?;
         }
     }
+    // An anchor outside the chain has every chain certificate but the leaf
+    // below it.
+    let below_anchor = intermediates_below;
     let last_der = chain.last().map(Vec::as_slice).unwrap_or_default();
     // The chain may include the anchor itself.
     if let Some(anchor_index) = anchors.iter().position(|a| a.as_slice() == last_der) {
@@ -416,7 +528,10 @@ pub fn verify_chain(
         });
     }
     for (anchor_index, anchor) in anchor_certs.iter().enumerate() {
-        if anchor.subject() == last.issuer() && verify_signed_by(last, anchor).is_ok() {
+        if anchor.subject().as_raw() == last.issuer().as_raw()
+            && verify_signed_by(last, anchor).is_ok()
+        {
+            check_may_issue(last, anchor, below_anchor)?;
             check_validity(anchor, at)?;
             subjects.push(subject_name(anchor));
             return Ok(ChainSummary {

@@ -10,7 +10,8 @@ fuzz_target!(|data: &[u8]| {
     let Ok(report) = SpdmReport::parse(data) else {
         return;
     };
-    assert!(report.signed_bytes().len() + 96 == report.raw.len());
+    assert!(report.signed_bytes().len() + 96 + report.trailing.len() == report.raw.len());
+    let _ = plinth_attestation::gpu::spdm::trailing_data_check(&report, false);
     let _ = report.driver_version();
     let _ = report.vbios_version();
 });

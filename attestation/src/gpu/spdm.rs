@@ -8,6 +8,14 @@
 //! nonce, a 16-bit opaque length, NVIDIA's opaque data, then a 96-byte ECDSA
 //! P-384 signature, r || s big-endian). The signature covers every byte before
 //! it, request included, hashed with SHA-384.
+//!
+//! The report is parsed by its SPDM lengths, never by the input's length:
+//! bytes after the signature are kept in [`SpdmReport::trailing`] and judged
+//! by the `gpu.trailing_data` check. The NVIDIA driver (nvtrust, the SDK)
+//! writes nothing after the signature; the Confidential Containers stack
+//! records the report with one 0x00 byte after it. Zero padding is accepted
+//! and noted, anything else is refused, and `gpu.strict_length = true`
+//! refuses any trailing byte.
 
 use std::collections::BTreeMap;
 
@@ -56,11 +64,13 @@ pub enum SpdmError {
         /// param1.
         param1: u8,
     },
-    /// Bytes between the opaque data and the signature, or after it.
-    #[error("spdm report has {extra} bytes more than its fields account for")]
-    Length {
+    /// The measurement record holds bytes its blocks do not account for.
+    #[error("spdm measurement record has {extra} bytes more than its {blocks} blocks account for")]
+    RecordLength {
         /// The extra bytes.
         extra: usize,
+        /// NumberOfBlocks.
+        blocks: u8,
     },
     /// A measurement block was malformed.
     #[error("spdm measurement block {index} is malformed")]
@@ -109,7 +119,11 @@ pub struct SpdmReport {
     pub opaque_well_formed: bool,
     /// The signature (r || s, big-endian).
     pub signature: Vec<u8>,
-    /// The raw report.
+    /// Length of the signed part: every byte before the signature.
+    pub signed_len: usize,
+    /// Bytes after the signature (not signed; see the module documentation).
+    pub trailing: Vec<u8>,
+    /// The raw report, trailing bytes included.
     pub raw: Vec<u8>,
 }
 
@@ -212,12 +226,9 @@ impl SpdmReport {
         let opaque_len = r.u16_le("response.opaque_length")?;
         let opaque_bytes = r.take(usize::from(opaque_len), "response.opaque_data")?;
         let (opaque, opaque_well_formed) = parse_opaque(opaque_bytes);
+        let signed_len = r.position();
         let signature = r.take(SIGNATURE_LEN, "response.signature")?.to_vec();
-        if r.remaining() != 0 {
-            return Err(SpdmError::Length {
-                extra: r.remaining(),
-            });
-        }
+        let trailing = r.rest().to_vec();
         Ok(Self {
             version,
             request_params: (param1, param2),
@@ -229,15 +240,15 @@ impl SpdmReport {
             opaque,
             opaque_well_formed,
             signature,
+            signed_len,
+            trailing,
             raw: raw.to_vec(),
         })
     }
 
-    /// The signed bytes (everything before the signature).
+    /// The signed bytes (everything before the signature, nothing after it).
     pub fn signed_bytes(&self) -> &[u8] {
-        self.raw
-            .get(..self.raw.len().saturating_sub(SIGNATURE_LEN))
-            .unwrap_or_default()
+        self.raw.get(..self.signed_len).unwrap_or_default()
     }
 
     /// The value of an opaque field.
@@ -296,8 +307,9 @@ fn parse_blocks(record: &[u8], n_blocks: u8) -> Result<Vec<MeasurementBlock>, Sp
         });
     }
     if r.remaining() != 0 {
-        return Err(SpdmError::Length {
+        return Err(SpdmError::RecordLength {
             extra: r.remaining(),
+            blocks: n_blocks,
         });
     }
     Ok(blocks)
@@ -366,14 +378,57 @@ pub fn verify_report_signature(
         )
         .verify(report.signed_bytes(), &report.signature)
         .map(|()| {
-            "ECDSA P-384/SHA-384 over request and response verifies with the leaf certificate"
-                .to_owned()
+            format!(
+                "ECDSA P-384/SHA-384 over request and response (bytes 0..{}) verifies with the leaf certificate",
+                report.signed_len
+            )
         })
         .map_err(|_| {
             "ECDSA P-384/SHA-384 signature does not verify with the leaf certificate".to_owned()
         }),
         _ => Err("leaf certificate key is not P-384".to_owned()),
     }
+}
+
+/// Judges the bytes after the signature: none passes; zero padding passes
+/// with a note (it is what the Confidential Containers stack records) unless
+/// `strict_length` is set; any non-zero byte fails, since nothing after the
+/// signature is signed.
+pub fn trailing_data_check(report: &SpdmReport, strict_length: bool) -> Check {
+    const NAME: &str = "gpu.trailing_data";
+    let count = report.trailing.len();
+    let offset = report.signed_len + SIGNATURE_LEN;
+    if count == 0 {
+        return Check::pass(NAME, Aspect::Hardware, "no bytes after the signature");
+    }
+    if report.trailing.iter().all(|b| *b == 0) {
+        if strict_length {
+            return Check::fail(
+                NAME,
+                Aspect::Hardware,
+                format!(
+                    "{count} byte(s) of zero padding after the signature (offset {offset}), refused because the policy sets gpu.strict_length = true"
+                ),
+            );
+        }
+        return Check::pass(
+            NAME,
+            Aspect::Hardware,
+            format!(
+                "note: {count} byte(s) of zero padding after the signature (offset {offset}; not signed, ignored; gpu.strict_length = true refuses it)"
+            ),
+        );
+    }
+    let shown = report.trailing.get(..32).unwrap_or(&report.trailing);
+    Check::fail(
+        NAME,
+        Aspect::Hardware,
+        format!(
+            "{count} unsigned byte(s) after the signature (offset {offset}) are not zero padding: {}{}",
+            hex::encode(shown),
+            if count > shown.len() { "..." } else { "" }
+        ),
+    )
 }
 
 /// Verifies a report against its chain at unix time `at`. `nonce` is the
@@ -427,6 +482,7 @@ pub fn verify(
         Aspect::Hardware,
         signature,
     ));
+    appraisal.push(trailing_data_check(report, policy.strict_length));
 
     appraisal.push(Check::from_result(
         "gpu.cert_chain",

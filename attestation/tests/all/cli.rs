@@ -59,14 +59,18 @@ fn exit_codes_for_each_subcommand() {
     );
     assert_eq!(code, 2);
     assert!(err.contains("missing.bin"), "{err}");
-    let (code, _, err) = run(
+    // Unparseable evidence is a verdict: a report naming the check and the
+    // file, exit 1.
+    let (code, out, _) = run(
         &["snp", "--report", "MANIFEST.txt", "--vcek", SNP_VCEK],
         &dir,
     );
-    assert_eq!(code, 2);
+    assert_eq!(code, 1, "{out}");
     assert!(
-        err.contains("MANIFEST.txt") && err.contains("snp report"),
-        "{err}"
+        out.contains("snp: REJECTED")
+            && out.contains("[FAIL] snp.parse: MANIFEST.txt")
+            && out.contains("snp report"),
+        "{out}"
     );
     // Bad usage.
     let (code, _, _) = run(&["snp"], &dir);
@@ -106,9 +110,16 @@ fn exit_codes_for_each_subcommand() {
     let bad = format!("{GPU_DIR}/hopperAttestationReportInvalidSignature.txt");
     let (code, out, _) = run(&["gpu", "--report", &bad, "--certs", &certs], &dir);
     assert_eq!(code, 1, "{out}");
-    let (code, _, err) = run(&["gpu", "--report", &report, "--certs", SNP_REPORT], &dir);
+    let (code, out, _) = run(&["gpu", "--report", &report, "--certs", SNP_REPORT], &dir);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("[FAIL] gpu.parse") && out.contains(SNP_REPORT),
+        "{out}"
+    );
+    // A missing file stays a usage error.
+    let (code, _, err) = run(&["gpu", "--report", &report, "--certs", "nope.pem"], &dir);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains(SNP_REPORT), "{err}");
+    assert!(err.contains("nope.pem"), "{err}");
 
     let (code, out, _) = run(
         &[
@@ -119,8 +130,144 @@ fn exit_codes_for_each_subcommand() {
     );
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("sha1:"), "{out}");
-    let (code, _, err) = run(&["eventlog", "MANIFEST.txt"], &dir);
-    assert_eq!(code, 2, "{err}");
+    let (code, out, _) = run(&["eventlog", "MANIFEST.txt"], &dir);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("[FAIL] eventlog.parse: MANIFEST.txt"), "{out}");
+}
+
+/// Parses `--json` output and returns (verified, the failing check names).
+fn json_failures(out: &str) -> (bool, Vec<String>) {
+    let value: serde_json::Value =
+        serde_json::from_str(out).unwrap_or_else(|err| panic!("not JSON ({err}): {out}"));
+    let failures = value["appraisals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|a| a["checks"].as_array().unwrap().iter())
+        .filter(|c| c["status"] == "fail")
+        .map(|c| c["name"].as_str().unwrap().to_owned())
+        .collect();
+    (value["verified"].as_bool().unwrap(), failures)
+}
+
+/// Truncated evidence of each kind gives a JSON report with the failing
+/// parse check named and exit 1, never a bare error line.
+#[test]
+fn truncated_evidence_gives_a_json_report() {
+    let Some(dir) = vectors() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let path = |name: &str| work.path().join(name).to_str().unwrap().to_owned();
+    let snp_hex = std::fs::read_to_string(dir.join(SNP_REPORT)).unwrap();
+    let snp_raw = plinth_attestation::bytes::decode_hex_text(&snp_hex).unwrap();
+    std::fs::write(path("snp.bin"), &snp_raw[..snp_raw.len() - 1]).unwrap();
+    let gpu_hex =
+        std::fs::read_to_string(dir.join(format!("{GPU_DIR}/hopperAttestationReport.txt")))
+            .unwrap();
+    let gpu_raw = plinth_attestation::bytes::decode_hex_text(&gpu_hex).unwrap();
+    std::fs::write(path("gpu.bin"), &gpu_raw[..gpu_raw.len() - 10]).unwrap();
+    let log =
+        std::fs::read(dir.join("tpm2-tools/test/integration/fixtures/event-uefi-sha1-log.bin"))
+            .unwrap();
+    std::fs::write(path("log.bin"), &log[..log.len() - 3]).unwrap();
+    let certs = format!("{GPU_DIR}/hopperCertChain.txt");
+    let cases: Vec<(Vec<String>, &str, &str)> = vec![
+        (
+            vec![
+                "snp".into(),
+                "--report".into(),
+                path("snp.bin"),
+                "--vcek".into(),
+                SNP_VCEK.into(),
+            ],
+            "snp.parse",
+            "1183 bytes",
+        ),
+        (
+            vec![
+                "gpu".into(),
+                "--report".into(),
+                path("gpu.bin"),
+                "--certs".into(),
+                certs,
+            ],
+            "gpu.parse",
+            "response.signature",
+        ),
+        (
+            vec!["eventlog".into(), path("log.bin")],
+            "eventlog.parse",
+            "truncated",
+        ),
+    ];
+    for (mut args, check, detail) in cases {
+        args.push("--json".into());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, out, err) = run(&args, &dir);
+        assert_eq!(code, 1, "{args:?}: {out}{err}");
+        assert!(
+            err.is_empty(),
+            "{args:?}: no bare error line expected: {err}"
+        );
+        let (verified, failures) = json_failures(&out);
+        assert!(!verified);
+        assert_eq!(failures, vec![check.to_owned()], "{out}");
+        assert!(out.contains(detail), "{args:?}: {out}");
+    }
+}
+
+/// CoCo records the H100 report with one 0x00 after the signature: it
+/// verifies and the note is shown; a non-zero trailing byte, or any with
+/// `gpu.strict_length = true`, is rejected with `gpu.trailing_data` named.
+#[test]
+fn spdm_trailing_padding_through_the_binary() {
+    let Some(dir) = vectors() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let report = format!("{GPU_DIR}/hopperAttestationReport.txt");
+    let certs = format!("{GPU_DIR}/hopperCertChain.txt");
+    let hex_text = std::fs::read_to_string(dir.join(&report)).unwrap();
+    let padded = work.path().join("padded.hex");
+    std::fs::write(&padded, format!("{}00\n", hex_text.trim())).unwrap();
+    let junk = work.path().join("junk.hex");
+    std::fs::write(&junk, format!("{}01\n", hex_text.trim())).unwrap();
+    let padded = padded.to_str().unwrap();
+    let (code, out, err) = run(&["gpu", "--report", padded, "--certs", &certs], &dir);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("[pass] gpu.trailing_data: note: 1 byte(s) of zero padding"),
+        "{out}"
+    );
+    let (code, out, _) = run(
+        &[
+            "gpu",
+            "--report",
+            junk.to_str().unwrap(),
+            "--certs",
+            &certs,
+            "--json",
+        ],
+        &dir,
+    );
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(json_failures(&out).1, vec!["gpu.trailing_data"]);
+    let policy = work.path().join("strict.toml");
+    std::fs::write(&policy, "[gpu]\nstrict_length = true\n").unwrap();
+    let (code, out, _) = run(
+        &[
+            "gpu",
+            "--report",
+            padded,
+            "--certs",
+            &certs,
+            "--policy",
+            policy.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("[FAIL] gpu.trailing_data") && out.contains("strict_length"),
+        "{out}"
+    );
 }
 
 #[test]

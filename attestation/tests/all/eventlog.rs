@@ -104,3 +104,33 @@ fn keylime_base64_log_matches_binary() {
     assert!(log.crypto_agile);
     assert!(log.events.len() > 10);
 }
+
+/// The firmware's log area (ACPI TCPA/TPM2 LAML) is padded with 0x00 or
+/// 0xFF after the last event, and the kernel's securityfs file ends at the
+/// last event: both are read completely. Any other bytes after the last
+/// event must form an event, or the log is refused.
+#[test]
+fn firmware_padding_is_accepted_and_other_trailing_bytes_are_not() {
+    let Some(dir) = vectors() else { return };
+    for rel in [
+        "tpm2-tools/test/integration/fixtures/event-arch-linux.bin",
+        "tpm2-tools/test/integration/fixtures/event-uefi-sha1-log.bin",
+    ] {
+        let log = read(&dir, rel);
+        let exact = EventLog::parse(&log).unwrap();
+        for pad in [0x00u8, 0xff] {
+            let mut padded = log.clone();
+            padded.extend(std::iter::repeat_n(pad, 4096));
+            assert_eq!(EventLog::parse(&padded).unwrap(), exact, "{rel} + {pad:#x}");
+        }
+        for junk in [
+            &[0x01u8][..],
+            &[0x00, 0x00, 0x00, 0x00, 0x01][..],
+            &[0xff, 0x00][..],
+        ] {
+            let mut bad = log.clone();
+            bad.extend_from_slice(junk);
+            assert!(EventLog::parse(&bad).is_err(), "{rel} + {junk:?} accepted");
+        }
+    }
+}

@@ -285,3 +285,81 @@ fn parses_agree_with_sdk_reference_parses() {
         );
     }
 }
+
+/// The Confidential Containers stack records the H100 report with one 0x00
+/// byte after the signature. Built here from the real reports: the
+/// signature covers exactly the bytes before it, so it still verifies; the
+/// padding is noted in `gpu.trailing_data`, a non-zero byte instead fails it,
+/// and `strict_length` refuses even zero padding.
+#[test]
+fn trailing_zero_padding_verifies_and_is_noted() {
+    let Some(dir) = vectors() else { return };
+    for (report, chain, nonce) in pairs() {
+        let ev = evidence(&dir, &report, &chain);
+        let nonce = hex::decode(nonce).unwrap();
+        let judge = |bytes: &[u8], policy: &GpuPolicy| {
+            let parsed = SpdmReport::parse_binary(bytes).unwrap();
+            let ev = GpuEvidence {
+                report: parsed,
+                chain: ev.chain.clone(),
+                rims: Vec::new(),
+            };
+            spdm::verify(&ev, Some(&nonce), policy, AT_2026).unwrap()
+        };
+        let trailing = |appraisal: &plinth_attestation::Appraisal| {
+            appraisal
+                .checks
+                .iter()
+                .find(|c| c.name == "gpu.trailing_data")
+                .cloned()
+                .unwrap()
+        };
+        let unpadded = judge(&ev.report.raw, &GpuPolicy::default());
+        assert_eq!(trailing(&unpadded).detail, "no bytes after the signature");
+
+        let mut padded = ev.report.raw.clone();
+        padded.push(0x00);
+        let parsed = SpdmReport::parse_binary(&padded).unwrap();
+        assert_eq!(parsed.trailing, vec![0u8]);
+        assert_eq!(parsed.signed_bytes(), ev.report.signed_bytes());
+        let appraisal = judge(&padded, &GpuPolicy::default());
+        assert!(appraisal.verified(), "{report}:\n{}", appraisal.to_human());
+        let check = trailing(&appraisal);
+        assert_eq!(check.status, CheckStatus::Pass);
+        assert!(
+            check.detail.contains("note: 1 byte(s) of zero padding"),
+            "{}",
+            check.detail
+        );
+        // As hex text, the way CoCo records it.
+        let text = format!("{}00\n", hex::encode(&ev.report.raw));
+        assert_eq!(
+            SpdmReport::parse(text.as_bytes()).unwrap().trailing,
+            vec![0u8]
+        );
+
+        let strict = GpuPolicy {
+            strict_length: true,
+            ..GpuPolicy::default()
+        };
+        let appraisal = judge(&padded, &strict);
+        let fail: Vec<_> = appraisal.failures().map(|c| c.name.clone()).collect();
+        assert_eq!(fail, vec!["gpu.trailing_data"], "{report}");
+        // strict_length accepts an exact report.
+        assert!(judge(&ev.report.raw, &strict).verified());
+
+        for junk in [&[0x01u8][..], &[0x00, 0x00, 0x7f][..]] {
+            let mut bad = ev.report.raw.clone();
+            bad.extend_from_slice(junk);
+            let appraisal = judge(&bad, &GpuPolicy::default());
+            let fail: Vec<_> = appraisal.failures().map(|c| c.name.clone()).collect();
+            assert_eq!(fail, vec!["gpu.trailing_data"], "{report} + {junk:?}");
+            let check = trailing(&appraisal);
+            assert!(
+                check.detail.contains("not zero padding"),
+                "{}",
+                check.detail
+            );
+        }
+    }
+}

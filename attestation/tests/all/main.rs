@@ -2,6 +2,8 @@
 //! (../shared/vectors, or $PLINTH_VECTORS) and against swtpm.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod certgen;
+mod chain;
 mod cli;
 mod common;
 mod eventlog;

@@ -158,3 +158,35 @@ fn gcp_event_log_replays_to_quoted_pcrs() {
         checks[0].detail
     );
 }
+
+/// tpm2-tools (`tpm2_quote -m/-s`, `tpm2_createak -u`) and go-tpm /
+/// go-attestation (whose output the GCP vector is) write each structure
+/// exactly, so a trailing byte is refused; the size-prefixed TPM2B forms
+/// are the only other framing accepted.
+#[test]
+fn tpm_structures_accept_exact_and_size_prefixed_framing_only() {
+    let Some(dir) = vectors() else { return };
+    let g = gcp(&dir);
+    let mut tpm2b_attest = (g.quote.len() as u16).to_be_bytes().to_vec();
+    tpm2b_attest.extend(&g.quote);
+    assert_eq!(Attest::parse(&tpm2b_attest).unwrap().raw, g.quote);
+    for pad in [0x00u8, 0x01] {
+        let mut quote_padded = g.quote.clone();
+        quote_padded.push(pad);
+        let err = Attest::parse(&quote_padded).unwrap_err();
+        assert!(
+            err.to_string().contains("TPMS_ATTEST: 1 trailing bytes"),
+            "{err}"
+        );
+        let mut sig_padded = g.sig.clone();
+        sig_padded.push(pad);
+        let err = TpmSignature::parse(&sig_padded).unwrap_err();
+        assert!(
+            err.to_string().contains("TPMT_SIGNATURE: 1 trailing bytes"),
+            "{err}"
+        );
+        let mut ak_padded = g.ak.clone();
+        ak_padded.push(pad);
+        assert!(TpmPublic::parse(&ak_padded).is_err());
+    }
+}
