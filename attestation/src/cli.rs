@@ -529,11 +529,14 @@ fn run_gpu(args: &GpuArgs, policy: &Policy, at: i64) -> Result<Vec<Appraisal>, C
         .first()
         .is_some_and(|b| *b == b'[' || *b == b'{')
     {
-        let items = spdm::parse_sdk_evidence(&report_bytes).ok_or_else(|| CliError::Parse {
-            path: args.report.display().to_string(),
-            reason: "JSON is not NVIDIA SDK evidence ([{arch, certificate, evidence, nonce}])"
-                .to_owned(),
-        })?;
+        let Some(items) = spdm::parse_sdk_evidence(&report_bytes) else {
+            let err = CliError::Parse {
+                path: args.report.display().to_string(),
+                reason: "JSON is not NVIDIA SDK evidence ([{arch, certificate, evidence, nonce}])"
+                    .to_owned(),
+            };
+            return Ok(vec![unparseable("gpu", "gpu.parse", &err)]);
+        };
         for item in items {
             let certs = match &args.certs {
                 Some(path) => read(path)?,
