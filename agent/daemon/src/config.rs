@@ -88,9 +88,32 @@ pub struct AgentConfig {
     /// The local admin API.
     pub api: ApiSection,
     /// Policy plugins: trusted keys, directory, per-plugin configuration.
-    pub plugins: crate::plugins::PluginsConfig,
+    pub plugins: PluginsConfig,
     /// Sandboxed jobs: OCI runtime, image sources, CDI, limits, receipts.
     pub jobs: JobsSection,
+}
+
+/// The `[plugins]` section of agent.toml.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// Directory of installed packages, one `<kind>.plinthpkg` per kind (default:
+    /// `<agent.state_dir>/plugins`).
+    pub dir: Option<PathBuf>,
+    /// Private directory for compiled code, mode 0700 and owned by the agent's user
+    /// (default: `<agent.state_dir>/plugin-cache`).
+    pub cache_dir: Option<PathBuf>,
+    /// Ed25519 public keys (64 hex digits) whose signed packages are accepted.
+    pub trusted_keys: Vec<String>,
+    /// Accept unsigned packages (development only).
+    pub allow_unsigned: bool,
+    /// Operator configuration per plugin name, overriding the manifest's defaults.
+    pub config: BTreeMap<String, BTreeMap<String, String>>,
+    /// Directory with self-test fixtures per plugin name (`<dir>/<name>/*.input.json`);
+    /// plugins without fixtures get a smoke test.
+    pub fixtures_dir: Option<PathBuf>,
+    /// Settings of the built-in fallback policies.
+    pub fallback: plinth_plugin_host::fallback::FallbackConfig,
 }
 
 /// The `[jobs]` section: how tenants' jobs run and are billed.

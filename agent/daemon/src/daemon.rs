@@ -120,7 +120,10 @@ pub async fn run(loaded: LoadedConfig, options: RunOptions) -> Result<(), Daemon
         "plinth-agent starting"
     );
 
-    let store = Arc::new(Store::open(&config.database_path())?);
+    let store = Arc::new(Store::open(
+        &config.database_path(),
+        crate::migrations::MIGRATIONS,
+    )?);
     let (run_id, previous_run) = store.begin_run(env!("CARGO_PKG_VERSION"))?;
     if let PreviousRun::Unclean { started_at } = &previous_run {
         tracing::warn!(%started_at, "the previous agent run did not shut down cleanly");

@@ -13,18 +13,9 @@ pub mod daemon;
 pub mod hardware;
 pub mod identity;
 pub mod jobs;
+pub mod migrations;
 pub mod plugins;
 pub mod store;
 pub mod systemd;
 
-/// Renders an error and its chain of causes on one line: `outer: inner: root`.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub use plinth_toolbox::error_chain;

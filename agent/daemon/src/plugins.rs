@@ -4,43 +4,20 @@
 //! persisted), lists and removes them. Decisions go through [`PluginService::policies`],
 //! which falls back to built-in policies whenever a plugin fails.
 
-use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use plinth_plugin_host::fallback::FallbackConfig;
 use plinth_plugin_host::{
     HostConfig, PackageError, PluginHost, PluginHostError, PluginInfo, PluginKind,
     PluginStatsSnapshot, PolicySet, ReloadError, SelfTest, TrustPolicy,
 };
+use plinth_toolbox::error_chain;
 use serde::{Deserialize, Serialize};
+
+pub use crate::config::PluginsConfig;
 
 /// File extension of plugin packages in the plugin directory.
 pub const PACKAGE_EXTENSION: &str = "plinthpkg";
-
-/// The `[plugins]` section of agent.toml.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PluginsConfig {
-    /// Directory of installed packages, one `<kind>.plinthpkg` per kind (default:
-    /// `<agent.state_dir>/plugins`).
-    pub dir: Option<PathBuf>,
-    /// Private directory for compiled code, mode 0700 and owned by the agent's user
-    /// (default: `<agent.state_dir>/plugin-cache`).
-    pub cache_dir: Option<PathBuf>,
-    /// Ed25519 public keys (64 hex digits) whose signed packages are accepted.
-    pub trusted_keys: Vec<String>,
-    /// Accept unsigned packages (development only).
-    pub allow_unsigned: bool,
-    /// Operator configuration per plugin name, overriding the manifest's defaults.
-    pub config: BTreeMap<String, BTreeMap<String, String>>,
-    /// Directory with self-test fixtures per plugin name (`<dir>/<name>/*.input.json`);
-    /// plugins without fixtures get a smoke test.
-    pub fixtures_dir: Option<PathBuf>,
-    /// Settings of the built-in fallback policies.
-    pub fallback: FallbackConfig,
-}
 
 /// Errors of the plugin service.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +31,9 @@ pub enum PluginServiceError {
     /// A package failed to load or its self-test.
     #[error("plugin not installed")]
     Reload(#[from] ReloadError),
+    /// A package could not be stored durably.
+    #[error("cannot store the plugin package")]
+    Store(#[from] plinth_toolbox::durable::DurableError),
     /// The plugin directory could not be read or written.
     #[error("cannot access plugin file {path}")]
     Io {
@@ -101,10 +81,6 @@ impl std::fmt::Debug for PluginService {
             .field("active", &self.policies.list())
             .finish_non_exhaustive()
     }
-}
-
-fn chain(error: &dyn std::error::Error) -> String {
-    crate::error_chain(error)
 }
 
 impl PluginService {
@@ -193,8 +169,8 @@ impl PluginService {
             match outcome {
                 Ok(info) => report.loaded.push(info),
                 Err(error) => {
-                    tracing::warn!(path = %path.display(), error = %chain(&error), "plugin package not loaded");
-                    report.failed.push((path, chain(&error)));
+                    tracing::warn!(path = %path.display(), error = %error_chain(&error), "plugin package not loaded");
+                    report.failed.push((path, error_chain(&error)));
                 }
             }
         }
@@ -211,14 +187,7 @@ impl PluginService {
             source,
         })?;
         let path = package_path(dir, info.kind);
-        let tmp = dir.join(format!(".{}.tmp", info.kind));
-        let written = fs::File::create(&tmp)
-            .and_then(|mut file| {
-                file.write_all(bytes)?;
-                file.sync_all()
-            })
-            .and_then(|()| fs::rename(&tmp, &path));
-        written.map_err(|source| PluginServiceError::Io { path, source })?;
+        plinth_toolbox::durable::write(&path, bytes)?;
         Ok(info)
     }
 
@@ -258,7 +227,7 @@ pub fn start(config: &crate::config::AgentConfig) -> Option<std::sync::Arc<Plugi
     let service = match PluginService::new(config.plugins.clone(), &config.agent.state_dir) {
         Ok(service) => service,
         Err(error) => {
-            tracing::error!(error = %chain(&error), "plugin support disabled");
+            tracing::error!(error = %error_chain(&error), "plugin support disabled");
             return None;
         }
     };
@@ -269,7 +238,9 @@ pub fn start(config: &crate::config::AgentConfig) -> Option<std::sync::Arc<Plugi
             dir = %service.dir.display(),
             "plugins loaded"
         ),
-        Err(error) => tracing::error!(error = %chain(&error), "cannot read the plugin directory"),
+        Err(error) => {
+            tracing::error!(error = %error_chain(&error), "cannot read the plugin directory")
+        }
     }
     Some(std::sync::Arc::new(service))
 }
@@ -283,7 +254,7 @@ pub fn reload_in_background(service: Option<std::sync::Arc<PluginService>>) {
             failed = report.failed.len(),
             "plugins reloaded"
         ),
-        Err(error) => tracing::error!(error = %chain(&error), "plugin reload failed"),
+        Err(error) => tracing::error!(error = %error_chain(&error), "plugin reload failed"),
     });
 }
 
@@ -344,9 +315,9 @@ mod tests {
             .install(b"garbage, not a plugin package")
             .unwrap_err();
         assert!(
-            chain(&error).contains("not a plinth plugin package"),
+            error_chain(&error).contains("not a plinth plugin package"),
             "{}",
-            chain(&error)
+            error_chain(&error)
         );
     }
 

@@ -27,37 +27,26 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-/// Every migration this build knows, in order. Append only: never edit a released one.
-pub const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "agent runs and node metadata",
-        sql: "
-        CREATE TABLE node_meta (
-            key   TEXT PRIMARY KEY NOT NULL,
-            value TEXT NOT NULL
-        );
-        CREATE TABLE agent_runs (
-            id         INTEGER PRIMARY KEY AUTOINCREMENT,
-            started_at TEXT NOT NULL,
-            version    TEXT NOT NULL,
-            pid        INTEGER NOT NULL,
-            ended_at   TEXT,
-            outcome    TEXT
-        );
-    ",
-    },
-    Migration {
-        version: 2,
-        name: "jobs and receipts",
-        sql: crate::jobs::MIGRATION_SQL,
-    },
-];
-
-/// The schema version this build writes.
-pub fn latest_version() -> u32 {
-    MIGRATIONS.last().map_or(0, |migration| migration.version)
-}
+/// The store's own migration (schema version 1): node metadata and agent runs. The other
+/// tables belong to the subsystems that use them; [`crate::migrations`] lists them all.
+pub const BASE_MIGRATION: Migration = Migration {
+    version: 1,
+    name: "agent runs and node metadata",
+    sql: "
+    CREATE TABLE node_meta (
+        key   TEXT PRIMARY KEY NOT NULL,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE agent_runs (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        started_at TEXT NOT NULL,
+        version    TEXT NOT NULL,
+        pid        INTEGER NOT NULL,
+        ended_at   TEXT,
+        outcome    TEXT
+    );
+",
+};
 
 /// Errors opening or using the store.
 #[derive(Debug, thiserror::Error)]
@@ -169,13 +158,11 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if missing) the database at `path` and migrates it.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Self::open_with(path, MIGRATIONS)
-    }
-
-    /// Opens the database with an explicit migration list (for tests of upgrades).
-    pub fn open_with(path: &Path, migrations: &[Migration]) -> Result<Self, StoreError> {
+    /// Opens (creating if missing) the database at `path` and applies the pending ones of
+    /// `migrations` (versions 1, 2, ... without gaps; the agent passes
+    /// [`crate::migrations::MIGRATIONS`]). A database newer than the last of them is
+    /// refused.
+    pub fn open(path: &Path, migrations: &[Migration]) -> Result<Self, StoreError> {
         if let Some(parent) = path
             .parent()
             .filter(|parent| !parent.as_os_str().is_empty())
@@ -394,6 +381,9 @@ pub fn now_rfc3339() -> String {
 mod tests {
     use super::*;
 
+    const BASE: &[Migration] = &[BASE_MIGRATION];
+    const BASE_VERSION: u32 = 1;
+
     fn digest(path: &Path) -> Vec<u8> {
         ring::digest::digest(&ring::digest::SHA256, &std::fs::read(path).unwrap())
             .as_ref()
@@ -404,8 +394,8 @@ mod tests {
     fn fresh_database_is_migrated_to_latest() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state/plinth.db");
-        let store = Store::open(&path).unwrap();
-        assert_eq!(store.health().schema_version, latest_version());
+        let store = Store::open(&path, BASE).unwrap();
+        assert_eq!(store.health().schema_version, BASE_VERSION);
         assert_eq!(store.health().integrity, "ok");
         assert_eq!(store.health().journal_mode, "wal");
         let id: i32 = store
@@ -424,7 +414,7 @@ mod tests {
             name: "one",
             sql: "CREATE TABLE a (x INTEGER);",
         }];
-        let store = Store::open_with(&path, &first).unwrap();
+        let store = Store::open(&path, &first).unwrap();
         store
             .connection()
             .execute("INSERT INTO a (x) VALUES (42)", [])
@@ -438,7 +428,7 @@ mod tests {
                 sql: "ALTER TABLE a ADD COLUMN y TEXT DEFAULT 'new';",
             },
         ];
-        let store = Store::open_with(&path, &both).unwrap();
+        let store = Store::open(&path, &both).unwrap();
         assert_eq!(store.health().schema_version, 2);
         let (x, y): (i64, String) = store
             .connection()
@@ -457,10 +447,7 @@ mod tests {
         // Reopening with the same list applies nothing more.
         drop(store);
         assert_eq!(
-            Store::open_with(&path, &both)
-                .unwrap()
-                .health()
-                .schema_version,
+            Store::open(&path, &both).unwrap().health().schema_version,
             2
         );
     }
@@ -474,18 +461,18 @@ mod tests {
             name: "one",
             sql: "CREATE TABLE a (x INTEGER);",
         };
-        Store::open_with(&path, &[good]).unwrap();
+        Store::open(&path, &[good]).unwrap();
         let bad = Migration {
             version: 2,
             name: "broken",
             sql: "CREATE TABLE b (y INTEGER); SELECT * FROM no_such_table;",
         };
-        let err = Store::open_with(&path, &[good, bad]).unwrap_err();
+        let err = Store::open(&path, &[good, bad]).unwrap_err();
         assert!(
             matches!(err, StoreError::Migrate { version: 2, .. }),
             "{err}"
         );
-        let store = Store::open_with(&path, &[good]).unwrap();
+        let store = Store::open(&path, &[good]).unwrap();
         assert_eq!(store.health().schema_version, 1);
         let b_exists: bool = store
             .connection()
@@ -504,7 +491,7 @@ mod tests {
         let path = dir.path().join("plinth.db");
         std::fs::write(&path, vec![0x5au8; 8192]).unwrap();
         let before = digest(&path);
-        let err = Store::open(&path).unwrap_err();
+        let err = Store::open(&path, BASE).unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
         assert!(err.to_string().contains("plinth.db"));
         assert_eq!(digest(&path), before);
@@ -515,7 +502,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("plinth.db");
         {
-            let store = Store::open(&path).unwrap();
+            let store = Store::open(&path, BASE).unwrap();
             let connection = store.connection();
             connection
                 .execute_batch(
@@ -535,7 +522,7 @@ mod tests {
         }
         std::fs::write(&path, &bytes).unwrap();
         let before = digest(&path);
-        let err = Store::open(&path).unwrap_err();
+        let err = Store::open(&path, BASE).unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
         assert_eq!(digest(&path), before, "a corrupt database is never written");
     }
@@ -544,15 +531,15 @@ mod tests {
     fn newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("plinth.db");
-        let mut future = MIGRATIONS.to_vec();
+        let mut future = BASE.to_vec();
         future.push(Migration {
-            version: latest_version() + 1,
+            version: BASE_VERSION + 1,
             name: "from the future",
             sql: "CREATE TABLE future (x INTEGER);",
         });
-        Store::open_with(&path, &future).unwrap();
+        Store::open(&path, &future).unwrap();
         let before = digest(&path);
-        let err = Store::open(&path).unwrap_err();
+        let err = Store::open(&path, BASE).unwrap_err();
         assert!(
             matches!(err, StoreError::TooNew { found, known, .. } if found == known + 1),
             "{err}"
@@ -568,7 +555,7 @@ mod tests {
             .unwrap()
             .execute_batch("CREATE TABLE t (x INTEGER);")
             .unwrap();
-        let err = Store::open(&path).unwrap_err();
+        let err = Store::open(&path, BASE).unwrap_err();
         assert!(matches!(err, StoreError::Foreign { .. }), "{err}");
     }
 
@@ -576,7 +563,7 @@ mod tests {
     fn runs_record_unclean_shutdowns() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("plinth.db");
-        let store = Store::open(&path).unwrap();
+        let store = Store::open(&path, BASE).unwrap();
         let (first, previous) = store.begin_run("1").unwrap();
         assert_eq!(previous, PreviousRun::None);
         store.end_run(first, "clean").unwrap();

@@ -17,7 +17,13 @@ fn manager(allow_host_network: bool) -> (tempfile::TempDir, Arc<Store>, JobManag
     config.agent.state_dir = dir.path().join("state");
     config.agent.runtime_dir = dir.path().join("run");
     config.jobs.allow_host_network = allow_host_network;
-    let store = Arc::new(Store::open(&config.database_path()).unwrap());
+    let store = Arc::new(
+        Store::open(
+            &config.database_path(),
+            plinth_agent::migrations::MIGRATIONS,
+        )
+        .unwrap(),
+    );
     let identity = Arc::new(NodeIdentity::create(&config.node_key_path()).unwrap());
     let jobs = JobsConfig::from_config(&config);
     assert_eq!(jobs.allow_host_network, allow_host_network);

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use plinth_agent::identity::NodeIdentity;
-use plinth_agent::jobs::{JobManager, JobsConfig, SubmitRequest};
+use plinth_agent::jobs::{JobManager, JobState, JobsConfig, SubmitRequest};
 use plinth_agent::store::Store;
 use plinth_attestation::receipt::{LedgerOptions, Receipt, ReceiptKind, verify_ledger};
 
@@ -104,7 +104,13 @@ fn running_jobs_get_interim_receipts_and_one_final() {
     let layout = state.join("import/busybox");
     std::fs::create_dir_all(&layout).unwrap();
     write_layout(dir.path(), &layout);
-    let store = Arc::new(Store::open(&state.join("agent.db")).unwrap());
+    let store = Arc::new(
+        Store::open(
+            &state.join("agent.db"),
+            plinth_agent::migrations::MIGRATIONS,
+        )
+        .unwrap(),
+    );
     let identity = Arc::new(NodeIdentity::create(&state.join("node.key")).unwrap());
     let mut config = JobsConfig::from_dirs(&state, &dir.path().join("run"));
     config.engine.shim_binary = PathBuf::from(env!("CARGO_BIN_EXE_plinth-agent"));
@@ -128,13 +134,10 @@ fn running_jobs_get_interim_receipts_and_one_final() {
     loop {
         manager.tick().unwrap();
         let job = manager.get(&id).unwrap();
-        if job.state == "succeeded" {
+        if job.state == JobState::Succeeded {
             break;
         }
-        assert!(
-            !["failed", "cancelled", "timed_out"].contains(&job.state.as_str()),
-            "{job:?}"
-        );
+        assert!(!job.state.is_terminal(), "{job:?}");
         assert!(Instant::now() < deadline, "job did not finish: {job:?}");
         if !restarted && job.billed_until_ms.is_some() {
             // An "agent restart" in the middle: a second manager on the same
@@ -175,6 +178,16 @@ fn running_jobs_get_interim_receipts_and_one_final() {
     // Consecutive periods that cover the run.
     for pair in receipts.windows(2) {
         assert_eq!(pair[1].period_start_ms, pair[0].period_end_ms, "{pair:#?}");
+    }
+    // Priced by the one built-in policy (the plugin host's fallback): a job without GPUs
+    // costs nothing, and every receipt names the policy and its settings.
+    for receipt in &receipts {
+        assert_eq!(
+            receipt.pricing_policy_sha256,
+            plinth_plugin_host::fallback::pricing_sha256(&config.pricing)
+        );
+        assert_eq!(receipt.price.currency, config.pricing.currency);
+        assert_eq!(receipt.price.amount_micros, 0, "{receipt:?}");
     }
     let billed_ms: u64 = receipts.iter().map(|r| r.usage.wall_ms).sum();
     assert!((1900..6000).contains(&billed_ms), "billed {billed_ms} ms");

@@ -86,6 +86,28 @@ pub fn price(config: &FallbackConfig, request: &JobRequest, state: &PricingState
     })
 }
 
+/// Name and version of the built-in pricing policy, part of what [`pricing_sha256`] hashes.
+pub const PRICING_POLICY_NAME: &str = "plinth-builtin-pricing/2";
+
+/// The built-in rate applied to a metered period, for usage receipts: `gpu_hour_micros`
+/// per GPU-hour of wall time, rounded up to a whole micro-unit. A job without GPUs costs
+/// nothing under the built-in policy (its quote would be refused); a pricing plugin can
+/// charge for CPU time. The quote's `min_billable_s` applies to quotes, not to periods.
+pub fn period_price(config: &FallbackConfig, n_gpus: u64, wall_ms: u64) -> u64 {
+    let total = u128::from(config.gpu_hour_micros) * u128::from(n_gpus) * u128::from(wall_ms);
+    u64::try_from(total.div_ceil(3_600_000)).unwrap_or(u64::MAX)
+}
+
+/// SHA-256 (hex) that identifies the built-in pricing policy with these settings: what a
+/// receipt names as the policy that priced it, where a plugin would name its package.
+pub fn pricing_sha256(config: &FallbackConfig) -> String {
+    let text = format!(
+        "{PRICING_POLICY_NAME} gpu_hour_micros={} min_billable_s={} currency={}",
+        config.gpu_hour_micros, config.min_billable_s, config.currency
+    );
+    crate::package::sha256_hex(text.as_bytes())
+}
+
 /// First fit: the lowest-numbered free, usable GPUs; defer when they exist but are busy.
 pub fn schedule(
     config: &FallbackConfig,
@@ -153,6 +175,30 @@ mod tests {
             drained,
             allocated,
         }
+    }
+
+    #[test]
+    fn period_price_matches_the_quote_rate() {
+        let config = FallbackConfig::default();
+        // One GPU for an hour costs exactly the hourly rate; two for half an hour too.
+        assert_eq!(period_price(&config, 1, 3_600_000), config.gpu_hour_micros);
+        assert_eq!(period_price(&config, 2, 1_800_000), config.gpu_hour_micros);
+        // Rounded up, never down; no GPUs, no charge.
+        assert_eq!(period_price(&config, 1, 1), 1);
+        assert_eq!(period_price(&config, 0, 3_600_000), 0);
+        assert_eq!(period_price(&config, u64::MAX, u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn pricing_hash_changes_with_the_settings() {
+        let config = FallbackConfig::default();
+        let other = FallbackConfig {
+            gpu_hour_micros: config.gpu_hour_micros + 1,
+            ..config.clone()
+        };
+        assert_eq!(pricing_sha256(&config), pricing_sha256(&config.clone()));
+        assert_ne!(pricing_sha256(&config), pricing_sha256(&other));
+        assert_eq!(pricing_sha256(&config).len(), 64);
     }
 
     fn request(gpu_count: u32) -> JobRequest {

@@ -44,7 +44,9 @@ fn jobs_error(err: JobsError) -> Response {
     let status = match &err {
         JobsError::Spec(_) | JobsError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
         JobsError::NotFound { .. } => StatusCode::NOT_FOUND,
-        JobsError::Ended { .. } => StatusCode::CONFLICT,
+        JobsError::Ended { .. } | JobsError::State(crate::jobs::JobStateError::Stale { .. }) => {
+            StatusCode::CONFLICT
+        }
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error_response(status, crate::error_chain(&err))

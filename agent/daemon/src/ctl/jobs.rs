@@ -115,13 +115,13 @@ pub async fn run(client: &AdminClient, command: JobsCommand) -> Result<(), CtlEr
                     let job: JobInfo = client.get(&format!("/v1/jobs/{}", answer.id)).await?;
                     let shown = match &job.reason {
                         Some(reason) => format!("{} ({reason})", job.state),
-                        None => job.state.clone(),
+                        None => job.state.to_string(),
                     };
                     if shown != last_shown {
                         eprintln!("{}: {shown}", answer.id);
                         last_shown = shown;
                     }
-                    if crate::jobs::TERMINAL_STATES.contains(&job.state.as_str()) {
+                    if job.state.is_terminal() {
                         break;
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
