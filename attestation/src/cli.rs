@@ -5,10 +5,11 @@
 //! subcommands (`bundle`, `batch`, `receipts`) slot into [`Command`].
 //!
 //! Evidence that does not parse (a truncated report, a quote with trailing
-//! bytes, an EK certificate that is not X.509) is a verdict, not a usage
-//! error: the appraisal gets a failing `<subject>.parse` check naming the file
-//! and the field, so the auditor still gets a report (and `--json`) and exit
-//! code 1. Exit 2 is kept for what the auditor controls: arguments, missing
+//! bytes, a VCEK that is not X.509) is a verdict, not a usage error: the
+//! appraisal gets a failing `<subject>.parse` check naming the file and the
+//! field (an unparseable EK certificate fails `tpm.ek_chain`, an unparseable
+//! `--eventlog` fails `eventlog.parse`), so the auditor still gets a report
+//! (and `--json`) and exit code 1. Exit 2 is kept for what the auditor controls: arguments, missing
 //! files, the policy, RIMs, the EK CA bundle and the EAR key.
 
 use std::io::Write as _;

@@ -39,7 +39,7 @@ const P384_LEN: usize = 48;
 pub enum SnpReportError {
     /// Neither raw 0x4A0 bytes nor hex text of them, nor a known container.
     #[error(
-        "snp report is {len} bytes: expected {REPORT_SIZE} raw bytes or their hex text, a MSG_REPORT_RSP, or a report followed by a certificate table"
+        "snp report is {len} bytes: expected {REPORT_SIZE} raw bytes or their hex text, a MSG_REPORT_RSP of at most 4000 bytes, or a report followed by a certificate table"
     )]
     BadLength {
         /// Length of the input (decoded, for hex text).
@@ -441,10 +441,8 @@ impl SnpReport {
         }
         let (report, table) = bytes.split_at(REPORT_SIZE);
         if table.iter().all(|b| *b == 0) {
-            return Err(SnpReportError::Padding {
-                container: "report",
-                count: table.len(),
-            });
+            // No producer pads a bare report.
+            return Err(SnpReportError::BadLength { len: bytes.len() });
         }
         let certs = parse_cert_table(table)?;
         Self::parse_raw(report, Container::Extended { certs })
@@ -468,9 +466,12 @@ impl SnpReport {
                 });
             }
         }
+        if bytes.len() > GUEST_RESPONSE_BUFFER {
+            return Err(SnpReportError::BadLength { len: bytes.len() });
+        }
         let report = r.take(REPORT_SIZE, "msg_report_rsp.report")?;
         let padding = r.rest();
-        if bytes.len() > GUEST_RESPONSE_BUFFER || padding.iter().any(|b| *b != 0) {
+        if padding.iter().any(|b| *b != 0) {
             return Err(SnpReportError::Padding {
                 container: "MSG_REPORT_RSP",
                 count: padding.len(),

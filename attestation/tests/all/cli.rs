@@ -150,8 +150,9 @@ fn json_failures(out: &str) -> (bool, Vec<String>) {
     (value["verified"].as_bool().unwrap(), failures)
 }
 
-/// Truncated evidence of each kind gives a JSON report with the failing
-/// parse check named and exit 1, never a bare error line.
+/// Truncated evidence of each kind (and a quote with a trailing byte) gives
+/// a JSON report with the failing parse check named and exit 1, never a bare
+/// error line.
 #[test]
 fn truncated_evidence_gives_a_json_report() {
     let Some(dir) = vectors() else { return };
@@ -169,8 +170,27 @@ fn truncated_evidence_gives_a_json_report() {
         std::fs::read(dir.join("tpm2-tools/test/integration/fixtures/event-uefi-sha1-log.bin"))
             .unwrap();
     std::fs::write(path("log.bin"), &log[..log.len() - 3]).unwrap();
+    let g = crate::tpm::gcp(&dir);
+    std::fs::write(path("ak.pub"), &g.ak).unwrap();
+    std::fs::write(path("quote.sig"), &g.sig).unwrap();
+    let mut quote = g.quote.clone();
+    quote.push(0);
+    std::fs::write(path("quote.msg"), &quote).unwrap();
     let certs = format!("{GPU_DIR}/hopperCertChain.txt");
     let cases: Vec<(Vec<String>, &str, &str)> = vec![
+        (
+            vec![
+                "tpm-quote".into(),
+                "--ak".into(),
+                path("ak.pub"),
+                "--quote".into(),
+                path("quote.msg"),
+                "--sig".into(),
+                path("quote.sig"),
+            ],
+            "tpm.parse",
+            "TPMS_ATTEST: 1 trailing bytes",
+        ),
         (
             vec![
                 "snp".into(),
