@@ -12,7 +12,6 @@
 //! (and `--json`) and exit code 1. Exit 2 is kept for what the auditor controls: arguments, missing
 //! files, the policy, RIMs, the EK CA bundle and the EAR key.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
@@ -238,16 +237,9 @@ fn read(path: &Path) -> Result<Vec<u8>, CliError> {
 }
 
 fn parse_err(path: &Path, err: &dyn std::error::Error) -> CliError {
-    let mut reason = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        reason.push_str(": ");
-        reason.push_str(&cause.to_string());
-        source = cause.source();
-    }
     CliError::Parse {
         path: path.display().to_string(),
-        reason,
+        reason: plinth_toolbox::error_chain(err),
     }
 }
 
@@ -393,28 +385,17 @@ fn human(appraisal: &Appraisal) -> String {
 }
 
 fn keygen(args: &KeygenArgs) -> Result<Outcome, CliError> {
-    let pem = EarSigner::generate_pem()?;
-    let signer = EarSigner::from_pkcs8(pem.as_bytes(), "generated key")?;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
-    }
-    let write_err = |source| CliError::Write {
-        path: args.out.display().to_string(),
-        source,
-    };
-    let mut file = options.open(&args.out).map_err(write_err)?;
-    file.write_all(pem.as_bytes()).map_err(write_err)?;
+    // The one plinth key-file format, written durably with mode 0600, never replacing
+    // an existing file.
+    let key = plinth_toolbox::keyfile::create(&args.out).map_err(EarError::from)?;
+    let public_key = ring::signature::KeyPair::public_key(&key).as_ref().to_vec();
     use base64::Engine as _;
     Ok(Outcome {
         appraisals: Vec::new(),
         output: format!(
             "wrote {}\npublic key (raw Ed25519, base64url): {}\n",
             args.out.display(),
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signer.public_key())
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(public_key)
         ),
     })
 }

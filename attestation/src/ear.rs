@@ -20,15 +20,9 @@ pub const EAR_PROFILE: &str = "tag:github.com,2023:veraison/ear";
 /// Errors with EAR keys and tokens.
 #[derive(Debug, Error)]
 pub enum EarError {
-    /// The key file is not an Ed25519 PKCS#8 key.
-    #[error("{path}: not an Ed25519 PKCS#8 private key (PEM 'PRIVATE KEY' or DER)")]
-    BadKey {
-        /// The key file.
-        path: String,
-    },
-    /// Key generation failed.
-    #[error("cannot generate an Ed25519 key")]
-    Generate,
+    /// The key file is not a plinth Ed25519 key file (PKCS#8 PEM).
+    #[error("invalid EAR signing key")]
+    Key(#[from] plinth_toolbox::keyfile::KeyFileError),
     /// A token that is not three base64url parts.
     #[error("ear token is not a compact JWS")]
     Malformed,
@@ -43,47 +37,18 @@ pub struct EarSigner {
     key: Ed25519KeyPair,
 }
 
-fn pem_body(text: &str, label: &str) -> Option<Vec<u8>> {
-    let begin = format!("-----BEGIN {label}-----");
-    let end = format!("-----END {label}-----");
-    let start = text.find(&begin)? + begin.len();
-    let stop = text[start..].find(&end)? + start;
-    let body: String = text[start..stop]
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .collect();
-    base64::engine::general_purpose::STANDARD.decode(body).ok()
-}
-
 impl EarSigner {
-    /// Loads a PKCS#8 Ed25519 key (PEM or DER; v1 as `openssl genpkey
-    /// -algorithm ed25519` writes, or v2).
+    /// Loads a key file: the one plinth key-file format, a PKCS#8 Ed25519 key in PEM
+    /// (`PRIVATE KEY`; v1 as `openssl genpkey -algorithm ed25519` writes it, or v2).
+    /// `path` names the file in errors.
     pub fn from_pkcs8(bytes: &[u8], path: &str) -> Result<Self, EarError> {
-        let der = match std::str::from_utf8(bytes)
-            .ok()
-            .and_then(|t| pem_body(t, "PRIVATE KEY"))
-        {
-            Some(der) => der,
-            None => bytes.to_vec(),
-        };
-        let key =
-            Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der).map_err(|_| EarError::BadKey {
-                path: path.to_owned(),
-            })?;
+        let key = plinth_toolbox::keyfile::parse(bytes, path)?;
         Ok(Self { key })
     }
 
-    /// Generates a new key and returns it as PKCS#8 PEM.
+    /// Generates a new key and returns it as a key file's contents (PKCS#8 PEM).
     pub fn generate_pem() -> Result<String, EarError> {
-        let rng = ring::rand::SystemRandom::new();
-        let doc = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| EarError::Generate)?;
-        let b64 = base64::engine::general_purpose::STANDARD.encode(doc.as_ref());
-        let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
-        for chunk in b64.as_bytes().chunks(64) {
-            pem.push_str(&String::from_utf8_lossy(chunk));
-            pem.push('\n');
-        }
-        pem.push_str("-----END PRIVATE KEY-----\n");
+        let (_, pem) = plinth_toolbox::keyfile::generate()?;
         Ok(pem)
     }
 

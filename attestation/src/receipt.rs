@@ -457,7 +457,7 @@ pub fn verify_ledger(text: &[u8], options: &LedgerOptions) -> Result<LedgerSumma
                 {
                     LedgerFault::TruncatedLine
                 } else {
-                    LedgerFault::Invalid(crate_error_chain(&err))
+                    LedgerFault::Invalid(plinth_toolbox::error_chain(&err))
                 };
                 return Err(fail(None, fault));
             }
@@ -544,7 +544,7 @@ pub fn verify_ledger(text: &[u8], options: &LedgerOptions) -> Result<LedgerSumma
         n_receipts += 1;
         expected_prev = receipt
             .hash()
-            .map_err(|err| fail(seq, LedgerFault::Invalid(crate_error_chain(&err))))?;
+            .map_err(|err| fail(seq, LedgerFault::Invalid(plinth_toolbox::error_chain(&err))))?;
         expected_seq = receipt.seq + 1;
     }
     let last_seq = if n_receipts == 0 { 0 } else { expected_seq - 1 };
@@ -614,17 +614,6 @@ pub fn appraise_ledger(
         }
     }
     appraisal
-}
-
-fn crate_error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -40,14 +40,9 @@ pub enum X509ChainError {
         /// The file or field the bundle came from.
         source_name: String,
     },
-    /// A PEM block could not be decoded.
-    #[error("{source_name}: PEM block {index} is not valid base64 or not a certificate")]
-    BadPem {
-        /// The file or field the bundle came from.
-        source_name: String,
-        /// Index of the block, from 0.
-        index: usize,
-    },
+    /// The PEM text could not be decoded.
+    #[error("invalid PEM")]
+    BadPem(#[from] plinth_toolbox::pem::PemError),
     /// DER could not be parsed as a certificate.
     #[error("{source_name}: certificate {index} is not valid X.509 DER: {reason}")]
     BadDer {
@@ -147,36 +142,8 @@ pub enum X509ChainError {
 /// Reads a bundle of certificates: one or more PEM blocks, or a single DER
 /// certificate. Returns the DER of each, in file order.
 pub fn parse_bundle(bytes: &[u8], source_name: &str) -> Result<Vec<Vec<u8>>, X509ChainError> {
-    let looks_like_pem = bytes.windows(11).any(|window| window == b"-----BEGIN ");
-    let ders = if looks_like_pem {
-        let mut ders = Vec::new();
-        let text = String::from_utf8_lossy(bytes);
-        let mut index = 0;
-        let mut rest: &str = &text;
-        while let Some(start) = rest.find("-----BEGIN CERTIFICATE-----") {
-            let body_start = start + "-----BEGIN CERTIFICATE-----".len();
-            let Some(end_rel) = rest[body_start..].find("-----END CERTIFICATE-----") else {
-                return Err(X509ChainError::BadPem {
-                    source_name: source_name.to_owned(),
-                    index,
-                });
-            };
-            let body: String = rest[body_start..body_start + end_rel]
-                .chars()
-                .filter(|c| !c.is_whitespace())
-                .collect();
-            use base64::Engine as _;
-            let der = base64::engine::general_purpose::STANDARD
-                .decode(body.as_bytes())
-                .map_err(|_| X509ChainError::BadPem {
-                    source_name: source_name.to_owned(),
-                    index,
-                })?;
-            ders.push(der);
-            index += 1;
-            rest = &rest[body_start + end_rel + "-----END CERTIFICATE-----".len()..];
-        }
-        ders
+    let ders = if plinth_toolbox::pem::is_pem(bytes) {
+        plinth_toolbox::pem::parse_all(bytes, "CERTIFICATE", source_name)?
     } else if bytes.is_empty() {
         Vec::new()
     } else {
@@ -593,35 +560,15 @@ pub fn raw_public_key_from_pem_or_der(
     bytes: &[u8],
     source_name: &str,
 ) -> Result<RawPublicKey, X509ChainError> {
-    let text = String::from_utf8_lossy(bytes);
-    if text.contains("-----BEGIN CERTIFICATE-----") {
+    let is_certificate = plinth_toolbox::pem::is_pem(bytes)
+        && plinth_toolbox::pem::parse_all(bytes, "CERTIFICATE", source_name).is_ok();
+    if is_certificate {
         let ders = parse_bundle(bytes, source_name)?;
         let der = ders.first().map(Vec::as_slice).unwrap_or_default();
         let cert = parse_cert(der, source_name, 0)?;
         return raw_public_key(cert.public_key(), &subject_name(&cert));
     }
-    let der = if let Some(start) = text.find("-----BEGIN PUBLIC KEY-----") {
-        let body_start = start + "-----BEGIN PUBLIC KEY-----".len();
-        let end = text[body_start..]
-            .find("-----END PUBLIC KEY-----")
-            .ok_or_else(|| X509ChainError::BadPem {
-                source_name: source_name.to_owned(),
-                index: 0,
-            })?;
-        let body: String = text[body_start..body_start + end]
-            .chars()
-            .filter(|c| !c.is_whitespace())
-            .collect();
-        use base64::Engine as _;
-        base64::engine::general_purpose::STANDARD
-            .decode(body.as_bytes())
-            .map_err(|_| X509ChainError::BadPem {
-                source_name: source_name.to_owned(),
-                index: 0,
-            })?
-    } else {
-        bytes.to_vec()
-    };
+    let der = plinth_toolbox::pem::der_or_pem(bytes, "PUBLIC KEY", source_name)?;
     let (_, spki) = SubjectPublicKeyInfo::from_der(&der).map_err(|err| X509ChainError::BadKey {
         subject: source_name.to_owned(),
         reason: err.to_string(),

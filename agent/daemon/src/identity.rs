@@ -1,21 +1,16 @@
 //! The node identity: an Ed25519 key pair that signs evidence and receipts.
 //!
-//! The private key is created on first start as a PKCS#8 v2 document in a PEM file
-//! (`PRIVATE KEY`) with mode 0600, written to a temporary file, synced and renamed so a
-//! crash never leaves half a key behind. Later starts load it and refuse a file that
+//! The private key is created on first start in plinth's one key-file format
+//! ([`plinth_toolbox::keyfile`]: PKCS#8 in PEM `PRIVATE KEY`, mode 0600), written
+//! durably and never over an existing key, so a crash never leaves half a key behind. Later starts load it and refuse a file that
 //! others can read, that belongs to another user, or that does not hold an Ed25519 key.
 //! The public key is also written beside it (`node.pub`, hex) for sysadmins.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::fs::OpenOptions;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair};
-
-/// PEM tag of the key file.
-const PEM_TAG: &str = "PRIVATE KEY";
 
 /// Errors creating or loading the node key.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +57,22 @@ pub enum IdentityError {
     /// The system random generator failed.
     #[error("cannot generate a node key: the system random generator failed")]
     Random,
+    /// The new key could not be written (or a key appeared at `path` meanwhile).
+    #[error("cannot create node key {path}")]
+    Create {
+        /// The key file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: plinth_toolbox::keyfile::KeyFileError,
+    },
+    /// The public key file could not be written.
+    #[error("cannot write the node's public key")]
+    WritePublic {
+        /// The cause.
+        #[source]
+        source: plinth_toolbox::durable::DurableError,
+    },
 }
 
 /// The node's Ed25519 identity.
@@ -117,20 +128,13 @@ impl NodeIdentity {
                 expected: euid,
             });
         }
-        let text = std::io::read_to_string(file).map_err(io("read"))?;
-        let malformed = |reason: String| IdentityError::Malformed {
-            path: path.to_owned(),
-            reason,
-        };
-        let parsed = pem::parse(text.as_bytes()).map_err(|err| malformed(err.to_string()))?;
-        if parsed.tag() != PEM_TAG {
-            return Err(malformed(format!(
-                "PEM label is {:?}, expected {PEM_TAG:?}",
-                parsed.tag()
-            )));
-        }
-        let key_pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(parsed.contents())
-            .map_err(|err| malformed(err.to_string()))?;
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut &file, &mut bytes).map_err(io("read"))?;
+        let key_pair = plinth_toolbox::keyfile::parse(&bytes, &path.display().to_string())
+            .map_err(|err| IdentityError::Malformed {
+                path: path.to_owned(),
+                reason: plinth_toolbox::error_chain(&err),
+            })?;
         Ok(Self {
             key_pair,
             path: path.to_owned(),
@@ -150,41 +154,15 @@ impl NodeIdentity {
         };
         let dir = path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(io("create the directory of", path))?;
-        let rng = SystemRandom::new();
-        let document = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| IdentityError::Random)?;
-        let key_pair = Ed25519KeyPair::from_pkcs8(document.as_ref()).map_err(|err| {
-            IdentityError::Malformed {
+        // The one key-file format, written durably (mode 0600) and never replacing a key
+        // that appeared meanwhile.
+        let key_pair = plinth_toolbox::keyfile::create(path).map_err(|err| match err {
+            plinth_toolbox::keyfile::KeyFileError::Random => IdentityError::Random,
+            other => IdentityError::Create {
                 path: path.to_owned(),
-                reason: err.to_string(),
-            }
+                source: other,
+            },
         })?;
-        let text = pem::encode(&pem::Pem::new(PEM_TAG, document.as_ref().to_vec()));
-
-        let mut temporary = path.as_os_str().to_owned();
-        temporary.push(".tmp");
-        let temporary = PathBuf::from(temporary);
-        match std::fs::remove_file(&temporary) {
-            Ok(()) => {}
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(io("remove stale", &temporary)(source)),
-        }
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&temporary)
-            .map_err(io("create", &temporary))?;
-        file.write_all(text.as_bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(io("write", &temporary))?;
-        drop(file);
-        // Refuse to replace a key that appeared meanwhile: link fails if `path` exists.
-        std::fs::hard_link(&temporary, path).map_err(io("install", path))?;
-        std::fs::remove_file(&temporary).map_err(io("remove", &temporary))?;
-        File::open(dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(io("sync the directory of", path))?;
 
         let identity = Self {
             key_pair,
@@ -192,8 +170,11 @@ impl NodeIdentity {
             created: true,
         };
         let public_path = path.with_extension("pub");
-        std::fs::write(&public_path, format!("{}\n", identity.public_key_hex()))
-            .map_err(io("write", &public_path))?;
+        plinth_toolbox::durable::write(
+            &public_path,
+            format!("{}\n", identity.public_key_hex()).as_bytes(),
+        )
+        .map_err(|source| IdentityError::WritePublic { source })?;
         Ok(identity)
     }
 
@@ -248,7 +229,11 @@ mod tests {
             .unwrap();
         let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
         assert_eq!(public.trim(), created.public_key_hex());
-        assert!(!path.with_extension("key.tmp").exists());
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "no temporary left behind: {names:?}");
     }
 
     #[test]
@@ -274,7 +259,7 @@ mod tests {
         for contents in [
             "not a key at all".to_owned(),
             "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".to_owned(),
-            pem::encode(&pem::Pem::new(PEM_TAG, vec![1u8, 2, 3])),
+            plinth_toolbox::pem::encode("PRIVATE KEY", &[1u8, 2, 3]),
         ] {
             std::fs::write(&path, &contents).unwrap();
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();

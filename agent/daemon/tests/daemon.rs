@@ -3,182 +3,28 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use common::{AGENT, Node, sha256_file as sha256, stderr};
+use nix::sys::signal::Signal;
 
-const AGENT: &str = env!("CARGO_BIN_EXE_plinth-agent");
-const CTL: &str = env!("CARGO_BIN_EXE_plinthctl");
-
-struct Node {
-    dir: tempfile::TempDir,
-}
-
-impl Node {
-    fn new() -> Self {
-        let node = Self {
-            dir: tempfile::tempdir().unwrap(),
-        };
-        let text = format!(
-            "[agent]\nstate_dir = \"{}\"\nruntime_dir = \"{}\"\nlog_target = \"stderr\"\nlog_level = \"debug\"\n",
-            node.path("state").display(),
-            node.path("run").display()
-        );
-        std::fs::write(node.config(), text).unwrap();
-        node
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn config(&self) -> PathBuf {
-        self.path("agent.toml")
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.path("run/admin.sock")
-    }
-
-    fn command(&self, binary: &str) -> Command {
-        let mut command = Command::new(binary);
-        for (name, _) in std::env::vars() {
-            if name.starts_with("PLINTH_") || name == "NOTIFY_SOCKET" || name == "WATCHDOG_USEC" {
-                command.env_remove(name);
-            }
-        }
-        command
-    }
-
-    /// Starts the agent with a notify socket and waits for READY=1.
-    fn start(&self) -> Agent {
-        let notify_path = self.path("notify.sock");
-        let _ = std::fs::remove_file(&notify_path);
-        let notify = UnixDatagram::bind(&notify_path).unwrap();
-        notify
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let child = self
-            .command(AGENT)
-            .args(["run", "--config"])
-            .arg(self.config())
-            .env("NOTIFY_SOCKET", &notify_path)
-            .env("WATCHDOG_USEC", "2000000")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut agent = Agent {
-            child,
-            notify,
-            messages: Vec::new(),
-        };
-        agent.wait_for_message("READY=1", Duration::from_secs(60));
-        agent
-    }
-
-    fn run_agent(&self, args: &[&str]) -> Output {
-        self.command(AGENT)
-            .args(args)
-            .arg("--config")
-            .arg(self.config())
-            .output()
-            .unwrap()
-    }
-
-    fn ctl(&self, args: &[&str]) -> Output {
-        self.command(CTL)
-            .arg("--socket")
-            .arg(self.socket())
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    fn status_json(&self) -> serde_json::Value {
-        let output = self.ctl(&["status", "--json"]);
-        assert!(output.status.success(), "{}", stderr(&output));
-        serde_json::from_slice(&output.stdout).unwrap()
-    }
-}
-
-struct Agent {
-    child: Child,
-    notify: UnixDatagram,
-    messages: Vec<String>,
-}
-
-impl Agent {
-    fn wait_for_message(&mut self, needle: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        let mut buffer = [0u8; 4096];
-        while Instant::now() < deadline {
-            if self.messages.iter().any(|m| m.lines().any(|l| l == needle)) {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                let mut stderr = String::new();
-                use std::io::Read;
-                self.child
-                    .stderr
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut stderr)
-                    .unwrap();
-                panic!("agent exited with {status} before {needle}: {stderr}");
-            }
-            if let Ok(n) = self.notify.recv(&mut buffer) {
-                self.messages
-                    .push(String::from_utf8_lossy(&buffer[..n]).into_owned());
-            }
-        }
-        panic!("no {needle} within {timeout:?}; got {:?}", self.messages);
-    }
-
-    fn signal(&self, signal: Signal) {
-        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
-    }
-
-    fn wait(mut self) -> (ExitStatus, Vec<String>) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                let mut buffer = [0u8; 4096];
-                while let Ok(n) = self.notify.recv(&mut buffer) {
-                    self.messages
-                        .push(String::from_utf8_lossy(&buffer[..n]).into_owned());
-                }
-                return (status, self.messages);
-            }
-            assert!(Instant::now() < deadline, "agent did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-fn sha256(path: &Path) -> Vec<u8> {
-    ring::digest::digest(&ring::digest::SHA256, &std::fs::read(path).unwrap())
-        .as_ref()
-        .to_vec()
+fn status_json(node: &Node) -> serde_json::Value {
+    let output = node.ctl(&["status", "--json"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    serde_json::from_slice(&output.stdout).unwrap()
 }
 
 #[test]
 fn ready_status_and_clean_sigterm() {
-    let node = Node::new();
+    let node = Node::new("");
     let mut agent = node.start();
 
-    let status = node.status_json();
+    let status = status_json(&node);
     assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
-    assert_eq!(status["pid"], agent.child.id());
+    assert_eq!(status["pid"], agent.pid());
     assert_eq!(status["previous_run"], "none");
     assert_eq!(status["store"]["integrity"], "ok");
     assert_eq!(status["store"]["responsive"], true);
@@ -214,7 +60,7 @@ fn ready_status_and_clean_sigterm() {
 
     // The next start knows the previous run ended cleanly and keeps the key.
     let agent = node.start();
-    let status = node.status_json();
+    let status = status_json(&node);
     assert_eq!(status["previous_run"], "clean");
     assert_eq!(status["node"]["public_key"], public_key.as_str());
     agent.signal(Signal::SIGINT);
@@ -223,7 +69,7 @@ fn ready_status_and_clean_sigterm() {
 
 #[test]
 fn sigkill_is_reported_as_unclean_and_stale_socket_replaced() {
-    let node = Node::new();
+    let node = Node::new("");
     let agent = node.start();
     agent.signal(Signal::SIGKILL);
     agent.wait();
@@ -237,7 +83,7 @@ fn sigkill_is_reported_as_unclean_and_stale_socket_replaced() {
     );
 
     let agent = node.start();
-    let status = node.status_json();
+    let status = status_json(&node);
     assert!(
         status["previous_run"]
             .as_str()
@@ -251,7 +97,7 @@ fn sigkill_is_reported_as_unclean_and_stale_socket_replaced() {
 
 #[test]
 fn second_agent_on_same_socket_is_refused() {
-    let node = Node::new();
+    let node = Node::new("");
     let agent = node.start();
     // Same socket, different state directory: the socket check must refuse it.
     let other = node.path("other.toml");
@@ -278,7 +124,7 @@ fn second_agent_on_same_socket_is_refused() {
 
 #[test]
 fn plinthctl_without_agent_says_so() {
-    let node = Node::new();
+    let node = Node::new("");
     let output = node.ctl(&["status"]);
     assert_eq!(output.status.code(), Some(69));
     let message = stderr(&output);
@@ -291,7 +137,7 @@ fn plinthctl_without_agent_says_so() {
 
 #[test]
 fn unknown_endpoint_is_a_json_404() {
-    let node = Node::new();
+    let node = Node::new("");
     let agent = node.start();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -316,7 +162,7 @@ fn unknown_endpoint_is_a_json_404() {
 
 #[test]
 fn config_error_exits_78_naming_the_file() {
-    let node = Node::new();
+    let node = Node::new("");
     std::fs::write(node.config(), "[agent]\nstate_dri = \"/x\"\n").unwrap();
     for args in [["run"], ["check-config"]] {
         let output = node.run_agent(&args);
@@ -329,7 +175,7 @@ fn config_error_exits_78_naming_the_file() {
 
 #[test]
 fn check_config_prints_merged_config() {
-    let node = Node::new();
+    let node = Node::new("");
     let dropin = node.path("agent.toml.d");
     std::fs::create_dir(&dropin).unwrap();
     std::fs::write(
@@ -346,7 +192,7 @@ fn check_config_prints_merged_config() {
 
 #[test]
 fn corrupt_database_exits_65_and_is_kept() {
-    let node = Node::new();
+    let node = Node::new("");
     std::fs::create_dir_all(node.path("state")).unwrap();
     let database = node.path("state/plinth.db");
     std::fs::write(&database, b"SQLite format 3\0 but then garbage".repeat(300)).unwrap();
@@ -359,7 +205,7 @@ fn corrupt_database_exits_65_and_is_kept() {
 
 #[test]
 fn exposed_node_key_exits_77() {
-    let node = Node::new();
+    let node = Node::new("");
     let agent = node.start();
     agent.signal(Signal::SIGTERM);
     agent.wait();
@@ -372,7 +218,7 @@ fn exposed_node_key_exits_77() {
 
 #[test]
 fn completions_and_man_pages() {
-    let node = Node::new();
+    let node = Node::new("");
     let output = node.ctl(&["completions", "bash"]);
     assert!(output.status.success());
     assert!(String::from_utf8_lossy(&output.stdout).contains("plinthctl"));

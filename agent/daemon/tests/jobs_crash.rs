@@ -4,239 +4,38 @@
 //! the right state, every job that ran must have exactly one final receipt,
 //! and the exported ledger must verify (signatures, chain, no gaps, no
 //! double billing). Skips with a printed reason without root, runc or busybox.
+//! The agent is restarted without any retry: a dying agent's socket must never
+//! be mistaken for a live one.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::collections::HashMap;
-use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use common::Node;
 use plinth_attestation::receipt::{LedgerOptions, Receipt, ReceiptKind, verify_ledger};
 
-const AGENT: &str = env!("CARGO_BIN_EXE_plinth-agent");
-const CTL: &str = env!("CARGO_BIN_EXE_plinthctl");
-
-fn sha256(bytes: &[u8]) -> String {
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+fn submit(node: &Node, spec: &serde_json::Value) -> String {
+    let file = node.path("spec.json");
+    std::fs::write(&file, serde_json::to_vec(spec).unwrap()).unwrap();
+    node.ctl_ok(&[
+        "jobs",
+        "submit",
+        file.to_str().unwrap(),
+        "--tenant",
+        "t1",
+        "--lease",
+        "l1",
+    ])
+    .trim()
+    .to_owned()
 }
 
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join(name))
-        .find(|path| path.is_file())
-}
-
-fn available() -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping: the kill -9 loop needs root (runc)");
-        return false;
-    }
-    for tool in ["runc", "tar"] {
-        if which(tool).is_none() {
-            eprintln!("skipping: {tool} is not installed");
-            return false;
-        }
-    }
-    if !Path::new("/bin/busybox").exists() {
-        eprintln!("skipping: /bin/busybox (busybox-static) is not installed");
-        return false;
-    }
-    true
-}
-
-/// Writes an OCI layout holding a busybox rootfs (layer made by `tar`).
-fn busybox_layout(work: &Path, layout: &Path) {
-    let rootfs = work.join("rootfs");
-    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
-    std::fs::create_dir_all(rootfs.join("etc")).unwrap();
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
-    for applet in ["sh", "echo", "sleep", "true", "cat"] {
-        std::os::unix::fs::symlink("/bin/busybox", rootfs.join("bin").join(applet)).unwrap();
-    }
-    std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
-    let layer_path = work.join("layer.tar");
-    let status = Command::new("tar")
-        .args(["--numeric-owner", "-C"])
-        .arg(&rootfs)
-        .arg("-cf")
-        .arg(&layer_path)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let layer = std::fs::read(&layer_path).unwrap();
-    let blobs = layout.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).unwrap();
-    let layer_digest = sha256(&layer);
-    std::fs::write(blobs.join(&layer_digest), &layer).unwrap();
-    let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": if cfg!(target_arch = "aarch64") { "arm64" } else { "amd64" },
-        "os": "linux",
-        "config": {"Env": ["PATH=/bin"]},
-        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{layer_digest}")]}
-    }))
-    .unwrap();
-    let config_digest = sha256(&config);
-    std::fs::write(blobs.join(&config_digest), &config).unwrap();
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": format!("sha256:{config_digest}"), "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": format!("sha256:{layer_digest}"), "size": layer.len()}]
-    }))
-    .unwrap();
-    let manifest_digest = sha256(&manifest);
-    std::fs::write(blobs.join(&manifest_digest), &manifest).unwrap();
-    std::fs::write(
-        layout.join("index.json"),
-        serde_json::to_vec(&serde_json::json!({
-            "schemaVersion": 2,
-            "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": format!("sha256:{manifest_digest}"), "size": manifest.len()}]
-        }))
-        .unwrap(),
-    )
-    .unwrap();
-    std::fs::write(
-        layout.join("oci-layout"),
-        br#"{"imageLayoutVersion":"1.0.0"}"#,
-    )
-    .unwrap();
-}
-
-struct Node {
-    dir: tempfile::TempDir,
-}
-
-impl Node {
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn command(&self, binary: &str) -> Command {
-        let mut command = Command::new(binary);
-        for (name, _) in std::env::vars() {
-            if name.starts_with("PLINTH_") || name == "NOTIFY_SOCKET" || name == "WATCHDOG_USEC" {
-                command.env_remove(name);
-            }
-        }
-        command
-    }
-
-    /// Starts the agent; retries once when the previous (killed) agent's
-    /// socket still answered for a moment (see the report to the lead).
-    fn start(&self) -> Child {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.start_once())) {
-            Ok(child) => child,
-            Err(_) => {
-                std::thread::sleep(Duration::from_millis(500));
-                self.start_once()
-            }
-        }
-    }
-
-    fn start_once(&self) -> Child {
-        let notify_path = self.path("notify.sock");
-        let _ = std::fs::remove_file(&notify_path);
-        let notify = UnixDatagram::bind(&notify_path).unwrap();
-        notify
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let child = self
-            .command(AGENT)
-            .args(["run", "--config"])
-            .arg(self.path("agent.toml"))
-            .env("NOTIFY_SOCKET", &notify_path)
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(self.path("agent.log"))
-                    .unwrap(),
-            )
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut buffer = [0u8; 4096];
-        let mut child = child;
-        loop {
-            if Instant::now() >= deadline || matches!(child.try_wait(), Ok(Some(_))) {
-                let log = std::fs::read_to_string(self.path("agent.log")).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(8).collect();
-                let ss = Command::new("ss")
-                    .args(["-xlpn"])
-                    .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                    .unwrap_or_default();
-                for line in ss.lines().filter(|l| l.contains("admin.sock")) {
-                    eprintln!("ss: {line}");
-                }
-                let ps = Command::new("ps")
-                    .args(["-eo", "pid,ppid,stat,args"])
-                    .output()
-                    .unwrap();
-                for line in String::from_utf8_lossy(&ps.stdout)
-                    .lines()
-                    .filter(|l| l.contains("plinth-agent"))
-                {
-                    eprintln!("ps: {line}");
-                }
-                panic!(
-                    "agent never became ready ({:?}); log tail:\n{}",
-                    child.try_wait(),
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                );
-            }
-            if let Ok(n) = notify.recv(&mut buffer)
-                && String::from_utf8_lossy(&buffer[..n]).contains("READY=1")
-            {
-                return child;
-            }
-        }
-    }
-
-    fn ctl(&self, args: &[&str]) -> Output {
-        self.command(CTL)
-            .arg("--socket")
-            .arg(self.path("run/admin.sock"))
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    fn submit(&self, spec: &serde_json::Value) -> String {
-        let file = self.path("spec.json");
-        std::fs::write(&file, serde_json::to_vec(spec).unwrap()).unwrap();
-        let output = self.ctl(&[
-            "jobs",
-            "submit",
-            file.to_str().unwrap(),
-            "--tenant",
-            "t1",
-            "--lease",
-            "l1",
-        ]);
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap().trim().to_string()
-    }
-
-    fn jobs(&self) -> Vec<serde_json::Value> {
-        let output = self.ctl(&["jobs", "list", "--json"]);
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        serde_json::from_slice(&output.stdout).unwrap()
-    }
+fn jobs(node: &Node) -> Vec<serde_json::Value> {
+    serde_json::from_str(&node.ctl_ok(&["jobs", "list", "--json"])).unwrap()
 }
 
 /// A small deterministic generator (seed printed for reproduction).
@@ -252,30 +51,19 @@ impl Lcg {
     }
 }
 
-fn kill9(child: &mut Child) {
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
-    child.wait().unwrap();
-}
-
 #[test]
 fn kill_9_loop_loses_no_job_and_bills_none_twice() {
-    if !available() {
+    if !plinth_tests::jobs_available("the kill -9 loop") {
         return;
     }
-    let node = Node {
-        dir: tempfile::tempdir().unwrap(),
-    };
+    let node = Node::new("");
     let state = node.path("state");
     let layout = state.join("import/busybox");
     std::fs::create_dir_all(&layout).unwrap();
-    busybox_layout(node.dir.path(), &layout);
-    std::fs::write(
-        node.path("agent.toml"),
-        format!(
-            "[agent]\nstate_dir = \"{}\"\nruntime_dir = \"{}\"\nlog_target = \"stderr\"\nlog_level = \"debug\"\n",
-            state.display(),
-            node.path("run").display()
-        ),
+    plinth_tests::busybox_layout(
+        node.dir.path(),
+        &layout,
+        &["sh", "echo", "sleep", "true", "cat"],
     )
     .unwrap();
     let seed = std::time::SystemTime::now()
@@ -303,18 +91,18 @@ fn kill_9_loop_loses_no_job_and_bills_none_twice() {
                 2 => (vec!["/bin/sh", "-c", "sleep 1.2; exit 3"], "failed"),
                 _ => (vec!["/bin/sh", "-c", "exit 0"], "succeeded"),
             };
-            let id = node.submit(&spec(&command));
+            let id = submit(&node, &spec(&command));
             expected.insert(id, outcome);
         }
         std::thread::sleep(Duration::from_millis(random.next(900)));
-        kill9(&mut agent);
+        agent.kill9();
         eprintln!("round {round}: agent killed");
         agent = node.start();
     }
     // Let everything finish under the last agent.
     let deadline = Instant::now() + Duration::from_secs(120);
     let jobs = loop {
-        let jobs = node.jobs();
+        let jobs = jobs(&node);
         let done = jobs.iter().all(|job| {
             ["succeeded", "failed", "cancelled", "timed_out"]
                 .contains(&job["state"].as_str().unwrap())
@@ -374,7 +162,7 @@ fn kill_9_loop_loses_no_job_and_bills_none_twice() {
         "{}",
         String::from_utf8_lossy(&export.stderr)
     );
-    kill9(&mut agent);
+    agent.kill9();
 
     let ledger = std::fs::read(&ledger_path).unwrap();
     let summary = verify_ledger(

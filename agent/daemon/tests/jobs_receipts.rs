@@ -6,8 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,94 +15,16 @@ use plinth_agent::jobs::{JobManager, JobState, JobsConfig, SubmitRequest};
 use plinth_agent::store::Store;
 use plinth_attestation::receipt::{LedgerOptions, Receipt, ReceiptKind, verify_ledger};
 
-fn sha256(bytes: &[u8]) -> String {
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
-}
-
-fn available() -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping: needs root (runc)");
-        return false;
-    }
-    let on_path = |tool: &str| {
-        std::env::var_os("PATH")
-            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-    };
-    if !on_path("runc") || !on_path("tar") || !Path::new("/bin/busybox").exists() {
-        eprintln!("skipping: runc, tar or /bin/busybox (busybox-static) is missing");
-        return false;
-    }
-    true
-}
-
-fn write_layout(work: &Path, layout: &Path) {
-    let rootfs = work.join("rootfs");
-    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
-    for applet in ["sh", "sleep"] {
-        std::os::unix::fs::symlink("/bin/busybox", rootfs.join("bin").join(applet)).unwrap();
-    }
-    let layer_path = work.join("layer.tar");
-    assert!(
-        Command::new("tar")
-            .args(["--numeric-owner", "-C"])
-            .arg(&rootfs)
-            .arg("-cf")
-            .arg(&layer_path)
-            .arg(".")
-            .status()
-            .unwrap()
-            .success()
-    );
-    let layer = std::fs::read(&layer_path).unwrap();
-    let blobs = layout.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).unwrap();
-    let put = |bytes: &[u8]| {
-        let digest = sha256(bytes);
-        std::fs::write(blobs.join(&digest), bytes).unwrap();
-        digest
-    };
-    let layer_digest = put(&layer);
-    let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": if cfg!(target_arch = "aarch64") { "arm64" } else { "amd64" },
-        "os": "linux", "config": {},
-        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{layer_digest}")]}
-    }))
-    .unwrap();
-    let config_digest = put(&config);
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": format!("sha256:{config_digest}"), "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": format!("sha256:{layer_digest}"), "size": layer.len()}]
-    }))
-    .unwrap();
-    let manifest_digest = put(&manifest);
-    std::fs::write(
-        layout.join("index.json"),
-        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [
-            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": format!("sha256:{manifest_digest}"), "size": manifest.len()}
-        ]}))
-        .unwrap(),
-    )
-    .unwrap();
-    std::fs::write(
-        layout.join("oci-layout"),
-        br#"{"imageLayoutVersion":"1.0.0"}"#,
-    )
-    .unwrap();
-}
-
 #[test]
 fn running_jobs_get_interim_receipts_and_one_final() {
-    if !available() {
+    if !plinth_tests::jobs_available("the receipts test") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let layout = state.join("import/busybox");
     std::fs::create_dir_all(&layout).unwrap();
-    write_layout(dir.path(), &layout);
+    plinth_tests::busybox_layout(dir.path(), &layout, &["sh", "sleep"]).unwrap();
     let store = Arc::new(
         Store::open(
             &state.join("agent.db"),

@@ -3,97 +3,23 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use std::time::Duration;
 
-const AGENT: &str = env!("CARGO_BIN_EXE_plinth-agent");
-const CTL: &str = env!("CARGO_BIN_EXE_plinthctl");
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-/// The example pricing plugin built from source, or `None` when wasm32-wasip2 is absent.
-fn pricing_wasm() -> Option<PathBuf> {
-    let sysroot = Command::new("rustc")
-        .args(["--print", "sysroot"])
-        .output()
-        .unwrap();
-    let sysroot = String::from_utf8(sysroot.stdout).unwrap();
-    if !Path::new(sysroot.trim())
-        .join("lib/rustlib/wasm32-wasip2")
-        .exists()
-    {
-        eprintln!("SKIP: rust target wasm32-wasip2 is not installed; no plugin end-to-end test");
-        return None;
-    }
-    let target_dir = workspace_root().join("target/wasm-examples");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()))
-        .current_dir(workspace_root().join("plugins/examples"))
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "-p",
-            "plinth-example-pricing",
-        ])
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .status()
-        .unwrap();
-    assert!(status.success());
-    Some(target_dir.join("wasm32-wasip2/release/plinth_example_pricing.wasm"))
-}
-
-fn ctl(dir: &Path, args: &[&str]) -> Output {
-    let mut command = Command::new(CTL);
-    for (name, _) in std::env::vars() {
-        if name.starts_with("PLINTH_") {
-            command.env_remove(name);
-        }
-    }
-    command
-        .arg("--socket")
-        .arg(dir.join("run/admin.sock"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "plinthctl failed: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
-
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::Node;
+use nix::sys::signal::Signal;
 
 #[test]
 fn install_list_reload_remove() {
-    let Some(wasm) = pricing_wasm() else { return };
-    let temp = tempfile::tempdir().unwrap();
-    let dir = temp.path();
-    let key = dir.join("author.pk8");
+    let Some(wasm) = plinth_tests::example_plugin("plinth_example_pricing").unwrap() else {
+        return;
+    };
+    let node = Node::new("");
+    let dir = node.dir.path();
+    let ctl = |_: &std::path::Path, args: &[&str]| node.ctl(args);
+    let ok = common::ok;
+    let key = dir.join("author.key");
     let public_key = ok(ctl(dir, &["plugin", "keygen", key.to_str().unwrap()]))
         .trim()
         .to_string();
@@ -130,7 +56,7 @@ fn install_list_reload_remove() {
             "test",
             package.to_str().unwrap(),
             "--fixtures",
-            workspace_root()
+            plinth_tests::repo_root()
                 .join("plugins/examples/pricing/fixtures")
                 .to_str()
                 .unwrap(),
@@ -141,38 +67,8 @@ fn install_list_reload_remove() {
         "{tested}"
     );
 
-    std::fs::write(
-        dir.join("agent.toml"),
-        format!(
-            "[agent]\nstate_dir = \"{}\"\nruntime_dir = \"{}\"\nlog_target = \"stderr\"\n\n[plugins]\ntrusted_keys = [\"{public_key}\"]\n",
-            dir.join("state").display(),
-            dir.join("run").display()
-        ),
-    )
-    .unwrap();
-    let mut command = Command::new(AGENT);
-    for (name, _) in std::env::vars() {
-        if name.starts_with("PLINTH_") || name == "NOTIFY_SOCKET" || name == "WATCHDOG_USEC" {
-            command.env_remove(name);
-        }
-    }
-    let child = command
-        .args(["run", "--config"])
-        .arg(dir.join("agent.toml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let agent = Agent(child);
-    let started = Instant::now();
-    while !dir.join("run/admin.sock").exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "agent did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(200));
+    node.configure(&format!("\n[plugins]\ntrusted_keys = [\"{public_key}\"]\n"));
+    let agent = node.start();
 
     assert!(ok(ctl(dir, &["plugin", "list"])).contains("no plugins installed"));
     let installed = ok(ctl(dir, &["plugin", "install", package.to_str().unwrap()]));
@@ -203,7 +99,7 @@ fn install_list_reload_remove() {
     );
 
     // SIGHUP reloads the directory; the plugin is still there afterwards.
-    kill(Pid::from_raw(agent.0.id() as i32), Signal::SIGHUP).unwrap();
+    agent.signal(Signal::SIGHUP);
     std::thread::sleep(Duration::from_millis(500));
     let reloaded = ok(ctl(dir, &["plugin", "reload"]));
     assert!(

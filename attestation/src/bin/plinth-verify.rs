@@ -28,13 +28,7 @@ fn main() -> ExitCode {
             }
         }
         Err(err) => {
-            let mut message = format!("plinth-verify: {err}");
-            let mut source = std::error::Error::source(&err);
-            while let Some(cause) = source {
-                message.push_str(&format!(": {cause}"));
-                source = cause.source();
-            }
-            eprintln!("{message}");
+            eprintln!("plinth-verify: {}", plinth_toolbox::error_chain(&err));
             ExitCode::from(2)
         }
     }

@@ -13,7 +13,7 @@ mod logic;
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -23,44 +23,10 @@ use plinth_plugin_host::{
     PriceDecision, PricingState, Quote, summarize,
 };
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
+/// The example pricing plugin, built from source by the shared test helper.
 fn build_pricing_example() -> Option<Vec<u8>> {
-    let sysroot = Command::new("rustc")
-        .args(["--print", "sysroot"])
-        .output()
-        .ok()?;
-    let sysroot = String::from_utf8(sysroot.stdout).ok()?;
-    if !Path::new(sysroot.trim())
-        .join("lib/rustlib/wasm32-wasip2")
-        .exists()
-    {
-        eprintln!("SKIP: rust target wasm32-wasip2 is not installed; no plugin benchmark");
-        return None;
-    }
-    let target_dir = workspace_root().join("target/wasm-examples");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()))
-        .current_dir(workspace_root().join("plugins/examples"))
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "-p",
-            "plinth-example-pricing",
-        ])
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .status()
-        .ok()?;
-    assert!(status.success());
-    std::fs::read(target_dir.join("wasm32-wasip2/release/plinth_example_pricing.wasm")).ok()
+    let path = plinth_tests::example_plugin("plinth_example_pricing").unwrap()?;
+    std::fs::read(path).ok()
 }
 
 fn inputs() -> (JobRequest, HostState) {

@@ -14,10 +14,10 @@
 
 use std::fs;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use plinth_toolbox::durable::{self, WriteOptions};
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 use wasmtime::Engine;
@@ -52,6 +52,9 @@ pub enum CacheError {
         /// Our uid.
         uid: u32,
     },
+    /// The HMAC key file could not be written.
+    #[error("cannot create the cache key file")]
+    KeyWrite(#[source] durable::DurableError),
     /// The HMAC key file could not be read or written.
     #[error("cannot use cache key file {path}")]
     KeyFile {
@@ -127,25 +130,14 @@ impl CompileCache {
                 SystemRandom::new()
                     .fill(&mut fresh)
                     .map_err(|_| CacheError::Random)?;
-                let tmp = dir.join(unique_tmp_name(KEY_FILE));
-                let mut file = fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&tmp)
-                    .map_err(key_error)?;
-                file.write_all(&fresh).map_err(key_error)?;
-                file.sync_all().map_err(key_error)?;
-                // hard_link creates the key only if nobody else did meanwhile; the loser
-                // of a race reads the winner's key.
-                let linked = fs::hard_link(&tmp, &key_path);
-                let _ = fs::remove_file(&tmp);
-                match linked {
+                // Written once, never replaced: the loser of a race between two hosts
+                // starting on one directory reads the winner's key.
+                match durable::write_with(&key_path, &fresh, WriteOptions::PRIVATE_NEW) {
                     Ok(()) => fresh.to_vec(),
-                    Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                    Err(durable::DurableError::Exists { .. }) => {
                         fs::read(&key_path).map_err(key_error)?
                     }
-                    Err(error) => return Err(key_error(error)),
+                    Err(error) => return Err(CacheError::KeyWrite(error)),
                 }
             }
             Err(error) => return Err(key_error(error)),
@@ -224,33 +216,17 @@ impl CompileCache {
         };
         let name = self.entry_name(wasm_sha256);
         let tag = self.tag(&name, &compiled);
-        let tmp = self.dir.join(unique_tmp_name(&name));
-        let written = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .and_then(|mut file| {
-                file.write_all(tag.as_ref())?;
-                file.write_all(&compiled)?;
-                file.sync_all()
-            })
-            .and_then(|()| fs::rename(&tmp, self.dir.join(&name)));
-        if let Err(error) = written {
-            tracing::warn!(path = %tmp.display(), %error, "cannot write compiled-code cache entry");
-            let _ = fs::remove_file(&tmp);
+        let mut entry = Vec::with_capacity(tag.as_ref().len() + compiled.len());
+        entry.extend_from_slice(tag.as_ref());
+        entry.extend_from_slice(&compiled);
+        let path = self.dir.join(&name);
+        if let Err(error) = durable::write_with(&path, &entry, WriteOptions::PRIVATE) {
+            tracing::warn!(error = %plinth_toolbox::error_chain(&error), "cannot write compiled-code cache entry");
         }
     }
 }
 
 /// A temporary file name no other writer (process or thread) uses.
-fn unique_tmp_name(base: &str) -> String {
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let serial = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!(".{base}.tmp{}-{serial}", std::process::id())
-}
-
 /// The wasmtime version compiled into this host.
 pub fn wasmtime_version() -> &'static str {
     // The workspace pins wasmtime 48.0.x; the engine compatibility hash in every cache

@@ -94,8 +94,11 @@ pub const PRICING_POLICY_NAME: &str = "plinth-builtin-pricing/2";
 /// nothing under the built-in policy (its quote would be refused); a pricing plugin can
 /// charge for CPU time. The quote's `min_billable_s` applies to quotes, not to periods.
 pub fn period_price(config: &FallbackConfig, n_gpus: u64, wall_ms: u64) -> u64 {
-    let total = u128::from(config.gpu_hour_micros) * u128::from(n_gpus) * u128::from(wall_ms);
-    u64::try_from(total.div_ceil(3_600_000)).unwrap_or(u64::MAX)
+    u128::from(config.gpu_hour_micros)
+        .checked_mul(u128::from(n_gpus))
+        .and_then(|rate| rate.checked_mul(u128::from(wall_ms)))
+        .and_then(|total| u64::try_from(total.div_ceil(3_600_000)).ok())
+        .unwrap_or(u64::MAX)
 }
 
 /// SHA-256 (hex) that identifies the built-in pricing policy with these settings: what a
@@ -186,7 +189,7 @@ mod tests {
         // Rounded up, never down; no GPUs, no charge.
         assert_eq!(period_price(&config, 1, 1), 1);
         assert_eq!(period_price(&config, 0, 3_600_000), 0);
-        assert_eq!(period_price(&config, u64::MAX, u64::MAX), u64::MAX);
+        assert_eq!(period_price(&config, u64::MAX, u64::MAX), u64::MAX, "saturates");
     }
 
     #[test]

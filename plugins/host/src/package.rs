@@ -22,7 +22,6 @@
 use std::collections::BTreeMap;
 
 use ring::digest;
-use ring::rand::SystemRandom;
 use ring::signature::{self, Ed25519KeyPair, KeyPair};
 use serde::{Deserialize, Serialize};
 
@@ -434,10 +433,8 @@ impl Package {
         })
     }
 
-    /// Sign with a PKCS#8 Ed25519 key (as written by [`generate_key`]).
-    pub fn sign(&mut self, pkcs8: &[u8]) -> Result<(), PackageError> {
-        let key_pair = Ed25519KeyPair::from_pkcs8(pkcs8)
-            .map_err(|error| PackageError::Key(format!("pkcs8 private key: {error}")))?;
+    /// Sign with an Ed25519 key (load key files with [`plinth_toolbox::keyfile`]).
+    pub fn sign(&mut self, key_pair: &Ed25519KeyPair) -> Result<(), PackageError> {
         let message = [SIGNING_CONTEXT, self.manifest_bytes.as_slice()].concat();
         let sig = key_pair.sign(&message);
         let mut public = [0u8; 32];
@@ -449,17 +446,13 @@ impl Package {
     }
 }
 
-/// A new Ed25519 key pair: (PKCS#8 private key document, public key as hex).
-pub fn generate_key() -> Result<(Vec<u8>, String), PackageError> {
-    let rng = SystemRandom::new();
-    let document = Ed25519KeyPair::generate_pkcs8(&rng)
-        .map_err(|error| PackageError::Key(format!("generate: {error}")))?;
-    let key_pair = Ed25519KeyPair::from_pkcs8(document.as_ref())
-        .map_err(|error| PackageError::Key(format!("generated key: {error}")))?;
-    Ok((
-        document.as_ref().to_vec(),
-        hex::encode(key_pair.public_key().as_ref()),
-    ))
+/// A new Ed25519 key pair and its public key as hex (the key file is written by
+/// [`plinth_toolbox::keyfile::create`]).
+pub fn generate_key() -> Result<(Ed25519KeyPair, String), PackageError> {
+    let (key_pair, _) = plinth_toolbox::keyfile::generate()
+        .map_err(|error| PackageError::Key(plinth_toolbox::error_chain(&error)))?;
+    let public_hex = plinth_toolbox::keyfile::public_key_hex(&key_pair);
+    Ok((key_pair, public_hex))
 }
 
 #[cfg(test)]

@@ -4,8 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -31,6 +29,9 @@ pub enum ToolsError {
     /// A package operation failed.
     #[error("package error")]
     Package(#[from] PackageError),
+    /// A signing key file could not be read, parsed or written.
+    #[error("signing key")]
+    Key(#[from] plinth_toolbox::keyfile::KeyFileError),
     /// Loading the plugin failed.
     #[error("cannot load plugin")]
     Load(#[from] PluginLoadError),
@@ -72,15 +73,8 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ToolsError + '_ {
 /// Generate an Ed25519 key; write the PKCS#8 private key to `secret_path` (mode 0600,
 /// never overwriting) and return the public key as hex (for the agent's trusted keys).
 pub fn keygen(secret_path: &Path) -> Result<String, ToolsError> {
-    let (pkcs8, public_hex) = package::generate_key()?;
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(secret_path)
-        .map_err(io_error(secret_path))?;
-    file.write_all(&pkcs8).map_err(io_error(secret_path))?;
-    Ok(public_hex)
+    let key_pair = plinth_toolbox::keyfile::create(secret_path)?;
+    Ok(plinth_toolbox::keyfile::public_key_hex(&key_pair))
 }
 
 /// Read a manifest file (TOML; `wasm_sha256` may be empty, it is filled in).
@@ -92,7 +86,7 @@ pub fn read_manifest(path: &Path) -> Result<Manifest, ToolsError> {
     })
 }
 
-/// Build a package from a manifest and wasm, signed with the PKCS#8 key in `key_path`
+/// Build a package from a manifest and wasm, signed with the key file at `key_path`
 /// (or unsigned when `None`), and return its bytes.
 pub fn sign(
     manifest: Manifest,
@@ -101,8 +95,8 @@ pub fn sign(
 ) -> Result<Vec<u8>, ToolsError> {
     let mut package = Package::build(manifest, wasm)?;
     if let Some(key_path) = key_path {
-        let pkcs8 = fs::read(key_path).map_err(io_error(key_path))?;
-        package.sign(&pkcs8)?;
+        let key_pair = plinth_toolbox::keyfile::load(key_path)?;
+        package.sign(&key_pair)?;
     }
     Ok(package.to_bytes())
 }
@@ -600,7 +594,7 @@ mod tests {
     #[test]
     fn keygen_refuses_to_overwrite_and_signs() {
         let temp = tempfile::tempdir().unwrap();
-        let key = temp.path().join("author.pk8");
+        let key = temp.path().join("author.key");
         let public_hex = keygen(&key).unwrap();
         assert_eq!(public_hex.len(), 64);
         assert!(keygen(&key).is_err());

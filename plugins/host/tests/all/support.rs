@@ -2,20 +2,16 @@
 //! requests and host states.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::{Arc, OnceLock};
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use plinth_plugin_host::{
     Gpu, HostConfig, HostState, JobRequest, Limits, Plugin, PluginHost, PluginKind, PluginSpec,
 };
 
-/// Workspace root (two levels above this crate).
+/// Workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
+    plinth_tests::repo_root()
 }
 
 /// The examples workspace.
@@ -23,43 +19,10 @@ pub fn examples_dir() -> PathBuf {
     workspace_root().join("plugins/examples")
 }
 
-/// Built example wasm files, or `None` (with a printed reason) when the wasm32-wasip2
-/// target is not installed.
-pub fn wasm_dir() -> Option<&'static Path> {
-    static BUILT: OnceLock<Option<PathBuf>> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-            let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_string());
-            let sysroot = Command::new(&rustc)
-                .args(["--print", "sysroot"])
-                .output()
-                .unwrap();
-            let sysroot = String::from_utf8(sysroot.stdout).unwrap();
-            let target_lib = Path::new(sysroot.trim()).join("lib/rustlib/wasm32-wasip2");
-            if !target_lib.exists() {
-                eprintln!(
-                    "SKIP: rust target wasm32-wasip2 is not installed ({} missing); \
-                     run `rustup target add wasm32-wasip2` to run the plugin tests",
-                    target_lib.display()
-                );
-                return None;
-            }
-            let target_dir = workspace_root().join("target/wasm-examples");
-            let status = Command::new(cargo)
-                .current_dir(examples_dir())
-                .args(["build", "--release", "--target", "wasm32-wasip2"])
-                .env("CARGO_TARGET_DIR", &target_dir)
-                .env_remove("RUSTFLAGS")
-                .env_remove("CARGO_ENCODED_RUSTFLAGS")
-                .env_remove("CARGO_BUILD_TARGET")
-                .env_remove("CARGO_MAKEFLAGS")
-                .status()
-                .unwrap();
-            assert!(status.success(), "building plugins/examples failed");
-            Some(target_dir.join("wasm32-wasip2/release"))
-        })
-        .as_deref()
+/// Built example wasm files (by the shared helper, once per test run), or `None` (with a
+/// printed reason) when the wasm32-wasip2 target is not installed.
+pub fn wasm_dir() -> Option<PathBuf> {
+    plinth_tests::example_plugins().unwrap()
 }
 
 /// Bytes of one built example, e.g. `plinth_example_pricing`.
