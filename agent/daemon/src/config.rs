@@ -577,6 +577,28 @@ fn env_value(value: &str) -> toml::Value {
 mod tests {
     use super::*;
 
+    #[test]
+    fn defaults_have_one_source() {
+        // The built-in configuration, an empty file, a file with every section present but
+        // empty, and each section alone all mean the same configuration.
+        let built_in = AgentConfig::default();
+        let mut texts = vec![
+            String::new(),
+            "[agent]\n[api]\n[plugins]\n[plugins.fallback]\n[plugins.config]\n[jobs]\n".to_owned(),
+        ];
+        for section in ["agent", "api", "plugins", "plugins.fallback", "jobs"] {
+            texts.push(format!("[{section}]\n"));
+        }
+        for text in texts {
+            let parsed: AgentConfig = toml::from_str(&text).unwrap();
+            assert_eq!(parsed, built_in, "{text:?}");
+        }
+        assert_eq!(
+            built_in.plugins.fallback,
+            plinth_plugin_host::fallback::FallbackConfig::default()
+        );
+    }
+
     struct Fixture {
         dir: tempfile::TempDir,
     }

@@ -73,7 +73,7 @@ impl FromStr for PluginKind {
 /// Bounds on one plugin call. Packages ask for limits; the host clamps them to
 /// [`HostConfig::max_limits`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Linear memory (all memories of the instance together), bytes.
     pub memory_bytes: u64,
@@ -157,6 +157,30 @@ impl Default for HostConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_have_one_source_of_defaults() {
+        // A manifest's `[limits]` table, empty or partial, takes the missing values from
+        // `Limits::default()`, as the built-in policies' settings do from theirs.
+        assert_eq!(toml::from_str::<Limits>("").unwrap(), Limits::default());
+        let partial: Limits = toml::from_str("cpu_ms = 5").unwrap();
+        assert_eq!(
+            partial,
+            Limits {
+                cpu_ms: 5,
+                ..Limits::default()
+            }
+        );
+        use crate::fallback::FallbackConfig;
+        assert_eq!(
+            toml::from_str::<FallbackConfig>("").unwrap(),
+            FallbackConfig::default()
+        );
+        assert!(
+            toml::from_str::<Limits>("cpu_msec = 5").is_err(),
+            "unknown keys refused"
+        );
+    }
 
     #[test]
     fn kinds_round_trip() {

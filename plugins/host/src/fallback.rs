@@ -189,7 +189,11 @@ mod tests {
         // Rounded up, never down; no GPUs, no charge.
         assert_eq!(period_price(&config, 1, 1), 1);
         assert_eq!(period_price(&config, 0, 3_600_000), 0);
-        assert_eq!(period_price(&config, u64::MAX, u64::MAX), u64::MAX, "saturates");
+        assert_eq!(
+            period_price(&config, u64::MAX, u64::MAX),
+            u64::MAX,
+            "saturates"
+        );
     }
 
     #[test]
