@@ -15,6 +15,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
+use plinth_toolbox::durable::{self, DurableError};
 use serde_json::{Value, json};
 
 use crate::image::ImportedImage;
@@ -58,8 +59,11 @@ pub enum BundleError {
         path: PathBuf,
         /// Cause.
         #[source]
-        source: oci_spec::OciSpecError,
+        source: serde_json::Error,
     },
+    /// The durable write of `config.json` failed.
+    #[error("cannot write the bundle's config.json")]
+    Durable(#[from] DurableError),
 }
 
 /// Inputs of [`build_spec`].
@@ -402,15 +406,11 @@ pub fn write_bundle(bundle_dir: &Path, spec: &Spec) -> Result<PathBuf, BundleErr
         source,
     })?;
     let path = bundle_dir.join("config.json");
-    let tmp = bundle_dir.join("config.json.tmp");
-    spec.save(&tmp).map_err(|source| BundleError::Serialize {
-        path: tmp.clone(),
-        source,
-    })?;
-    fs::rename(&tmp, &path).map_err(|source| BundleError::Write {
+    let bytes = serde_json::to_vec(spec).map_err(|source| BundleError::Serialize {
         path: path.clone(),
         source,
     })?;
+    durable::write(&path, &bytes)?;
     Ok(path)
 }
 
