@@ -767,12 +767,9 @@ mod tests {
     fn recovery_of_an_orphan_kills_waits_and_deletes_once() {
         let dir = tempfile::tempdir().unwrap();
         let runtime = Arc::new(RecordingRuntime::new().with_container("plinth-j1", "running"));
-        let engine = Engine::with_runtime(
-            config(dir.path()),
-            Arc::new(NoGpuMeter),
-            runtime.clone(),
-        )
-        .unwrap();
+        let engine =
+            Engine::with_runtime(config(dir.path()), Arc::new(NoGpuMeter), runtime.clone())
+                .unwrap();
         orphan(&engine, "j1");
         assert_eq!(engine.state("j1").unwrap(), JobState::Orphaned);
         let JobState::Finished(first) = engine.recover("j1").unwrap() else {
@@ -809,12 +806,9 @@ mod tests {
     fn recovery_of_a_gone_container_bills_up_to_the_last_snapshot() {
         let dir = tempfile::tempdir().unwrap();
         let runtime = Arc::new(RecordingRuntime::new());
-        let engine = Engine::with_runtime(
-            config(dir.path()),
-            Arc::new(NoGpuMeter),
-            runtime.clone(),
-        )
-        .unwrap();
+        let engine =
+            Engine::with_runtime(config(dir.path()), Arc::new(NoGpuMeter), runtime.clone())
+                .unwrap();
         orphan(&engine, "j2");
         let JobState::Finished(result) = engine.recover("j2").unwrap() else {
             panic!("recovery did not finish the job");
@@ -824,7 +818,10 @@ mod tests {
         let id = "plinth-j2".to_string();
         assert_eq!(
             runtime.calls(),
-            [RuntimeCall::State { id: id.clone() }, RuntimeCall::Delete { id }]
+            [
+                RuntimeCall::State { id: id.clone() },
+                RuntimeCall::Delete { id }
+            ]
         );
     }
 
@@ -832,12 +829,9 @@ mod tests {
     fn cancel_is_a_durable_request_and_touches_no_runtime() {
         let dir = tempfile::tempdir().unwrap();
         let runtime = Arc::new(RecordingRuntime::new());
-        let engine = Engine::with_runtime(
-            config(dir.path()),
-            Arc::new(NoGpuMeter),
-            runtime.clone(),
-        )
-        .unwrap();
+        let engine =
+            Engine::with_runtime(config(dir.path()), Arc::new(NoGpuMeter), runtime.clone())
+                .unwrap();
         orphan(&engine, "j3");
         engine.cancel("j3").unwrap();
         assert!(protocol::cancel_requested(&engine.job_dir("j3").unwrap()));

@@ -316,12 +316,14 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), ProtocolEr
 /// Reads a JSON file of the job directory; `None` when it does not exist.
 pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, ProtocolError> {
     match fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|source| ProtocolError::Parse {
-                path: path.to_path_buf(),
-                source,
-            }),
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| ProtocolError::Parse {
+                    path: path.to_path_buf(),
+                    source,
+                })
+        }
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(ProtocolError::Io {
             op: "read",
@@ -456,12 +458,10 @@ pub fn supervisor_holds_lock(job_dir: &Path) -> Result<bool, ProtocolError> {
         }
     };
     let mut probe = whole_file_lock(libc::F_WRLCK);
-    fcntl(file.as_fd(), FcntlArg::F_OFD_GETLK(&mut probe)).map_err(|errno| {
-        ProtocolError::Io {
-            op: "test the lock of",
-            path,
-            source: io::Error::from(errno),
-        }
+    fcntl(file.as_fd(), FcntlArg::F_OFD_GETLK(&mut probe)).map_err(|errno| ProtocolError::Io {
+        op: "test the lock of",
+        path,
+        source: io::Error::from(errno),
     })?;
     Ok(probe.l_type != libc::F_UNLCK as libc::c_short)
 }
@@ -529,7 +529,10 @@ mod tests {
         let err = read_shim_config(dir.path()).unwrap_err();
         assert!(err.to_string().contains("shim.json"), "{err}");
         let missing = read_shim_config(&dir.path().join("none")).unwrap_err();
-        assert!(matches!(missing, ProtocolError::Missing { .. }), "{missing}");
+        assert!(
+            matches!(missing, ProtocolError::Missing { .. }),
+            "{missing}"
+        );
     }
 
     #[test]

@@ -516,12 +516,10 @@ pub mod testing {
             // The supervisor reaps the "init" itself (waitpid), as it would a
             // reparented container init; the handle is not needed.
             drop(child);
-            fs::write(request.pid_file, pid.to_string()).map_err(|source| {
-                RuntimeError::Spawn {
-                    binary: request.pid_file.to_path_buf(),
-                    command: "run",
-                    source,
-                }
+            fs::write(request.pid_file, pid.to_string()).map_err(|source| RuntimeError::Spawn {
+                binary: request.pid_file.to_path_buf(),
+                command: "run",
+                source,
             })?;
             if let Ok(mut inner) = self.inner.lock() {
                 inner

@@ -151,7 +151,10 @@ fn log_tail(path: &Path, max_chars: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let trimmed = text.trim();
     let n_chars = trimmed.chars().count();
-    trimmed.chars().skip(n_chars.saturating_sub(max_chars)).collect()
+    trimmed
+        .chars()
+        .skip(n_chars.saturating_sub(max_chars))
+        .collect()
 }
 
 fn supervise(

@@ -288,10 +288,7 @@ fn cdi_fixture_device_is_injected() {
             &mut |_| {},
         )
         .unwrap_err();
-    assert!(
-        plinth_toolbox::error_chain(&err).contains("gpu=9"),
-        "{err}"
-    );
+    assert!(plinth_toolbox::error_chain(&err).contains("gpu=9"), "{err}");
 }
 
 #[test]
