@@ -148,6 +148,10 @@ fuzz_target!(|data: &[u8]| {
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     names.sort();
-    assert_eq!(names, ["outside", "source", "store"], "unexpected files beside the store");
+    assert_eq!(
+        names,
+        ["outside", "source", "store"],
+        "unexpected files beside the store"
+    );
     let _ = fs::remove_dir_all(&work);
 });
