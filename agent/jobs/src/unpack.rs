@@ -850,7 +850,7 @@ mod tests {
         let read = |name: &str| {
             open_beneath(&fd, Path::new(name)).map(|mut file| {
                 let mut text = String::new();
-                io::Read::read_to_string(&mut file, &mut text).unwrap();
+                file.read_to_string(&mut text).unwrap();
                 text
             })
         };
