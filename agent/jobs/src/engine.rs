@@ -411,17 +411,15 @@ impl Engine {
             runtime_spec = registry.apply(&runtime_spec, gpu_devices)?;
         }
         let bundle_dir = job_dir.join(BUNDLE_DIR);
-        bundle::write_bundle(&bundle_dir, &runtime_spec)?;
         let shim_config = ShimConfig {
             container_id: container_id.clone(),
-            bundle: bundle_dir,
+            bundle: bundle_dir.clone(),
             runtime: self.shim_runtime.clone(),
             max_duration_ms: spec.resources.max_duration_s.saturating_mul(1000),
             kill_grace_ms: self.config.kill_grace.as_millis() as u64,
             log_cap_bytes: self.config.log_cap_bytes,
             cgroup,
         };
-        protocol::write_json(&job_dir.join(SHIM_CONFIG), &shim_config)?;
         let record = JobRecord {
             job_id: job_id.to_string(),
             container_id,
@@ -429,7 +427,25 @@ impl Engine {
             gpu_devices: gpu_devices.to_vec(),
             image_id: image.record.image_id.clone(),
         };
-        protocol::write_json(&job_dir.join(JOB_RECORD), &record)?;
+        // The bundle and the job record are written (and synced) at the same
+        // time; `shim.json` goes last, because its presence is what marks the
+        // job prepared.
+        let record_path = job_dir.join(JOB_RECORD);
+        let (bundle_written, record_written) = std::thread::scope(|scope| {
+            let record_writer = scope.spawn(|| protocol::write_json(&record_path, &record));
+            let bundle_written = bundle::write_bundle(&bundle_dir, &runtime_spec);
+            let record_written = record_writer.join().unwrap_or_else(|_| {
+                Err(ProtocolError::Io {
+                    op: "write",
+                    path: record_path.clone(),
+                    source: io::Error::other("the writer thread panicked"),
+                })
+            });
+            (bundle_written, record_written)
+        });
+        bundle_written?;
+        record_written?;
+        protocol::write_json(&job_dir.join(SHIM_CONFIG), &shim_config)?;
         Ok(record)
     }
 

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use plinth_jobs::engine::{Engine, JobState};
-use plinth_jobs::protocol::{EndReason, JobResult, ShimIdentity};
+use plinth_jobs::protocol::{EndReason, JobResult, ShimIdentity, process_start_time};
 use plinth_jobs::spec::JobSpec;
 
 use crate::common::{TestEnv, runtime_available};
@@ -370,15 +370,19 @@ fn agent_restart_re_adopts_and_supervisor_loss_is_accounted_once() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
+    // Wait until the supervisor is reaped, not merely a zombie: a killed process's
+    // leader reads as a zombie while its other threads may still be exiting (and
+    // holding its descriptors); the kernel lets the parent reap it only once the
+    // whole thread group is gone.
     let began = Instant::now();
-    while identity.is_alive() {
+    while process_start_time(identity.pid) == Some(identity.start_time) {
         // Our engine is its parent: reaping happens in state().
         let _ = env.engine.state("lost");
-        assert!(began.elapsed() < WAIT);
+        assert!(began.elapsed() < WAIT, "the supervisor was never reaped");
         std::thread::sleep(Duration::from_millis(10));
     }
     let restarted = Engine::new(env.config.clone()).unwrap();
-    // The supervisor is dead, so its lock is gone: the engine only tests the lock
+    // The supervisor is gone, so its lock is gone: the engine only tests the lock
     // (F_OFD_GETLK) and never holds it, so no child another test thread forks can
     // keep it alive. The job is orphaned at once, without retrying.
     assert_eq!(restarted.state("lost").unwrap(), JobState::Orphaned);
