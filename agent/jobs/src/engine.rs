@@ -427,25 +427,36 @@ impl Engine {
             gpu_devices: gpu_devices.to_vec(),
             image_id: image.record.image_id.clone(),
         };
-        // The bundle and the job record are written (and synced) at the same
-        // time; `shim.json` goes last, because its presence is what marks the
-        // job prepared.
+        // The three files are written durably at the same time, so that their
+        // fsyncs share journal commits instead of queueing one after another
+        // on the job's start path; prepare returns once all three are on disk.
+        // (An agent that dies in between leaves at worst a job whose bundle is
+        // missing: it then ends as `start_failed`, never billed.)
         let record_path = job_dir.join(JOB_RECORD);
-        let (bundle_written, record_written) = std::thread::scope(|scope| {
+        let shim_config_path = job_dir.join(SHIM_CONFIG);
+        let panicked = |path: &Path| ProtocolError::Io {
+            op: "write",
+            path: path.to_path_buf(),
+            source: io::Error::other("the writer thread panicked"),
+        };
+        let (bundle_written, record_written, shim_config_written) = std::thread::scope(|scope| {
             let record_writer = scope.spawn(|| protocol::write_json(&record_path, &record));
+            let shim_config_writer =
+                scope.spawn(|| protocol::write_json(&shim_config_path, &shim_config));
             let bundle_written = bundle::write_bundle(&bundle_dir, &runtime_spec);
-            let record_written = record_writer.join().unwrap_or_else(|_| {
-                Err(ProtocolError::Io {
-                    op: "write",
-                    path: record_path.clone(),
-                    source: io::Error::other("the writer thread panicked"),
-                })
-            });
-            (bundle_written, record_written)
+            (
+                bundle_written,
+                record_writer
+                    .join()
+                    .unwrap_or_else(|_| Err(panicked(&record_path))),
+                shim_config_writer
+                    .join()
+                    .unwrap_or_else(|_| Err(panicked(&shim_config_path))),
+            )
         });
         bundle_written?;
         record_written?;
-        protocol::write_json(&job_dir.join(SHIM_CONFIG), &shim_config)?;
+        shim_config_written?;
         Ok(record)
     }
 

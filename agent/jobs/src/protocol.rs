@@ -157,7 +157,9 @@ pub struct ShimConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ShimPhase {
-    /// `runtime run` is running.
+    /// The runtime is creating the container. Current supervisors write no
+    /// state before the container runs; recovery treats this phase, like a
+    /// missing state, as "never ran".
     Creating,
     /// The container's process runs.
     Running,

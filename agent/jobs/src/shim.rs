@@ -200,19 +200,6 @@ fn supervise(
     let (stderr_reader, stderr_writer) = io::pipe().map_err(pipe_err)?;
     let stdout_pump = LogPump::spawn(stdout_log, stdout_reader);
     let stderr_pump = LogPump::spawn(stderr_log, stderr_reader);
-    // The identity and the first state are written durably while the runtime
-    // starts the container, not before: two fsync rounds off the job's start
-    // latency. Nothing needs them earlier (the lock says "alive", and a job
-    // without a state never ran), and the writer is joined before the next
-    // state write, so states stay in order.
-    let first_writes = {
-        let job_dir = job_dir.to_path_buf();
-        let creating = state.clone();
-        thread::spawn(move || -> Result<(), ProtocolError> {
-            protocol::write_json(&job_dir.join(protocol::SHIM_PID), &ShimIdentity::own())?;
-            protocol::write_json(&job_dir.join(STATE), &creating)
-        })
-    };
     // The job's time starts when the runtime is asked to start it: creation
     // is part of the job (and bounded by its deadline).
     let started = Instant::now();
@@ -228,13 +215,6 @@ fn supervise(
         stdout: stdout_writer.into(),
         stderr: stderr_writer.into(),
     });
-    match first_writes.join() {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => {
-            tracing::warn!(error = %plinth_toolbox::error_chain(&err), "cannot record supervisor identity or state");
-        }
-        Err(_) => tracing::warn!("the supervisor identity writer panicked"),
-    }
     if let Err(err) = run {
         let drain = Instant::now() + LOG_DRAIN;
         stdout_pump.finish(drain);
@@ -273,6 +253,11 @@ fn supervise(
     state.started_at_ms = Some(started_at_ms);
     state.deadline_ms = Some(started_at_ms + config.max_duration_ms);
     state.updated_at_ms = now_ms();
+    // The identity and the first state are written (durably) once the
+    // container runs, not before: their fsyncs would otherwise delay the job's
+    // start, and nothing needs them earlier (the lock says "alive"; a job
+    // without a state never ran, which is what recovery then records).
+    protocol::write_json(&job_dir.join(protocol::SHIM_PID), &ShimIdentity::own())?;
     protocol::write_json(&job_dir.join(STATE), &state)?;
     let mut term_sent_at: Option<Instant> = None;
     let mut kill_sent = false;
