@@ -17,6 +17,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use plinth_toolbox::durable;
+
 use crate::bundle::{self, BundleError, BundleInputs};
 use crate::cdi::{CdiError, CdiRegistry};
 use crate::image::{ImageError, ImageStore, ImportProgress};
@@ -457,6 +459,10 @@ impl Engine {
         bundle_written?;
         record_written?;
         shim_config_written?;
+        // The new directories' own entries (the bundle in the job directory,
+        // the job directory in the jobs directory) must survive too.
+        durable::sync_dir(&job_dir).map_err(ProtocolError::from)?;
+        durable::sync_dir(&self.config.jobs_dir).map_err(ProtocolError::from)?;
         Ok(record)
     }
 
