@@ -18,6 +18,7 @@ use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use plinth_jobs::engine::Engine;
+use plinth_jobs::runtime::RuncRuntime;
 
 fn now_us() -> u64 {
     SystemTime::now()
@@ -76,7 +77,7 @@ fn main() {
     env.engine.start("warm").unwrap();
     env.engine.wait("warm", Duration::from_secs(30)).unwrap();
     let bundle = env.engine.job_dir("warm").unwrap().join("bundle");
-    let runtime = env.engine.runtime().clone();
+    let runtime = RuncRuntime::new(&env.config.runtime_binary, &env.config.runtime_root);
 
     let mut plinth = Vec::new();
     let mut plinth_prepare = Vec::new();
@@ -94,7 +95,7 @@ fn main() {
         // adjtimex exits 1 while the clock is unsynchronised; it still printed.
         assert_eq!(
             result.reason,
-            plinth_jobs::shim::EndReason::Exited,
+            plinth_jobs::protocol::EndReason::Exited,
             "{result:?}"
         );
         let out = std::fs::read_to_string(env.engine.log_path(&job_id, false).unwrap()).unwrap();

@@ -8,14 +8,24 @@
 //! spirit of Docker's default profile; no new privileges; no capabilities;
 //! a non-root user (the image's `User` when it is not root, else 65534);
 //! Docker's masked and read-only `/proc` and `/sys` paths.
+//!
+//! The spec is built with `oci-spec`'s typed builders, and CDI edits
+//! ([`crate::cdi`]) are applied to the same typed [`Spec`].
 
 use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::Spec;
-use serde_json::{Value, json};
+use oci_spec::runtime::{
+    Arch, Capabilities, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
+    LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxPidsBuilder, LinuxResourcesBuilder, LinuxSeccomp, LinuxSeccompAction,
+    LinuxSeccompArgBuilder, LinuxSeccompBuilder, LinuxSeccompOperator, LinuxSyscallBuilder, Mount,
+    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
+    SpecBuilder, UserBuilder,
+};
+use plinth_toolbox::durable::{self, DurableError};
 
 use crate::image::ImportedImage;
 use crate::spec::{JobSpec, Network};
@@ -39,9 +49,9 @@ pub enum BundleError {
         /// Why.
         reason: String,
     },
-    /// The generated spec does not deserialize as an OCI runtime spec.
-    #[error("generated runtime spec is invalid")]
-    Spec(#[source] serde_json::Error),
+    /// A part of the runtime spec could not be built.
+    #[error("cannot build the runtime spec")]
+    Spec(#[from] oci_spec::OciSpecError),
     /// Writing the bundle failed.
     #[error("cannot write bundle file {path}")]
     Write {
@@ -58,8 +68,11 @@ pub enum BundleError {
         path: PathBuf,
         /// Cause.
         #[source]
-        source: oci_spec::OciSpecError,
+        source: serde_json::Error,
     },
+    /// The durable write of `config.json` failed.
+    #[error("cannot write the bundle's config.json")]
+    Durable(#[from] DurableError),
 }
 
 /// Inputs of [`build_spec`].
@@ -258,34 +271,103 @@ const CLONE_NAMESPACE_FLAGS: &[u64] = &[
     0x4000_0000, // CLONE_NEWNET
 ];
 
+/// Seccomp architectures of this host (the native one and its compat ABIs).
+fn seccomp_architectures() -> Vec<Arch> {
+    match std::env::consts::ARCH {
+        "aarch64" => vec![Arch::ScmpArchAarch64, Arch::ScmpArchArm],
+        _ => vec![Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32],
+    }
+}
+
 /// The default seccomp profile: allow by default, deny the listed syscalls,
 /// refuse namespace-creating `clone` flags, and make `clone3` return ENOSYS
 /// so that libc falls back to the filtered `clone`.
-pub fn default_seccomp() -> Value {
-    let architectures: Vec<&str> = match std::env::consts::ARCH {
-        "aarch64" => vec!["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
-        _ => vec!["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-    };
+pub fn default_seccomp() -> Result<LinuxSeccomp, BundleError> {
     let mut syscalls = vec![
-        json!({"names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": 1}),
-        json!({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}),
+        LinuxSyscallBuilder::default()
+            .names(
+                DENIED_SYSCALLS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .action(LinuxSeccompAction::ScmpActErrno)
+            .errno_ret(1u32)
+            .build()?,
+        LinuxSyscallBuilder::default()
+            .names(vec!["clone3".to_string()])
+            .action(LinuxSeccompAction::ScmpActErrno)
+            .errno_ret(38u32)
+            .build()?,
     ];
     for flag in CLONE_NAMESPACE_FLAGS {
-        syscalls.push(json!({
-            "names": ["clone"],
-            "action": "SCMP_ACT_ERRNO",
-            "errnoRet": 1,
-            "args": [{"index": 0, "value": flag, "valueTwo": flag, "op": "SCMP_CMP_MASKED_EQ"}]
-        }));
+        syscalls.push(
+            LinuxSyscallBuilder::default()
+                .names(vec!["clone".to_string()])
+                .action(LinuxSeccompAction::ScmpActErrno)
+                .errno_ret(1u32)
+                .args(vec![
+                    LinuxSeccompArgBuilder::default()
+                        .index(0usize)
+                        .value(*flag)
+                        .value_two(*flag)
+                        .op(LinuxSeccompOperator::ScmpCmpMaskedEq)
+                        .build()?,
+                ])
+                .build()?,
+        );
     }
-    json!({
-        "defaultAction": "SCMP_ACT_ALLOW",
-        "architectures": architectures,
-        "syscalls": syscalls
-    })
+    Ok(LinuxSeccompBuilder::default()
+        .default_action(LinuxSeccompAction::ScmpActAllow)
+        .architectures(seccomp_architectures())
+        .syscalls(syscalls)
+        .build()?)
 }
 
+/// A mount of the sandbox.
+fn mount(
+    destination: &str,
+    typ: &str,
+    source: &Path,
+    options: &[&str],
+) -> Result<Mount, BundleError> {
+    Ok(MountBuilder::default()
+        .destination(destination)
+        .typ(typ)
+        .source(source)
+        .options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>())
+        .build()?)
+}
+
+/// `/proc` paths masked in the container (as Docker does).
+const MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// `/proc` paths mounted read-only in the container (as Docker does).
+const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
 /// Builds the OCI runtime spec of a job (before CDI edits).
+///
+/// Every field that matters to the sandbox is set explicitly: the builders
+/// of `oci-spec` fall back to its `Default`s (which grant capabilities, for
+/// instance) for anything left unset.
 pub fn build_spec(inputs: &BundleInputs<'_>) -> Result<Spec, BundleError> {
     let spec = inputs.spec;
     let image_config = inputs
@@ -328,71 +410,165 @@ pub fn build_spec(inputs: &BundleInputs<'_>) -> Result<Spec, BundleError> {
     let user = resolve_user(inputs.image)?;
     let memory = spec.resources.memory_bytes;
     let tmp_size = (memory / 2).clamp(16 * 1024 * 1024, 1024 * 1024 * 1024);
-    let mut namespaces = vec![
-        json!({"type": "pid"}),
-        json!({"type": "ipc"}),
-        json!({"type": "uts"}),
-        json!({"type": "mount"}),
-        json!({"type": "cgroup"}),
+    let mut namespace_types = vec![
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Mount,
+        LinuxNamespaceType::Cgroup,
     ];
     if spec.network == Network::None {
-        namespaces.push(json!({"type": "network"}));
+        namespace_types.push(LinuxNamespaceType::Network);
     }
-    let mut memory_limits = json!({"limit": memory});
+    let namespaces = namespace_types
+        .into_iter()
+        .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
+        .collect::<Result<Vec<_>, _>>()?;
+    let memory_limit = i64::try_from(memory).unwrap_or(i64::MAX);
+    let mut memory_limits = LinuxMemoryBuilder::default().limit(memory_limit);
     if inputs.limit_swap {
-        memory_limits["swap"] = json!(memory);
+        memory_limits = memory_limits.swap(memory_limit);
     }
-    let mut resources = json!({
-        "devices": [{"allow": false, "access": "rwm"}],
-        "memory": memory_limits,
-        "pids": {"limit": spec.resources.pids},
-    });
+    let mut resources = LinuxResourcesBuilder::default()
+        .devices(vec![
+            LinuxDeviceCgroupBuilder::default()
+                .allow(false)
+                .access("rwm")
+                .build()?,
+        ])
+        .memory(memory_limits.build()?)
+        .pids(
+            LinuxPidsBuilder::default()
+                .limit(i64::from(spec.resources.pids))
+                .build()?,
+        );
     if let Some(cpu) = spec.resources.cpu {
         let period: u64 = 100_000;
-        resources["cpu"] = json!({"quota": (cpu * period as f64).round() as i64, "period": period});
+        resources = resources.cpu(
+            LinuxCpuBuilder::default()
+                .quota((cpu * period as f64).round() as i64)
+                .period(period)
+                .build()?,
+        );
     }
-    let value = json!({
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": false,
-            "user": {"uid": user.uid, "gid": user.gid},
-            "args": args,
-            "env": env,
-            "cwd": cwd,
-            "capabilities": {"bounding": [], "effective": [], "inheritable": [], "permitted": [], "ambient": []},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 4096}],
-            "noNewPrivileges": true,
-            "oomScoreAdj": 500
-        },
-        "root": {"path": inputs.image.rootfs, "readonly": true},
-        "hostname": format!("plinth-{}", &inputs.container_id[..inputs.container_id.len().min(12)]),
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-            {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
-            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
-            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
-            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
-            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777", format!("size={tmp_size}")]},
-            {"destination": "/scratch", "type": "bind", "source": inputs.scratch_dir, "options": ["rbind", "rw", "nosuid", "nodev"]}
-        ],
-        "linux": {
-            "namespaces": namespaces,
-            "cgroupsPath": inputs.cgroups_path,
-            "resources": resources,
-            "seccomp": default_seccomp(),
-            "maskedPaths": [
-                "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
-                "/sys/firmware", "/sys/devices/virtual/powercap"
+    let no_capabilities = || -> Capabilities { Capabilities::new() };
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .user(UserBuilder::default().uid(user.uid).gid(user.gid).build()?)
+        .args(args)
+        .env(env)
+        .cwd(cwd)
+        .capabilities(
+            LinuxCapabilitiesBuilder::default()
+                .bounding(no_capabilities())
+                .effective(no_capabilities())
+                .inheritable(no_capabilities())
+                .permitted(no_capabilities())
+                .ambient(no_capabilities())
+                .build()?,
+        )
+        .rlimits(vec![
+            PosixRlimitBuilder::default()
+                .typ(PosixRlimitType::RlimitNofile)
+                .hard(4096u64)
+                .soft(4096u64)
+                .build()?,
+        ])
+        .no_new_privileges(true)
+        .oom_score_adj(500)
+        .build()?;
+    let tmp_size_option = format!("size={tmp_size}");
+    let mounts = vec![
+        mount(
+            "/proc",
+            "proc",
+            Path::new("proc"),
+            &["nosuid", "noexec", "nodev"],
+        )?,
+        mount(
+            "/dev",
+            "tmpfs",
+            Path::new("tmpfs"),
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        )?,
+        mount(
+            "/dev/pts",
+            "devpts",
+            Path::new("devpts"),
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
             ],
-            "readonlyPaths": [
-                "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"
-            ]
-        }
-    });
-    serde_json::from_value(value).map_err(BundleError::Spec)
+        )?,
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            Path::new("shm"),
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        )?,
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            Path::new("mqueue"),
+            &["nosuid", "noexec", "nodev"],
+        )?,
+        mount(
+            "/sys",
+            "sysfs",
+            Path::new("sysfs"),
+            &["nosuid", "noexec", "nodev", "ro"],
+        )?,
+        mount(
+            "/sys/fs/cgroup",
+            "cgroup",
+            Path::new("cgroup"),
+            &["nosuid", "noexec", "nodev", "relatime", "ro"],
+        )?,
+        mount(
+            "/tmp",
+            "tmpfs",
+            Path::new("tmpfs"),
+            &["nosuid", "nodev", "mode=1777", &tmp_size_option],
+        )?,
+        mount(
+            "/scratch",
+            "bind",
+            inputs.scratch_dir,
+            &["rbind", "rw", "nosuid", "nodev"],
+        )?,
+    ];
+    let to_strings = |paths: &[&str]| paths.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .cgroups_path(inputs.cgroups_path)
+        .resources(resources.build()?)
+        .seccomp(default_seccomp()?)
+        .masked_paths(to_strings(MASKED_PATHS))
+        .readonly_paths(to_strings(READONLY_PATHS))
+        .build()?;
+    let hostname = format!(
+        "plinth-{}",
+        &inputs.container_id[..inputs.container_id.len().min(12)]
+    );
+    let mut runtime_spec = SpecBuilder::default()
+        .version("1.0.2")
+        .process(process)
+        .root(
+            RootBuilder::default()
+                .path(inputs.image.rootfs.clone())
+                .readonly(true)
+                .build()?,
+        )
+        .hostname(hostname)
+        .mounts(mounts)
+        .linux(linux)
+        .build()?;
+    // The builder's default is an empty map; the spec carries none.
+    runtime_spec.set_annotations(None);
+    Ok(runtime_spec)
 }
 
 /// Writes `config.json` into the bundle directory.
@@ -402,15 +578,11 @@ pub fn write_bundle(bundle_dir: &Path, spec: &Spec) -> Result<PathBuf, BundleErr
         source,
     })?;
     let path = bundle_dir.join("config.json");
-    let tmp = bundle_dir.join("config.json.tmp");
-    spec.save(&tmp).map_err(|source| BundleError::Serialize {
-        path: tmp.clone(),
-        source,
-    })?;
-    fs::rename(&tmp, &path).map_err(|source| BundleError::Write {
+    let bytes = serde_json::to_vec(spec).map_err(|source| BundleError::Serialize {
         path: path.clone(),
         source,
     })?;
+    durable::write(&path, &bytes)?;
     Ok(path)
 }
 
@@ -419,6 +591,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use oci_spec::image::ImageConfiguration;
+    use serde_json::json;
 
     use super::*;
     use crate::image::ImageRecord;

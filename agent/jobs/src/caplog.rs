@@ -3,12 +3,16 @@
 //! When a log would grow past its cap, its newest three quarters are kept
 //! behind a first line `[plinth: N earlier bytes dropped (log cap C bytes)]`
 //! (N counts every byte dropped so far) and the file is replaced atomically
-//! (write to a temporary file, rename), so a reader always sees a whole file.
+//! with the one durable write (`plinth_toolbox::durable`: temporary file,
+//! fsync, rename, fsync of the directory), so a reader, or the host after a
+//! power cut, always sees a whole file.
 //! The work is amortised: a rewrite happens at most once per cap/4 bytes.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+
+use plinth_toolbox::durable::{self, DurableError};
 
 /// Smallest cap accepted (smaller values are raised to it).
 pub const MIN_CAP: u64 = 4096;
@@ -27,6 +31,9 @@ pub enum CapLogError {
         #[source]
         source: io::Error,
     },
+    /// Replacing the log with its kept tail failed.
+    #[error("cannot rotate log file")]
+    Rotate(#[from] DurableError),
 }
 
 /// A log file with a size cap.
@@ -119,16 +126,12 @@ impl CappedLog {
             let path = path.to_path_buf();
             move |source| CapLogError::Io { op, path, source }
         };
-        let mut tmp_name = self.path.clone().into_os_string();
-        tmp_name.push(".tmp");
-        let tmp = PathBuf::from(tmp_name);
         let header = marker(self.dropped, self.cap);
-        let mut out = File::create(&tmp).map_err(io_err("create", &tmp))?;
-        out.write_all(header.as_bytes())
-            .and_then(|_| out.write_all(old_tail))
-            .and_then(|_| out.write_all(data))
-            .map_err(io_err("write", &tmp))?;
-        fs::rename(&tmp, &self.path).map_err(io_err("rename", &self.path))?;
+        let mut contents = Vec::with_capacity(header.len() + old_tail.len() + data.len());
+        contents.extend_from_slice(header.as_bytes());
+        contents.extend_from_slice(old_tail);
+        contents.extend_from_slice(data);
+        durable::write(&self.path, &contents)?;
         self.file = OpenOptions::new()
             .append(true)
             .open(&self.path)
@@ -160,6 +163,8 @@ impl CappedLog {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     #[test]

@@ -10,6 +10,16 @@
 //!
 //! Only the devices assigned to the job are applied: their own
 //! `containerEdits` and, once per spec file involved, the spec-wide ones.
+//! Edits are applied to the typed runtime spec ([`oci_spec::runtime::Spec`]).
+//!
+//! **Versions.** A spec file's `cdiVersion` must be one this module
+//! implements: [`MIN_CDI_VERSION`] to [`MAX_CDI_VERSION`] (0.3.0 to 0.8.0).
+//! Those versions add, in order: mount `type` (0.4.0), device node `hostPath`
+//! (0.5.0), `annotations` (0.6.0), `additionalGids` and `intelRdt` (0.7.0),
+//! nothing to the format (0.8.0). All of them are applied except `intelRdt`,
+//! which a file may not use (it is refused, naming the file); a file of
+//! another version, older or newer, is refused with its version named, rather
+//! than silently applied in part.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -17,12 +27,20 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::Spec;
+use oci_spec::OciSpecError;
+use oci_spec::runtime::{
+    Hook, HookBuilder, Hooks, LinuxBuilder, LinuxDevice, LinuxDeviceBuilder,
+    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxResources, MountBuilder, ProcessBuilder, Spec,
+};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 
 /// Default CDI spec directories, lowest priority first.
 pub const DEFAULT_CDI_DIRS: &[&str] = &["/etc/cdi", "/var/run/cdi"];
+
+/// Oldest `cdiVersion` accepted.
+pub const MIN_CDI_VERSION: (u64, u64, u64) = (0, 3, 0);
+/// Newest `cdiVersion` accepted.
+pub const MAX_CDI_VERSION: (u64, u64, u64) = (0, 8, 0);
 
 /// Largest CDI spec file read.
 const MAX_CDI_FILE: u64 = 4 * 1024 * 1024;
@@ -88,9 +106,17 @@ pub enum CdiError {
         #[source]
         source: io::Error,
     },
-    /// The edited runtime spec is invalid.
-    #[error("runtime spec is invalid after CDI edits")]
-    Spec(#[source] serde_json::Error),
+    /// A CDI file's `cdiVersion` is not one this module implements.
+    #[error("CDI spec {path} has cdiVersion {version:?}; supported are 0.3.0 to 0.8.0")]
+    UnsupportedVersion {
+        /// File.
+        path: PathBuf,
+        /// The version it declares.
+        version: String,
+    },
+    /// A part of the edited runtime spec could not be built.
+    #[error("cannot build the runtime spec's CDI edits")]
+    Spec(#[from] OciSpecError),
 }
 
 /// One device node edit.
@@ -176,9 +202,15 @@ pub struct ContainerEdits {
     /// Mounts.
     #[serde(default)]
     pub mounts: Vec<CdiMount>,
-    /// Supplementary groups.
+    /// Supplementary groups (CDI 0.7.0).
     #[serde(default)]
     pub additional_gids: Vec<u32>,
+    /// Intel RDT (CDI 0.7.0): not applied; a file using it is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intel_rdt: Option<serde_json::Value>,
+    /// Network devices (newer than 0.8.0): not applied; refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_devices: Option<serde_json::Value>,
 }
 
 /// One device of a CDI spec.
@@ -187,6 +219,9 @@ pub struct ContainerEdits {
 pub struct CdiDevice {
     /// Device name (the part after `=`).
     pub name: String,
+    /// Annotations added to the container when this device is used (CDI 0.6.0).
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
     /// Its edits.
     #[serde(default)]
     pub container_edits: ContainerEdits,
@@ -196,10 +231,14 @@ pub struct CdiDevice {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CdiSpec {
-    /// CDI version (`0.3.0` ... `1.0.0`).
+    /// CDI version (`0.3.0` ... `0.8.0` accepted).
     pub cdi_version: String,
     /// `vendor.com/class`.
     pub kind: String,
+    /// Annotations added to the container when any device of this spec is
+    /// used (CDI 0.6.0).
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
     /// Devices.
     #[serde(default)]
     pub devices: Vec<CdiDevice>,
@@ -253,6 +292,15 @@ impl CdiSpec {
             path: path.to_path_buf(),
             reason,
         };
+        match parse_version(&self.cdi_version) {
+            Some(version) if (MIN_CDI_VERSION..=MAX_CDI_VERSION).contains(&version) => {}
+            _ => {
+                return Err(CdiError::UnsupportedVersion {
+                    path: path.to_path_buf(),
+                    version: self.cdi_version.clone(),
+                });
+            }
+        }
         if !valid_kind(&self.kind) {
             return Err(invalid(format!(
                 "kind {:?} is not vendor.com/class",
@@ -302,9 +350,33 @@ impl CdiSpec {
                     return Err(invalid(format!("{owner}: env entry {env:?} has no `=`")));
                 }
             }
+            if edit.intel_rdt.is_some() {
+                return Err(invalid(format!(
+                    "{owner}: intelRdt edits are not supported"
+                )));
+            }
+            if edit.net_devices.is_some() {
+                return Err(invalid(format!(
+                    "{owner}: netDevices edits are not supported"
+                )));
+            }
         }
         Ok(())
     }
+}
+
+/// Parses `MAJOR.MINOR.PATCH` (no pre-release or build suffix).
+fn parse_version(text: &str) -> Option<(u64, u64, u64)> {
+    let mut parts = text.split('.');
+    let mut number = || -> Option<u64> {
+        let part = parts.next()?;
+        if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        part.parse().ok()
+    };
+    let version = (number()?, number()?, number()?);
+    parts.next().is_none().then_some(version)
 }
 
 fn hook_key(name: &str) -> Option<&'static str> {
@@ -365,7 +437,9 @@ impl CdiRegistry {
             for file in files {
                 match Self::read_file(&file) {
                     Ok(spec) => registry.add(spec),
-                    Err(err) => registry.skipped.push((file, error_chain(&err))),
+                    Err(err) => registry
+                        .skipped
+                        .push((file, plinth_toolbox::error_chain(&err))),
                 }
             }
         }
@@ -450,161 +524,248 @@ impl CdiRegistry {
             return Ok(spec.clone());
         }
         let resolved = self.resolve(names)?;
-        let mut value = serde_json::to_value(spec).map_err(CdiError::Spec)?;
+        let mut edited = spec.clone();
         let mut specs_applied: Vec<usize> = Vec::new();
         for (spec_idx, device_idx) in resolved {
             let cdi_spec = &self.specs[spec_idx];
             if !specs_applied.contains(&spec_idx) {
                 specs_applied.push(spec_idx);
-                apply_edits(&mut value, &cdi_spec.container_edits)?;
+                apply_annotations(&mut edited, &cdi_spec.annotations);
+                apply_edits(&mut edited, &cdi_spec.container_edits)?;
             }
-            apply_edits(&mut value, &cdi_spec.devices[device_idx].container_edits)?;
+            let device = &cdi_spec.devices[device_idx];
+            apply_annotations(&mut edited, &device.annotations);
+            apply_edits(&mut edited, &device.container_edits)?;
         }
-        serde_json::from_value(value).map_err(CdiError::Spec)
+        Ok(edited)
     }
 }
 
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
+fn apply_annotations(spec: &mut Spec, annotations: &BTreeMap<String, String>) {
+    if annotations.is_empty() {
+        return;
     }
-    out
+    let mut merged = spec.annotations().clone().unwrap_or_default();
+    for (key, value) in annotations {
+        merged.insert(key.clone(), value.clone());
+    }
+    spec.set_annotations(Some(merged));
 }
 
-/// Returns the array at `path`, creating objects and the array on the way.
-fn array_at<'v>(value: &'v mut Value, path: &[&str]) -> Option<&'v mut Vec<Value>> {
-    let mut current = value;
-    for key in path {
-        if !current.is_object() {
-            *current = json!({});
+fn device_type(typ: &str, path: &str) -> Result<LinuxDeviceType, CdiError> {
+    Ok(match typ {
+        "c" => LinuxDeviceType::C,
+        "u" => LinuxDeviceType::U,
+        "b" => LinuxDeviceType::B,
+        "p" => LinuxDeviceType::P,
+        other => {
+            return Err(CdiError::DeviceNode {
+                path: PathBuf::from(path),
+                source: io::Error::other(format!("device type {other:?} is not c, u, b or p")),
+            });
         }
-        let Value::Object(map) = current else {
-            return None;
-        };
-        current = map.entry(key.to_string()).or_insert(Value::Null);
-    }
-    if !current.is_array() {
-        *current = json!([]);
-    }
-    current.as_array_mut()
-}
-
-/// Like [`array_at`], for edits: the spec is a JSON object so this succeeds.
-fn edit_array<'v>(value: &'v mut Value, path: &[&str]) -> Result<&'v mut Vec<Value>, CdiError> {
-    let joined = path.join(".");
-    array_at(value, path).ok_or_else(|| CdiError::Invalid {
-        path: PathBuf::from(joined),
-        reason: "runtime spec field is not an object".to_string(),
     })
 }
 
-fn apply_edits(value: &mut Value, edits: &ContainerEdits) -> Result<(), CdiError> {
+/// The host's type, major and minor of the device node at `host_path`.
+fn host_device(host_path: &str) -> Result<(LinuxDeviceType, i64, i64), CdiError> {
+    let meta = fs::metadata(host_path).map_err(|source| CdiError::DeviceNode {
+        path: PathBuf::from(host_path),
+        source,
+    })?;
+    let file_type = meta.file_type();
+    let host_type = if file_type.is_char_device() {
+        LinuxDeviceType::C
+    } else if file_type.is_block_device() {
+        LinuxDeviceType::B
+    } else if file_type.is_fifo() {
+        LinuxDeviceType::P
+    } else {
+        return Err(CdiError::DeviceNode {
+            path: PathBuf::from(host_path),
+            source: io::Error::other("not a device node"),
+        });
+    };
+    let rdev = meta.rdev();
+    Ok((
+        host_type,
+        libc::major(rdev) as i64,
+        libc::minor(rdev) as i64,
+    ))
+}
+
+fn apply_edits(spec: &mut Spec, edits: &ContainerEdits) -> Result<(), CdiError> {
+    let mut process = match spec.process() {
+        Some(process) => process.clone(),
+        None => ProcessBuilder::default().build()?,
+    };
+    let mut env = process.env().clone().unwrap_or_default();
     for entry in &edits.env {
         let name = entry.split('=').next().unwrap_or_default();
-        let env = edit_array(value, &["process", "env"])?;
-        env.retain(|e| e.as_str().is_none_or(|s| s.split('=').next() != Some(name)));
-        env.push(json!(entry));
+        env.retain(|e| e.split('=').next() != Some(name));
+        env.push(entry.clone());
     }
+    process.set_env(Some(env));
+    let user = process.user_mut();
+    let mut gids = user.additional_gids().clone().unwrap_or_default();
+    for gid in &edits.additional_gids {
+        if !gids.contains(gid) {
+            gids.push(*gid);
+        }
+    }
+    if !gids.is_empty() {
+        user.set_additional_gids(Some(gids));
+    }
+    spec.set_process(Some(process));
+
+    let mut linux = match spec.linux() {
+        Some(linux) => linux.clone(),
+        None => LinuxBuilder::default().build()?,
+    };
+    let mut devices: Vec<LinuxDevice> = linux.devices().clone().unwrap_or_default();
+    let mut resources: LinuxResources = linux.resources().clone().unwrap_or_default();
+    let mut rules = resources.devices().clone().unwrap_or_default();
     for node in &edits.device_nodes {
         let host_path = node.host_path.clone().unwrap_or_else(|| node.path.clone());
-        let (mut typ, mut major, mut minor) = (node.typ.clone(), node.major, node.minor);
-        if typ.is_none() || major.is_none() || minor.is_none() {
-            let meta = fs::metadata(&host_path).map_err(|source| CdiError::DeviceNode {
-                path: PathBuf::from(&host_path),
-                source,
-            })?;
-            let file_type = meta.file_type();
-            let host_type = if file_type.is_char_device() {
-                "c"
-            } else if file_type.is_block_device() {
-                "b"
-            } else if file_type.is_fifo() {
-                "p"
-            } else {
-                return Err(CdiError::DeviceNode {
-                    path: PathBuf::from(&host_path),
-                    source: io::Error::other("not a device node"),
-                });
-            };
-            let rdev = meta.rdev();
-            typ.get_or_insert_with(|| host_type.to_string());
-            major.get_or_insert(libc::major(rdev) as i64);
-            minor.get_or_insert(libc::minor(rdev) as i64);
-        }
-        let mut device = json!({
-            "path": node.path,
-            "type": typ,
-            "major": major,
-            "minor": minor,
-        });
+        let (typ, major, minor) = match (&node.typ, node.major, node.minor) {
+            (Some(typ), Some(major), Some(minor)) => (device_type(typ, &node.path)?, major, minor),
+            _ => {
+                let (host_type, host_major, host_minor) = host_device(&host_path)?;
+                let typ = match &node.typ {
+                    Some(typ) => device_type(typ, &node.path)?,
+                    None => host_type,
+                };
+                (
+                    typ,
+                    node.major.unwrap_or(host_major),
+                    node.minor.unwrap_or(host_minor),
+                )
+            }
+        };
+        let mut device = LinuxDeviceBuilder::default()
+            .path(node.path.clone())
+            .typ(typ)
+            .major(major)
+            .minor(minor);
         if let Some(mode) = node.file_mode {
-            device["fileMode"] = json!(mode);
+            device = device.file_mode(mode);
         }
         if let Some(uid) = node.uid {
-            device["uid"] = json!(uid);
+            device = device.uid(uid);
         }
         if let Some(gid) = node.gid {
-            device["gid"] = json!(gid);
+            device = device.gid(gid);
         }
-        let devices = edit_array(value, &["linux", "devices"])?;
-        devices.retain(|d| d["path"] != json!(node.path));
-        devices.push(device);
-        if typ.as_deref() != Some("p") {
-            let rules = edit_array(value, &["linux", "resources", "devices"])?;
-            rules.push(json!({
-                "allow": true,
-                "type": typ,
-                "major": major,
-                "minor": minor,
-                "access": node.permissions.clone().unwrap_or_else(|| "rwm".to_string()),
-            }));
+        devices.retain(|d| d.path() != Path::new(&node.path));
+        devices.push(device.build()?);
+        if typ != LinuxDeviceType::P {
+            rules.push(
+                LinuxDeviceCgroupBuilder::default()
+                    .allow(true)
+                    .typ(typ)
+                    .major(major)
+                    .minor(minor)
+                    .access(
+                        node.permissions
+                            .clone()
+                            .unwrap_or_else(|| "rwm".to_string()),
+                    )
+                    .build()?,
+            );
         }
     }
-    for mount in &edits.mounts {
-        let typ = mount.typ.clone().unwrap_or_else(|| "bind".to_string());
-        let mut options = mount.options.clone().unwrap_or_default();
-        if typ == "bind" && !options.iter().any(|o| o == "bind" || o == "rbind") {
-            options.push("bind".to_string());
-        }
-        let mounts = edit_array(value, &["mounts"])?;
-        mounts.push(json!({
-            "destination": mount.container_path,
-            "source": mount.host_path,
-            "type": typ,
-            "options": options,
-        }));
+    if !edits.device_nodes.is_empty() {
+        linux.set_devices(Some(devices));
+        resources.set_devices(Some(rules));
+        linux.set_resources(Some(resources));
     }
-    for hook in &edits.hooks {
-        let Some(key) = hook_key(&hook.hook_name) else {
-            continue;
-        };
-        let mut entry = json!({"path": hook.path});
-        if let Some(args) = &hook.args {
-            entry["args"] = json!(args);
+    spec.set_linux(Some(linux));
+
+    if !edits.mounts.is_empty() {
+        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        for mount in &edits.mounts {
+            let typ = mount.typ.clone().unwrap_or_else(|| "bind".to_string());
+            let mut options = mount.options.clone().unwrap_or_default();
+            if typ == "bind" && !options.iter().any(|o| o == "bind" || o == "rbind") {
+                options.push("bind".to_string());
+            }
+            mounts.push(
+                MountBuilder::default()
+                    .destination(mount.container_path.clone())
+                    .source(mount.host_path.clone())
+                    .typ(typ)
+                    .options(options)
+                    .build()?,
+            );
         }
-        if let Some(env) = &hook.env {
-            entry["env"] = json!(env);
-        }
-        if let Some(timeout) = hook.timeout {
-            entry["timeout"] = json!(timeout);
-        }
-        edit_array(value, &["hooks", key])?.push(entry);
+        spec.set_mounts(Some(mounts));
     }
-    for gid in &edits.additional_gids {
-        let gids = edit_array(value, &["process", "user", "additionalGids"])?;
-        if !gids.contains(&json!(gid)) {
-            gids.push(json!(gid));
+
+    if !edits.hooks.is_empty() {
+        let mut hooks: Hooks = spec.hooks().clone().unwrap_or_default();
+        for hook in &edits.hooks {
+            let mut entry = HookBuilder::default().path(hook.path.clone());
+            if let Some(args) = &hook.args {
+                entry = entry.args(args.clone());
+            }
+            if let Some(env) = &hook.env {
+                entry = entry.env(env.clone());
+            }
+            if let Some(timeout) = hook.timeout {
+                entry = entry.timeout(timeout);
+            }
+            let entry = entry.build()?;
+            push_hook(&mut hooks, &hook.hook_name, entry);
         }
+        spec.set_hooks(Some(hooks));
     }
     Ok(())
 }
 
+/// Appends `hook` to the hook point `name` (checked by [`CdiSpec::parse`]).
+fn push_hook(hooks: &mut Hooks, name: &str, hook: Hook) {
+    let push = |list: Option<Vec<Hook>>| {
+        let mut list = list.unwrap_or_default();
+        list.push(hook);
+        Some(list)
+    };
+    match hook_key(name) {
+        Some("prestart") => {
+            // Deprecated by the OCI runtime spec, still honoured by runc.
+            #[allow(deprecated)]
+            {
+                let list = push(hooks.prestart().clone());
+                hooks.set_prestart(list);
+            }
+        }
+        Some("createRuntime") => {
+            let list = push(hooks.create_runtime().clone());
+            hooks.set_create_runtime(list);
+        }
+        Some("createContainer") => {
+            let list = push(hooks.create_container().clone());
+            hooks.set_create_container(list);
+        }
+        Some("startContainer") => {
+            let list = push(hooks.start_container().clone());
+            hooks.set_start_container(list);
+        }
+        Some("poststart") => {
+            let list = push(hooks.poststart().clone());
+            hooks.set_poststart(list);
+        }
+        Some("poststop") => {
+            let list = push(hooks.poststop().clone());
+            hooks.set_poststop(list);
+        }
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     /// TEST FIXTURE: a fake "GPU" vendor whose device nodes are /dev/null.
@@ -707,6 +868,96 @@ devices:
             registry.apply(&base_spec(), &["test.plinth.invalid/gpu=7".to_string()]),
             Err(CdiError::UnknownDevice { .. })
         ));
+    }
+
+    #[test]
+    fn cdi_versions_outside_0_3_to_0_8_are_refused_naming_file_and_version() {
+        let spec_with = |version: &str| {
+            format!(
+                r#"{{"cdiVersion":"{version}","kind":"test.plinth.invalid/v","devices":[{{"name":"x"}}]}}"#
+            )
+        };
+        for accepted in ["0.3.0", "0.4.0", "0.5.0", "0.6.0", "0.7.0", "0.8.0"] {
+            CdiSpec::parse(Path::new("v.json"), spec_with(accepted).as_bytes())
+                .unwrap_or_else(|err| panic!("{accepted}: {err}"));
+        }
+        for refused in [
+            "0.2.0",
+            "0.8.1",
+            "0.9.0",
+            "1.0.0",
+            "0.6",
+            "0.6.0-rc1",
+            "v0.6.0",
+            "",
+        ] {
+            let err = CdiSpec::parse(Path::new("/etc/cdi/v.json"), spec_with(refused).as_bytes())
+                .unwrap_err();
+            assert!(
+                matches!(err, CdiError::UnsupportedVersion { .. }),
+                "{refused}: {err}"
+            );
+            let message = err.to_string();
+            assert!(
+                message.contains("/etc/cdi/v.json") && message.contains(&format!("{refused:?}")),
+                "{message}"
+            );
+        }
+        // A refused file is reported and skipped, like any broken file.
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("new.json"), spec_with("1.0.0")).unwrap();
+        let registry = CdiRegistry::load(&[dir.path().to_path_buf()]);
+        assert!(registry.device_names().is_empty());
+        assert!(
+            registry.skipped[0].1.contains("1.0.0"),
+            "{:?}",
+            registry.skipped
+        );
+    }
+
+    #[test]
+    fn intel_rdt_edits_are_refused() {
+        let yaml = r#"
+cdiVersion: "0.7.0"
+kind: "test.plinth.invalid/rdt"
+devices:
+  - name: "0"
+    containerEdits:
+      intelRdt:
+        closID: "x"
+"#;
+        let err = CdiSpec::parse(Path::new("rdt.yaml"), yaml.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("intelRdt"), "{err}");
+    }
+
+    #[test]
+    fn annotations_and_additional_gids_are_applied() {
+        let yaml = r#"
+cdiVersion: "0.7.0"
+kind: "test.plinth.invalid/gid"
+annotations:
+  spec.example/a: "1"
+containerEdits:
+  additionalGids: [44, 45]
+devices:
+  - name: "0"
+    annotations:
+      device.example/b: "2"
+    containerEdits:
+      additionalGids: [45, 46]
+"#;
+        let mut registry = CdiRegistry::default();
+        registry.add(CdiSpec::parse(Path::new("gid.yaml"), yaml.as_bytes()).unwrap());
+        let spec = registry
+            .apply(&base_spec(), &["test.plinth.invalid/gid=0".to_string()])
+            .unwrap();
+        let value = serde_json::to_value(&spec).unwrap();
+        assert_eq!(
+            value["process"]["user"]["additionalGids"],
+            json!([44, 45, 46])
+        );
+        assert_eq!(value["annotations"]["spec.example/a"], json!("1"));
+        assert_eq!(value["annotations"]["device.example/b"], json!("2"));
     }
 
     #[test]

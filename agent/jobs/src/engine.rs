@@ -2,8 +2,10 @@
 //! supervisor), observe, cancel, and recover jobs after an agent restart.
 //!
 //! The engine keeps no state of its own beyond the job directories: every
-//! answer comes from the files the supervisor writes (see [`crate::shim`]),
-//! so a fresh engine on a restarted agent sees exactly what the old one saw.
+//! answer comes from the files the supervisor writes (see [`crate::protocol`];
+//! the engine never uses the supervisor's code, only its files), so a fresh
+//! engine on a restarted agent sees exactly what the old one saw. The OCI
+//! runtime is passed in ([`Engine::with_runtime`]).
 
 use std::collections::HashMap;
 use std::fs;
@@ -15,26 +17,25 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use plinth_toolbox::durable;
 
 use crate::bundle::{self, BundleError, BundleInputs};
 use crate::cdi::{CdiError, CdiRegistry};
 use crate::image::{ImageError, ImageStore, ImportProgress};
 use crate::meter::{CgroupVersion, GpuMeter, JobCgroup, NoGpuMeter, detect_cgroup_version};
-use crate::runtime::{OciRuntime, RuntimeError};
-use crate::shim::{
-    self, CANCEL, EndReason, JobResult, RESULT, SHIM_CONFIG, SHIM_PID, STATE, STDERR_LOG,
-    STDOUT_LOG, ShimConfig, ShimError, ShimIdentity, ShimPhase, ShimState,
+use crate::protocol::{
+    self, BUNDLE_DIR, EndReason, JobResult, ProtocolError, SHIM_CONFIG, SHIM_LOG, SHIM_PID, STATE,
+    STDERR_LOG, STDOUT_LOG, ShimConfig, ShimIdentity, ShimPhase, ShimState,
 };
+use crate::runtime::{KillSignal, OciRuntime, RuncRuntime, RuntimeError};
 use crate::spec::{JobSpec, JobSpecError};
 use crate::unpack::UnpackLimits;
+
+pub use crate::protocol::{JOB_RECORD, JobRecord};
 
 /// How long a spawned supervisor may take to take its lock before a job
 /// without one counts as orphaned.
 const SPAWN_GRACE: Duration = Duration::from_secs(10);
-
-/// The engine's own record of a job (`job.json`).
-pub const JOB_RECORD: &str = "job.json";
 
 /// Errors of the engine.
 #[derive(Debug, thiserror::Error)]
@@ -99,9 +100,9 @@ pub enum EngineError {
     /// The runtime failed.
     #[error("OCI runtime failed")]
     Runtime(#[from] RuntimeError),
-    /// A supervisor file could not be used.
-    #[error("job supervisor state is unusable")]
-    Shim(#[from] ShimError),
+    /// A job directory file could not be read or written.
+    #[error("job directory file is unusable")]
+    Protocol(#[from] ProtocolError),
     /// Waiting for a job timed out.
     #[error("job {id} did not finish within {timeout:?}")]
     WaitTimeout {
@@ -120,18 +121,6 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Eng
     }
 }
 
-/// Renders an error and its sources on one line (`a: b: c`).
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
-}
-
 /// Engine configuration.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -146,7 +135,7 @@ pub struct EngineConfig {
     /// OCI runtime state root (`--root`).
     pub runtime_root: PathBuf,
     /// The supervisor program: `plinth-job-shim`, or a binary that runs
-    /// [`crate::shim::run`] when given `shim_args` (e.g. `plinth-agent job-shim`).
+    /// `plinth_jobs::shim::run` when given `shim_args` (e.g. `plinth-agent job-shim`).
     pub shim_binary: PathBuf,
     /// Arguments put before the job directory on the supervisor's command line.
     pub shim_args: Vec<String>,
@@ -160,21 +149,6 @@ pub struct EngineConfig {
     pub kill_grace: Duration,
     /// Unpacking limits.
     pub unpack_limits: UnpackLimits,
-}
-
-/// What the engine records about a job at prepare time (`job.json`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JobRecord {
-    /// Job id.
-    pub job_id: String,
-    /// Container id.
-    pub container_id: String,
-    /// The spec.
-    pub spec: JobSpec,
-    /// CDI devices assigned.
-    pub gpu_devices: Vec<String>,
-    /// Image id.
-    pub image_id: String,
 }
 
 /// Where a job is, as seen from its directory.
@@ -196,7 +170,10 @@ pub enum JobState {
 pub struct Engine {
     config: EngineConfig,
     images: ImageStore,
-    runtime: OciRuntime,
+    /// Runtime settings written into each job's `shim.json`.
+    shim_runtime: RuncRuntime,
+    /// The runtime the engine itself drives (recovery).
+    runtime: Arc<dyn OciRuntime>,
     cgroup_version: CgroupVersion,
     gpu_meter: Arc<dyn GpuMeter>,
     children: Mutex<HashMap<String, Child>>,
@@ -241,7 +218,7 @@ fn find_shim_process(shim_binary: &Path, job_dir: &Path) -> Option<i32> {
         if is_shim && args.len() >= 2 && args.last() == Some(&wanted) {
             let identity = ShimIdentity {
                 pid,
-                start_time: shim::process_start_time(pid).unwrap_or(0),
+                start_time: protocol::process_start_time(pid).unwrap_or(0),
             };
             if identity.is_alive() {
                 return Some(pid);
@@ -252,15 +229,32 @@ fn find_shim_process(shim_binary: &Path, job_dir: &Path) -> Option<i32> {
 }
 
 impl Engine {
-    /// Creates the engine (and its directories) with no GPU metering.
+    /// Creates the engine (and its directories) with no GPU metering and the
+    /// configured runc or crun binary.
     pub fn new(config: EngineConfig) -> Result<Engine, EngineError> {
         Self::with_gpu_meter(config, Arc::new(NoGpuMeter))
     }
 
-    /// Creates the engine with a GPU meter.
+    /// Creates the engine with a GPU meter and the configured runc or crun
+    /// binary.
     pub fn with_gpu_meter(
         config: EngineConfig,
         gpu_meter: Arc<dyn GpuMeter>,
+    ) -> Result<Engine, EngineError> {
+        let runtime = Arc::new(RuncRuntime::new(
+            &config.runtime_binary,
+            &config.runtime_root,
+        ));
+        Self::with_runtime(config, gpu_meter, runtime)
+    }
+
+    /// Creates the engine with a GPU meter and the OCI runtime it drives for
+    /// recovery. Supervisors run the runtime named in `shim.json` (the
+    /// configured binary; see `plinth_jobs::shim::run_with`).
+    pub fn with_runtime(
+        config: EngineConfig,
+        gpu_meter: Arc<dyn GpuMeter>,
+        runtime: Arc<dyn OciRuntime>,
     ) -> Result<Engine, EngineError> {
         for dir in [&config.jobs_dir, &config.runtime_root] {
             fs::DirBuilder::new()
@@ -270,9 +264,10 @@ impl Engine {
                 .map_err(io_err("create", dir))?;
         }
         let images = ImageStore::new(&config.image_store, config.unpack_limits)?;
-        let runtime = OciRuntime::new(&config.runtime_binary, &config.runtime_root);
+        let shim_runtime = RuncRuntime::new(&config.runtime_binary, &config.runtime_root);
         Ok(Engine {
             images,
+            shim_runtime,
             runtime,
             cgroup_version: detect_cgroup_version(),
             gpu_meter,
@@ -282,8 +277,8 @@ impl Engine {
     }
 
     /// The runtime the engine drives.
-    pub fn runtime(&self) -> &OciRuntime {
-        &self.runtime
+    pub fn runtime(&self) -> &dyn OciRuntime {
+        self.runtime.as_ref()
     }
 
     /// The image cache.
@@ -417,18 +412,16 @@ impl Engine {
             let registry = CdiRegistry::load(&self.config.cdi_dirs);
             runtime_spec = registry.apply(&runtime_spec, gpu_devices)?;
         }
-        let bundle_dir = job_dir.join("bundle");
-        bundle::write_bundle(&bundle_dir, &runtime_spec)?;
+        let bundle_dir = job_dir.join(BUNDLE_DIR);
         let shim_config = ShimConfig {
             container_id: container_id.clone(),
-            bundle: bundle_dir,
-            runtime: self.runtime.clone(),
+            bundle: bundle_dir.clone(),
+            runtime: self.shim_runtime.clone(),
             max_duration_ms: spec.resources.max_duration_s.saturating_mul(1000),
             kill_grace_ms: self.config.kill_grace.as_millis() as u64,
             log_cap_bytes: self.config.log_cap_bytes,
             cgroup,
         };
-        shim::write_json_replace(&job_dir.join(SHIM_CONFIG), &shim_config)?;
         let record = JobRecord {
             job_id: job_id.to_string(),
             container_id,
@@ -436,7 +429,40 @@ impl Engine {
             gpu_devices: gpu_devices.to_vec(),
             image_id: image.record.image_id.clone(),
         };
-        shim::write_json_replace(&job_dir.join(JOB_RECORD), &record)?;
+        // The three files are written durably at the same time, so that their
+        // fsyncs share journal commits instead of queueing one after another
+        // on the job's start path; prepare returns once all three are on disk.
+        // (An agent that dies in between leaves at worst a job whose bundle is
+        // missing: it then ends as `start_failed`, never billed.)
+        let record_path = job_dir.join(JOB_RECORD);
+        let shim_config_path = job_dir.join(SHIM_CONFIG);
+        let panicked = |path: &Path| ProtocolError::Io {
+            op: "write",
+            path: path.to_path_buf(),
+            source: io::Error::other("the writer thread panicked"),
+        };
+        let (bundle_written, record_written, shim_config_written) = std::thread::scope(|scope| {
+            let record_writer = scope.spawn(|| protocol::write_json(&record_path, &record));
+            let shim_config_writer =
+                scope.spawn(|| protocol::write_json(&shim_config_path, &shim_config));
+            let bundle_written = bundle::write_bundle(&bundle_dir, &runtime_spec);
+            (
+                bundle_written,
+                record_writer
+                    .join()
+                    .unwrap_or_else(|_| Err(panicked(&record_path))),
+                shim_config_writer
+                    .join()
+                    .unwrap_or_else(|_| Err(panicked(&shim_config_path))),
+            )
+        });
+        bundle_written?;
+        record_written?;
+        shim_config_written?;
+        // The new directories' own entries (the bundle in the job directory,
+        // the job directory in the jobs directory) must survive too.
+        durable::sync_dir(&job_dir).map_err(ProtocolError::from)?;
+        durable::sync_dir(&self.config.jobs_dir).map_err(ProtocolError::from)?;
         Ok(record)
     }
 
@@ -448,7 +474,7 @@ impl Engine {
                 id: job_id.to_string(),
             });
         }
-        let shim_log_path = job_dir.join("shim.log");
+        let shim_log_path = job_dir.join(SHIM_LOG);
         let shim_log =
             fs::File::create(&shim_log_path).map_err(io_err("create", &shim_log_path))?;
         let mut command = Command::new(&self.config.shim_binary);
@@ -487,10 +513,10 @@ impl Engine {
     }
 
     fn shim_alive(&self, job_dir: &Path) -> bool {
-        if shim::is_locked(job_dir) {
+        if protocol::supervisor_holds_lock(job_dir).unwrap_or(false) {
             return true;
         }
-        match shim::read_json::<ShimIdentity>(&job_dir.join(SHIM_PID)) {
+        match protocol::read_json::<ShimIdentity>(&job_dir.join(SHIM_PID)) {
             Ok(Some(identity)) if identity.is_alive() => true,
             _ => find_shim_process(&self.config.shim_binary, job_dir).is_some(),
         }
@@ -499,7 +525,7 @@ impl Engine {
     /// A supervisor spawned moments ago may not hold its lock yet.
     fn recently_spawned(job_dir: &Path) -> bool {
         !job_dir.join(SHIM_PID).exists()
-            && fs::metadata(job_dir.join("shim.log"))
+            && fs::metadata(job_dir.join(SHIM_LOG))
                 .and_then(|m| m.modified())
                 .ok()
                 .and_then(|t| t.elapsed().ok())
@@ -507,7 +533,7 @@ impl Engine {
     }
 
     fn finish_result(&self, job_dir: &Path, mut result: JobResult) -> JobResult {
-        if let Ok(Some(record)) = shim::read_json::<JobRecord>(&job_dir.join(JOB_RECORD)) {
+        if let Ok(Some(record)) = protocol::read_json::<JobRecord>(&job_dir.join(JOB_RECORD)) {
             let start = result.started_at_ms.unwrap_or(result.ended_at_ms);
             result.usage.gpu = self
                 .gpu_meter
@@ -525,15 +551,15 @@ impl Engine {
             });
         }
         let shim_exited = self.reap(job_id);
-        if let Some(result) = shim::read_json::<JobResult>(&job_dir.join(RESULT))? {
+        if let Some(result) = protocol::read_result(&job_dir)? {
             return Ok(JobState::Finished(self.finish_result(&job_dir, result)));
         }
         if !shim_exited && self.shim_alive(&job_dir) {
             return Ok(JobState::Running(
-                shim::read_json(&job_dir.join(STATE)).ok().flatten(),
+                protocol::read_json(&job_dir.join(STATE)).ok().flatten(),
             ));
         }
-        let spawned = job_dir.join("shim.log").exists();
+        let spawned = job_dir.join(SHIM_LOG).exists();
         if !spawned {
             return Ok(JobState::Prepared);
         }
@@ -546,7 +572,7 @@ impl Engine {
             return Ok(JobState::Starting);
         }
         // Re-check: the supervisor may have written its result just now.
-        if let Some(result) = shim::read_json::<JobResult>(&job_dir.join(RESULT))? {
+        if let Some(result) = protocol::read_result(&job_dir)? {
             return Ok(JobState::Finished(self.finish_result(&job_dir, result)));
         }
         Ok(JobState::Orphaned)
@@ -560,8 +586,7 @@ impl Engine {
                 id: job_id.to_string(),
             });
         }
-        let path = job_dir.join(CANCEL);
-        fs::write(&path, b"").map_err(io_err("write", &path))
+        Ok(protocol::request_cancel(&job_dir)?)
     }
 
     /// Accounts for a job after an agent restart.
@@ -584,12 +609,12 @@ impl Engine {
             }
             JobState::Orphaned => {
                 let snapshot: Option<ShimState> =
-                    shim::read_json(&job_dir.join(STATE)).ok().flatten();
+                    protocol::read_json(&job_dir.join(STATE)).ok().flatten();
                 let cgroup = self.cgroup(job_id);
                 let container = self.runtime.state(&container_id)?;
                 let was_running = container.as_ref().is_some_and(|c| c.status != "stopped");
                 if container.is_some() {
-                    let _ = self.runtime.kill(&container_id, "KILL", true);
+                    let _ = self.runtime.kill(&container_id, KillSignal::Kill, true);
                     let give_up = Instant::now() + Duration::from_secs(5);
                     while Instant::now() < give_up {
                         match self.runtime.state(&container_id) {
@@ -608,7 +633,7 @@ impl Engine {
                     usage.absorb(&sample);
                 }
                 let started_at_ms = snapshot.as_ref().and_then(|s| s.started_at_ms);
-                let now = shim::now_ms();
+                let now = protocol::now_ms();
                 // A container that was already gone ended at most at the last
                 // snapshot; do not bill the time the agent was down.
                 let ended_at_ms = if was_running {
@@ -644,13 +669,11 @@ impl Engine {
                         }
                     )),
                 };
-                // Another recovery may have raced us: the first result wins.
-                if let Some(existing) = shim::read_json::<JobResult>(&job_dir.join(RESULT))? {
-                    return Ok(JobState::Finished(existing));
-                }
-                shim::write_json_atomic(&job_dir.join(RESULT), &result)?;
+                // Another recovery (or a late supervisor) may have raced us:
+                // the first result recorded wins, and is what we report.
+                let recorded = protocol::write_result(&job_dir, &result)?;
                 self.runtime.delete(&container_id)?;
-                Ok(JobState::Finished(self.finish_result(&job_dir, result)))
+                Ok(JobState::Finished(self.finish_result(&job_dir, recorded)))
             }
             other => Ok(other),
         }
@@ -714,5 +737,141 @@ impl Engine {
             });
         }
         fs::remove_dir_all(&job_dir).map_err(io_err("remove", &job_dir))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meter::Usage;
+    use crate::runtime::testing::{RecordingRuntime, RuntimeCall};
+
+    fn config(root: &Path) -> EngineConfig {
+        EngineConfig {
+            jobs_dir: root.join("jobs"),
+            image_store: root.join("images"),
+            image_roots: Vec::new(),
+            runtime_binary: PathBuf::from("/nonexistent/runc"),
+            runtime_root: root.join("runc"),
+            shim_binary: PathBuf::from("/nonexistent/plinth-job-shim-engine-test"),
+            shim_args: Vec::new(),
+            cdi_dirs: Vec::new(),
+            cgroup_parent: "plinth-engine-test-none".to_string(),
+            log_cap_bytes: 4096,
+            kill_grace: Duration::from_millis(100),
+            unpack_limits: UnpackLimits::default(),
+        }
+    }
+
+    /// A job directory as a supervisor that was SIGKILLed while the job ran
+    /// leaves it: config, log, a dead identity, a running state.
+    fn orphan(engine: &Engine, job_id: &str) {
+        let job_dir = engine.job_dir(job_id).unwrap();
+        fs::create_dir_all(&job_dir).unwrap();
+        let shim_config = ShimConfig {
+            container_id: Engine::container_id(job_id),
+            bundle: job_dir.join(BUNDLE_DIR),
+            runtime: engine.shim_runtime.clone(),
+            max_duration_ms: 60_000,
+            kill_grace_ms: 100,
+            log_cap_bytes: 4096,
+            cgroup: engine.cgroup(job_id),
+        };
+        protocol::write_json(&job_dir.join(SHIM_CONFIG), &shim_config).unwrap();
+        fs::write(job_dir.join(SHIM_LOG), b"").unwrap();
+        let dead = ShimIdentity {
+            start_time: ShimIdentity::own().start_time + 1,
+            ..ShimIdentity::own()
+        };
+        protocol::write_json(&job_dir.join(SHIM_PID), &dead).unwrap();
+        let now = protocol::now_ms();
+        let state = ShimState {
+            phase: ShimPhase::Running,
+            container_pid: Some(1),
+            started_at_ms: Some(now - 3000),
+            deadline_ms: None,
+            usage: Usage::default(),
+            updated_at_ms: now - 1000,
+        };
+        protocol::write_json(&job_dir.join(STATE), &state).unwrap();
+    }
+
+    #[test]
+    fn recovery_of_an_orphan_kills_waits_and_deletes_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = Arc::new(RecordingRuntime::new().with_container("plinth-j1", "running"));
+        let engine =
+            Engine::with_runtime(config(dir.path()), Arc::new(NoGpuMeter), runtime.clone())
+                .unwrap();
+        orphan(&engine, "j1");
+        assert_eq!(engine.state("j1").unwrap(), JobState::Orphaned);
+        let JobState::Finished(first) = engine.recover("j1").unwrap() else {
+            panic!("recovery did not finish the job");
+        };
+        assert_eq!(first.reason, EndReason::SupervisorLost);
+        assert!(first.usage.wall_ms >= 3000, "{first:?}");
+        let id = "plinth-j1".to_string();
+        assert_eq!(
+            runtime.calls(),
+            [
+                RuntimeCall::State { id: id.clone() },
+                RuntimeCall::Kill {
+                    id: id.clone(),
+                    signal: KillSignal::Kill,
+                    all: true
+                },
+                RuntimeCall::State { id: id.clone() },
+                RuntimeCall::Delete { id: id.clone() },
+            ]
+        );
+        // A second recovery reads the recorded result and only deletes again.
+        let JobState::Finished(again) = engine.recover("j1").unwrap() else {
+            panic!("second recovery changed the state");
+        };
+        assert_eq!(again, first);
+        assert_eq!(
+            runtime.calls()[4..],
+            [RuntimeCall::Delete { id: id.clone() }]
+        );
+    }
+
+    #[test]
+    fn recovery_of_a_gone_container_bills_up_to_the_last_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = Arc::new(RecordingRuntime::new());
+        let engine =
+            Engine::with_runtime(config(dir.path()), Arc::new(NoGpuMeter), runtime.clone())
+                .unwrap();
+        orphan(&engine, "j2");
+        let JobState::Finished(result) = engine.recover("j2").unwrap() else {
+            panic!("recovery did not finish the job");
+        };
+        // Started 3 s before "now", last snapshot 1 s before: 2 s billed.
+        assert!((1900..=2100).contains(&result.usage.wall_ms), "{result:?}");
+        let id = "plinth-j2".to_string();
+        assert_eq!(
+            runtime.calls(),
+            [
+                RuntimeCall::State { id: id.clone() },
+                RuntimeCall::Delete { id }
+            ]
+        );
+    }
+
+    #[test]
+    fn cancel_is_a_durable_request_and_touches_no_runtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = Arc::new(RecordingRuntime::new());
+        let engine =
+            Engine::with_runtime(config(dir.path()), Arc::new(NoGpuMeter), runtime.clone())
+                .unwrap();
+        orphan(&engine, "j3");
+        engine.cancel("j3").unwrap();
+        assert!(protocol::cancel_requested(&engine.job_dir("j3").unwrap()));
+        assert_eq!(runtime.calls(), []);
+        assert!(matches!(
+            engine.cancel("nope"),
+            Err(EngineError::NotFound { .. })
+        ));
     }
 }

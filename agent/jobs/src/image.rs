@@ -16,18 +16,28 @@
 //! every layer against the config's `diff_ids`; layer blobs are hashed while
 //! they stream into the safe unpacker and the staging directory is discarded
 //! on any mismatch, so nothing unverified ever reaches the cache.
+//!
+//! There is one pipeline for the three formats: an archive is extracted by
+//! the layer extractor itself ([`Unpacker`], same checks, same limits) into a
+//! private staging directory; the layout or extracted archive is read only
+//! through [`open_beneath`]; a format-specific *plan* (OCI index → manifest →
+//! config, or docker `manifest.json` → config) lists the layers; and
+//! [`ImageStore::unpack_layers`] verifies and unpacks them and commits the
+//! rootfs (synced before its record is written durably).
 
 use std::fs::{self, File};
 use std::io::{self, Read};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest, MediaType};
+use plinth_toolbox::durable::{self, DurableError};
 use serde::{Deserialize, Serialize};
 
 use crate::spec::{ImageRef, ImageSource};
-use crate::unpack::{HashingReader, UnpackError, UnpackLimits, Unpacker};
+use crate::unpack::{HashingReader, UnpackError, UnpackLimits, Unpacker, open_beneath, open_dir};
 
 /// Largest manifest, index or config blob read into memory.
 const MAX_JSON_BLOB: u64 = 4 * 1024 * 1024;
@@ -121,6 +131,29 @@ pub enum ImageError {
         /// Entry name.
         entry: String,
     },
+    /// Extracting an image archive failed (unsafe entry, limits, I/O).
+    #[error("cannot extract image archive {archive}")]
+    Archive {
+        /// Archive file.
+        archive: PathBuf,
+        /// Cause.
+        #[source]
+        source: UnpackError,
+    },
+    /// A file of an image source could not be opened beneath its directory.
+    #[error("cannot open {path} in {source_dir}")]
+    SourceFile {
+        /// Path inside the source.
+        path: PathBuf,
+        /// The layout directory or archive.
+        source_dir: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Committing an image to the cache failed.
+    #[error("cannot commit image to the cache")]
+    Durable(#[from] DurableError),
     /// Unpacking a layer failed.
     #[error("cannot unpack layer {layer}")]
     Unpack {
@@ -247,6 +280,88 @@ fn read_capped(path: &Path, max: u64) -> Result<Vec<u8>, ImageError> {
     Ok(bytes)
 }
 
+/// Path of a blob inside an OCI layout.
+fn blob_path(hex_part: &str) -> PathBuf {
+    Path::new("blobs").join("sha256").join(hex_part)
+}
+
+/// Where an image's files are read from: an OCI layout directory, or an
+/// archive extracted into staging. Every file is opened beneath it with
+/// [`open_beneath`].
+struct Source {
+    /// The layout directory or the archive (for messages).
+    path: PathBuf,
+    /// The directory files are resolved beneath.
+    fd: OwnedFd,
+}
+
+impl Source {
+    fn open_dir(dir: &Path) -> Result<Source, ImageError> {
+        Ok(Source {
+            path: dir.to_path_buf(),
+            fd: open_dir(dir).map_err(io_err("open", dir))?,
+        })
+    }
+
+    fn open(&self, relative: &Path) -> Result<File, ImageError> {
+        open_beneath(&self.fd, relative).map_err(|source| ImageError::SourceFile {
+            path: relative.to_path_buf(),
+            source_dir: self.path.clone(),
+            source,
+        })
+    }
+
+    fn has_file(&self, name: &str) -> bool {
+        open_beneath(&self.fd, Path::new(name)).is_ok()
+    }
+
+    fn read_capped(&self, relative: &Path, max: u64) -> Result<Vec<u8>, ImageError> {
+        let file = self.open(relative)?;
+        let mut bytes = Vec::new();
+        file.take(max + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|source| ImageError::SourceFile {
+                path: relative.to_path_buf(),
+                source_dir: self.path.clone(),
+                source,
+            })?;
+        if bytes.len() as u64 > max {
+            return Err(ImageError::SourceFile {
+                path: relative.to_path_buf(),
+                source_dir: self.path.clone(),
+                source: io::Error::other(format!("larger than {max} bytes")),
+            });
+        }
+        Ok(bytes)
+    }
+}
+
+/// One layer to unpack.
+struct LayerPlan {
+    /// Its file, relative to the source.
+    path: PathBuf,
+    /// How progress and errors name it (blob digest, or diff_id).
+    label: String,
+    /// Hex SHA-256 and size of the blob, when the format gives them (OCI).
+    blob: Option<(String, u64)>,
+}
+
+/// A resolved image: what [`ImageStore::unpack_layers`] needs.
+struct ImagePlan {
+    image_id: String,
+    config_digest: String,
+    config: ImageConfiguration,
+    layers: Vec<LayerPlan>,
+}
+
+/// What resolving an image found.
+enum Planned {
+    /// The cache has it.
+    Cached(ImportedImage),
+    /// It must be unpacked.
+    Unpack(ImagePlan),
+}
+
 fn current_arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
@@ -330,124 +445,92 @@ impl ImageStore {
     }
 
     /// Imports `image` (or finds it in the cache).
+    ///
+    /// OCI layouts are read in place; archives are first extracted into a
+    /// private staging directory by the same safe extractor that unpacks
+    /// layers ([`Unpacker`], one set of [`UnpackLimits`]). Either way the
+    /// source is then read only through [`open_beneath`], and one pipeline
+    /// ([`ImageStore::unpack_layers`]) verifies and unpacks the layers.
     pub fn import(
         &self,
         image: &ImageRef,
         progress: &mut dyn FnMut(ImportProgress),
     ) -> Result<ImportedImage, ImageError> {
         match image.source {
-            ImageSource::OciLayout => self.import_layout(&image.path, image, progress),
+            ImageSource::OciLayout => {
+                let source = Source::open_dir(&image.path)?;
+                self.import_from(&source, image, progress)
+            }
             ImageSource::OciArchive | ImageSource::DockerArchive => {
                 let staging = self.staging()?;
-                let layout = staging.path.join("layout");
-                self.extract_archive(&image.path, &layout)?;
-                if layout.join("index.json").exists() {
-                    self.import_layout(&layout, image, progress)
-                } else if layout.join("manifest.json").exists() {
-                    self.import_docker_legacy(&layout, image, progress)
-                } else {
-                    Err(ImageError::NotALayout {
-                        path: image.path.clone(),
-                    })
-                }
+                let extracted = staging.path.join("archive");
+                fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&extracted)
+                    .map_err(io_err("create", &extracted))?;
+                let mut unpacker = Unpacker::new(&extracted, self.limits).map_err(|source| {
+                    ImageError::Archive {
+                        archive: image.path.clone(),
+                        source,
+                    }
+                })?;
+                let file = File::open(&image.path).map_err(io_err("open", &image.path))?;
+                unpacker
+                    .apply_layer(&image.path.display().to_string(), file, None)
+                    .map_err(|source| ImageError::Archive {
+                        archive: image.path.clone(),
+                        source,
+                    })?;
+                let source = Source {
+                    path: image.path.clone(),
+                    fd: unpacker
+                        .root_fd()
+                        .try_clone()
+                        .map_err(io_err("open", &extracted))?,
+                };
+                self.import_from(&source, image, progress)
             }
         }
     }
 
-    /// Copies the regular files of an image archive into `dest`.
-    fn extract_archive(&self, archive_path: &Path, dest: &Path) -> Result<(), ImageError> {
-        let file = File::open(archive_path).map_err(io_err("open", archive_path))?;
-        let mut archive = tar::Archive::new(io::BufReader::with_capacity(256 * 1024, file));
-        fs::create_dir(dest).map_err(io_err("create", dest))?;
-        let mut n_bytes = 0u64;
-        let mut n_entries = 0u64;
-        let mut links: Vec<(PathBuf, PathBuf)> = Vec::new();
-        let unsafe_entry = |entry: &str| ImageError::UnsafeArchiveEntry {
-            archive: archive_path.to_path_buf(),
-            entry: entry.to_string(),
+    /// Resolves the image in `source` (an OCI layout, or a legacy `docker
+    /// save` directory), then unpacks it unless the cache has it.
+    fn import_from(
+        &self,
+        source: &Source,
+        image: &ImageRef,
+        progress: &mut dyn FnMut(ImportProgress),
+    ) -> Result<ImportedImage, ImageError> {
+        let planned = if source.has_file("index.json") {
+            self.plan_layout(source, image, progress)?
+        } else if source.has_file("manifest.json") {
+            self.plan_docker_legacy(source, image, progress)?
+        } else {
+            return Err(ImageError::NotALayout {
+                path: source.path.clone(),
+            });
         };
-        let entries = archive.entries().map_err(io_err("read", archive_path))?;
-        for entry in entries {
-            let mut entry = entry.map_err(io_err("read", archive_path))?;
-            n_entries += 1;
-            if n_entries > 100_000 {
-                return Err(unsafe_entry("(more than 100000 entries)"));
-            }
-            if matches!(
-                entry.header().entry_type(),
-                tar::EntryType::Directory | tar::EntryType::XGlobalHeader | tar::EntryType::XHeader
-            ) {
-                continue;
-            }
-            let raw = entry.path_bytes().into_owned();
-            let name = String::from_utf8_lossy(&raw).into_owned();
-            let Some(relative) = safe_archive_path(&name) else {
-                return Err(unsafe_entry(&name));
-            };
-            match entry.header().entry_type() {
-                tar::EntryType::Directory
-                | tar::EntryType::XGlobalHeader
-                | tar::EntryType::XHeader => {}
-                tar::EntryType::Regular | tar::EntryType::Continuous => {
-                    let size = entry
-                        .header()
-                        .size()
-                        .map_err(io_err("read", archive_path))?;
-                    n_bytes = n_bytes.saturating_add(size);
-                    if n_bytes > self.limits.max_total_bytes {
-                        return Err(ImageError::Unpack {
-                            layer: archive_path.display().to_string(),
-                            source: UnpackError::TooLarge {
-                                max: self.limits.max_total_bytes,
-                            },
-                        });
-                    }
-                    let target = dest.join(&relative);
-                    if let Some(parent) = target.parent() {
-                        fs::create_dir_all(parent).map_err(io_err("create", parent))?;
-                    }
-                    let mut out = fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .open(&target)
-                        .map_err(io_err("create", &target))?;
-                    io::copy(&mut (&mut entry).take(size), &mut out)
-                        .map_err(io_err("write", &target))?;
-                }
-                tar::EntryType::Symlink | tar::EntryType::Link => {
-                    // Legacy docker archives link duplicate layers; resolve
-                    // inside the archive only.
-                    let link_raw = entry
-                        .link_name_bytes()
-                        .map(|b| b.into_owned())
-                        .unwrap_or_default();
-                    let link = String::from_utf8_lossy(&link_raw).into_owned();
-                    let base = if entry.header().entry_type() == tar::EntryType::Symlink {
-                        relative.parent().map(Path::to_path_buf).unwrap_or_default()
-                    } else {
-                        PathBuf::new()
-                    };
-                    let Some(resolved) = resolve_inside(&base, &link) else {
-                        return Err(unsafe_entry(&name));
-                    };
-                    links.push((relative, resolved));
-                }
-                _ => return Err(unsafe_entry(&name)),
-            }
+        match planned {
+            Planned::Cached(found) => Ok(found),
+            Planned::Unpack(plan) => self.unpack_layers(source, plan, progress),
         }
-        for (link, target) in links {
-            let link_path = dest.join(&link);
-            let target_path = dest.join(&target);
-            if let Some(parent) = link_path.parent() {
-                fs::create_dir_all(parent).map_err(io_err("create", parent))?;
-            }
-            fs::hard_link(&target_path, &link_path).map_err(io_err("link", &link_path))?;
-        }
-        Ok(())
+    }
+
+    /// The cached image `image_id`, reported as a cache hit, if the cache
+    /// has it.
+    fn cache_hit(
+        &self,
+        image_id: &str,
+        progress: &mut dyn FnMut(ImportProgress),
+    ) -> Result<Option<Planned>, ImageError> {
+        Ok(self.lookup(image_id)?.map(|found| {
+            progress(ImportProgress::CacheHit);
+            Planned::Cached(found)
+        }))
     }
 
     /// Reads and verifies a JSON blob of a layout.
-    fn read_blob(&self, layout: &Path, descriptor: &Descriptor) -> Result<Vec<u8>, ImageError> {
+    fn read_blob(&self, source: &Source, descriptor: &Descriptor) -> Result<Vec<u8>, ImageError> {
         let digest = descriptor.digest().to_string();
         let hex_part = sha256_hex(&digest)?;
         if descriptor.size() > MAX_JSON_BLOB {
@@ -459,8 +542,7 @@ impl ImageStore {
                 ),
             });
         }
-        let path = layout.join("blobs").join("sha256").join(hex_part);
-        let bytes = read_capped(&path, MAX_JSON_BLOB)?;
+        let bytes = source.read_capped(&blob_path(hex_part), MAX_JSON_BLOB)?;
         if bytes.len() as u64 != descriptor.size() {
             return Err(ImageError::BlobMismatch {
                 digest,
@@ -484,7 +566,7 @@ impl ImageStore {
     /// Picks the manifest descriptor to run from an index.
     fn choose_manifest(
         &self,
-        layout: &Path,
+        source: &Source,
         index: &ImageIndex,
         image: &ImageRef,
         depth: usize,
@@ -554,48 +636,49 @@ impl ImageStore {
                     wanted: "an index nested less deeply".to_string(),
                 });
             }
-            let bytes = self.read_blob(layout, &chosen)?;
+            let bytes = self.read_blob(source, &chosen)?;
             let nested: ImageIndex =
-                serde_json::from_slice(&bytes).map_err(|source| ImageError::Parse {
+                serde_json::from_slice(&bytes).map_err(|source_err| ImageError::Parse {
                     what: "image index",
-                    path: layout.to_path_buf(),
-                    source,
+                    path: source.path.clone(),
+                    source: source_err,
                 })?;
-            return self.choose_manifest(layout, &nested, image, depth + 1);
+            return self.choose_manifest(source, &nested, image, depth + 1);
         }
         Ok(chosen)
     }
 
-    fn import_layout(
+    /// Resolves an OCI layout (`oci-layout`, `index.json`, manifest, config)
+    /// to the layers to unpack.
+    fn plan_layout(
         &self,
-        layout: &Path,
+        source: &Source,
         image: &ImageRef,
         progress: &mut dyn FnMut(ImportProgress),
-    ) -> Result<ImportedImage, ImageError> {
-        let marker_path = layout.join("oci-layout");
-        let marker = read_capped(&marker_path, 4096).map_err(|_| ImageError::NotALayout {
-            path: layout.to_path_buf(),
-        })?;
+    ) -> Result<Planned, ImageError> {
+        let not_a_layout = || ImageError::NotALayout {
+            path: source.path.clone(),
+        };
+        let marker = source
+            .read_capped(Path::new("oci-layout"), 4096)
+            .map_err(|_| not_a_layout())?;
         let marker: serde_json::Value =
-            serde_json::from_slice(&marker).map_err(|source| ImageError::Parse {
+            serde_json::from_slice(&marker).map_err(|source_err| ImageError::Parse {
                 what: "oci-layout",
-                path: marker_path.clone(),
-                source,
+                path: source.path.join("oci-layout"),
+                source: source_err,
             })?;
         if marker.get("imageLayoutVersion").and_then(|v| v.as_str()) != Some("1.0.0") {
-            return Err(ImageError::NotALayout {
-                path: layout.to_path_buf(),
-            });
+            return Err(not_a_layout());
         }
-        let index_path = layout.join("index.json");
-        let index_bytes = read_capped(&index_path, MAX_JSON_BLOB)?;
+        let index_bytes = source.read_capped(Path::new("index.json"), MAX_JSON_BLOB)?;
         let index: ImageIndex =
-            serde_json::from_slice(&index_bytes).map_err(|source| ImageError::Parse {
+            serde_json::from_slice(&index_bytes).map_err(|source_err| ImageError::Parse {
                 what: "index.json",
-                path: index_path.clone(),
-                source,
+                path: source.path.join("index.json"),
+                source: source_err,
             })?;
-        let descriptor = self.choose_manifest(layout, &index, image, 0)?;
+        let descriptor = self.choose_manifest(source, &index, image, 0)?;
         let image_id = descriptor.digest().to_string();
         sha256_hex(&image_id)?;
         if let Some(wanted) = &image.digest
@@ -606,9 +689,8 @@ impl ImageStore {
                 wanted: wanted.clone(),
             });
         }
-        if let Some(found) = self.lookup(&image_id)? {
-            progress(ImportProgress::CacheHit);
-            return Ok(found);
+        if let Some(cached) = self.cache_hit(&image_id, progress)? {
+            return Ok(cached);
         }
         if !matches!(descriptor.media_type(), MediaType::ImageManifest)
             && descriptor.media_type().to_string()
@@ -619,48 +701,24 @@ impl ImageStore {
                 digest: image_id,
             });
         }
-        let manifest_bytes = self.read_blob(layout, &descriptor)?;
+        let manifest_bytes = self.read_blob(source, &descriptor)?;
         let manifest: ImageManifest =
-            serde_json::from_slice(&manifest_bytes).map_err(|source| ImageError::Parse {
+            serde_json::from_slice(&manifest_bytes).map_err(|source_err| ImageError::Parse {
                 what: "image manifest",
-                path: layout.to_path_buf(),
-                source,
+                path: source.path.clone(),
+                source: source_err,
             })?;
-        let config_bytes = self.read_blob(layout, manifest.config())?;
+        let config_bytes = self.read_blob(source, manifest.config())?;
         let config: ImageConfiguration =
-            serde_json::from_slice(&config_bytes).map_err(|source| ImageError::Parse {
+            serde_json::from_slice(&config_bytes).map_err(|source_err| ImageError::Parse {
                 what: "image config",
-                path: layout.to_path_buf(),
-                source,
+                path: source.path.clone(),
+                source: source_err,
             })?;
-        let diff_ids = config.rootfs().diff_ids().clone();
-        if diff_ids.len() != manifest.layers().len() {
-            return Err(ImageError::LayerCountMismatch {
-                diff_ids: diff_ids.len(),
-                layers: manifest.layers().len(),
-            });
-        }
-        let n_layers = manifest.layers().len();
-        progress(ImportProgress::Resolved {
-            image_id: image_id.clone(),
-            n_layers,
-        });
-        let staging = self.staging()?;
-        let rootfs = staging.path.join("rootfs");
-        fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&rootfs)
-            .map_err(io_err("create", &rootfs))?;
-        let mut unpacker =
-            Unpacker::new(&rootfs, self.limits).map_err(|source| ImageError::Unpack {
-                layer: "rootfs".to_string(),
-                source,
-            })?;
-        for (layer_idx, (layer, diff_id)) in
-            manifest.layers().iter().zip(diff_ids.iter()).enumerate()
-        {
+        let mut layers = Vec::with_capacity(manifest.layers().len());
+        for layer in manifest.layers() {
             let digest = layer.digest().to_string();
-            let hex_part = sha256_hex(&digest)?;
+            let hex_part = sha256_hex(&digest)?.to_string();
             let media = layer.media_type().to_string();
             if media.contains("zstd")
                 || media.contains("foreign")
@@ -671,46 +729,28 @@ impl ImageStore {
                     digest,
                 });
             }
-            progress(ImportProgress::Layer {
-                layer_idx,
-                n_layers,
-                digest: digest.clone(),
+            layers.push(LayerPlan {
+                path: blob_path(&hex_part),
+                label: digest,
+                blob: Some((hex_part, layer.size())),
             });
-            let blob_path = layout.join("blobs").join("sha256").join(hex_part);
-            let file = File::open(&blob_path).map_err(io_err("open", &blob_path))?;
-            let mut hashing = HashingReader::new(file, layer.size());
-            unpacker
-                .apply_layer(&digest, &mut hashing, Some(diff_id))
-                .map_err(|source| ImageError::Unpack {
-                    layer: digest.clone(),
-                    source,
-                })?;
-            io::copy(&mut hashing, &mut io::sink()).map_err(|source| ImageError::BlobMismatch {
-                digest: digest.clone(),
-                reason: source.to_string(),
-            })?;
-            let (actual, n_bytes) = hashing.finish();
-            if n_bytes != layer.size() || actual != hex_part {
-                return Err(ImageError::BlobMismatch {
-                    digest,
-                    reason: format!("content is {n_bytes} bytes hashing to sha256:{actual}"),
-                });
-            }
         }
-        let record = ImageRecord {
-            image_id: image_id.clone(),
+        Ok(Planned::Unpack(ImagePlan {
+            image_id,
             config_digest: manifest.config().digest().to_string(),
             config,
-        };
-        self.commit(staging, &unpacker, record, progress)
+            layers,
+        }))
     }
 
-    fn import_docker_legacy(
+    /// Resolves a legacy `docker save` directory (`manifest.json`, config
+    /// and layer tars by path) to the layers to unpack.
+    fn plan_docker_legacy(
         &self,
-        dir: &Path,
+        source: &Source,
         image: &ImageRef,
         progress: &mut dyn FnMut(ImportProgress),
-    ) -> Result<ImportedImage, ImageError> {
+    ) -> Result<Planned, ImageError> {
         #[derive(Deserialize)]
         #[serde(rename_all = "PascalCase")]
         struct DockerManifest {
@@ -719,13 +759,12 @@ impl ImageStore {
             repo_tags: Option<Vec<String>>,
             layers: Vec<String>,
         }
-        let manifest_path = dir.join("manifest.json");
-        let bytes = read_capped(&manifest_path, MAX_JSON_BLOB)?;
+        let bytes = source.read_capped(Path::new("manifest.json"), MAX_JSON_BLOB)?;
         let manifests: Vec<DockerManifest> =
-            serde_json::from_slice(&bytes).map_err(|source| ImageError::Parse {
+            serde_json::from_slice(&bytes).map_err(|source_err| ImageError::Parse {
                 what: "docker manifest.json",
                 path: image.path.clone(),
-                source,
+                source: source_err,
             })?;
         let candidates: Vec<&DockerManifest> = match &image.reference {
             Some(reference) => manifests
@@ -763,7 +802,7 @@ impl ImageStore {
         };
         let config_rel =
             safe_archive_path(&chosen.config).ok_or_else(|| unsafe_entry(&chosen.config))?;
-        let config_bytes = read_capped(&dir.join(&config_rel), MAX_JSON_BLOB)?;
+        let config_bytes = source.read_capped(&config_rel, MAX_JSON_BLOB)?;
         let config_hex = sha256_of(&config_bytes);
         let image_id = format!("sha256:{config_hex}");
         if let Some(wanted) = &image.digest
@@ -774,26 +813,61 @@ impl ImageStore {
                 wanted: wanted.clone(),
             });
         }
-        if let Some(found) = self.lookup(&image_id)? {
-            progress(ImportProgress::CacheHit);
-            return Ok(found);
+        if let Some(cached) = self.cache_hit(&image_id, progress)? {
+            return Ok(cached);
         }
         let config: ImageConfiguration =
-            serde_json::from_slice(&config_bytes).map_err(|source| ImageError::Parse {
+            serde_json::from_slice(&config_bytes).map_err(|source_err| ImageError::Parse {
                 what: "image config",
                 path: image.path.clone(),
-                source,
+                source: source_err,
             })?;
-        let diff_ids = config.rootfs().diff_ids().clone();
-        if diff_ids.len() != chosen.layers.len() {
-            return Err(ImageError::LayerCountMismatch {
-                diff_ids: diff_ids.len(),
-                layers: chosen.layers.len(),
+        let mut layers = Vec::with_capacity(chosen.layers.len());
+        for (layer_idx, layer) in chosen.layers.iter().enumerate() {
+            let path = safe_archive_path(layer).ok_or_else(|| unsafe_entry(layer))?;
+            // Legacy layers are verified by their diff_id (uncompressed digest)
+            // alone; they are labelled by it too.
+            let label = config
+                .rootfs()
+                .diff_ids()
+                .get(layer_idx)
+                .cloned()
+                .unwrap_or_else(|| layer.clone());
+            layers.push(LayerPlan {
+                path,
+                label,
+                blob: None,
             });
         }
-        let n_layers = chosen.layers.len();
+        Ok(Planned::Unpack(ImagePlan {
+            image_id,
+            config_digest: format!("sha256:{config_hex}"),
+            config,
+            layers,
+        }))
+    }
+
+    /// The one manifest-to-rootfs pipeline: checks the config's `diff_ids`
+    /// against the layers, reports progress, unpacks every layer in order into
+    /// a fresh staging rootfs (verifying each blob's size and digest while it
+    /// streams, and each uncompressed layer against its `diff_id`), and
+    /// commits the result to the cache.
+    fn unpack_layers(
+        &self,
+        source: &Source,
+        plan: ImagePlan,
+        progress: &mut dyn FnMut(ImportProgress),
+    ) -> Result<ImportedImage, ImageError> {
+        let diff_ids = plan.config.rootfs().diff_ids().clone();
+        if diff_ids.len() != plan.layers.len() {
+            return Err(ImageError::LayerCountMismatch {
+                diff_ids: diff_ids.len(),
+                layers: plan.layers.len(),
+            });
+        }
+        let n_layers = plan.layers.len();
         progress(ImportProgress::Resolved {
-            image_id: image_id.clone(),
+            image_id: plan.image_id.clone(),
             n_layers,
         });
         let staging = self.staging()?;
@@ -803,31 +877,49 @@ impl ImageStore {
             .create(&rootfs)
             .map_err(io_err("create", &rootfs))?;
         let mut unpacker =
-            Unpacker::new(&rootfs, self.limits).map_err(|source| ImageError::Unpack {
+            Unpacker::new(&rootfs, self.limits).map_err(|source_err| ImageError::Unpack {
                 layer: "rootfs".to_string(),
-                source,
+                source: source_err,
             })?;
-        for (layer_idx, (layer, diff_id)) in chosen.layers.iter().zip(diff_ids.iter()).enumerate() {
-            let layer_rel = safe_archive_path(layer).ok_or_else(|| unsafe_entry(layer))?;
+        for (layer_idx, (layer, diff_id)) in plan.layers.iter().zip(diff_ids.iter()).enumerate() {
             progress(ImportProgress::Layer {
                 layer_idx,
                 n_layers,
-                digest: diff_id.clone(),
+                digest: layer.label.clone(),
             });
-            let layer_path = dir.join(layer_rel);
-            let file = File::open(&layer_path).map_err(io_err("open", &layer_path))?;
-            // Legacy layers are verified by their diff_id (uncompressed digest).
+            let file = source.open(&layer.path)?;
+            let unpack_err = |source_err| ImageError::Unpack {
+                layer: layer.label.clone(),
+                source: source_err,
+            };
+            let Some((hex_part, size)) = &layer.blob else {
+                unpacker
+                    .apply_layer(&layer.label, file, Some(diff_id))
+                    .map_err(unpack_err)?;
+                continue;
+            };
+            let mut hashing = HashingReader::new(file, *size);
             unpacker
-                .apply_layer(diff_id, file, Some(diff_id))
-                .map_err(|source| ImageError::Unpack {
-                    layer: diff_id.clone(),
-                    source,
-                })?;
+                .apply_layer(&layer.label, &mut hashing, Some(diff_id))
+                .map_err(unpack_err)?;
+            io::copy(&mut hashing, &mut io::sink()).map_err(|source_err| {
+                ImageError::BlobMismatch {
+                    digest: layer.label.clone(),
+                    reason: source_err.to_string(),
+                }
+            })?;
+            let (actual, n_bytes) = hashing.finish();
+            if n_bytes != *size || actual != *hex_part {
+                return Err(ImageError::BlobMismatch {
+                    digest: layer.label.clone(),
+                    reason: format!("content is {n_bytes} bytes hashing to sha256:{actual}"),
+                });
+            }
         }
         let record = ImageRecord {
-            image_id,
-            config_digest: format!("sha256:{config_hex}"),
-            config,
+            image_id: plan.image_id,
+            config_digest: plan.config_digest,
+            config: plan.config,
         };
         self.commit(staging, &unpacker, record, progress)
     }
@@ -857,6 +949,15 @@ impl ImageStore {
             .permissions();
         permissions.set_mode(0o755);
         fs::set_permissions(&rootfs, permissions).map_err(io_err("chmod", &rootfs))?;
+        // The record says "this rootfs is complete": everything unpacked must
+        // be on disk before it is. One syncfs flushes the whole rootfs (far
+        // cheaper than an fsync per file), then the record is written durably
+        // and the directory renamed into the cache and the cache synced.
+        nix::unistd::syncfs(unpacker.root_fd()).map_err(|errno| ImageError::Io {
+            op: "sync",
+            path: rootfs.clone(),
+            source: io::Error::from(errno),
+        })?;
         let record_path = staging.path.join("image.json");
         let record_bytes =
             serde_json::to_vec_pretty(&record).map_err(|source| ImageError::Parse {
@@ -864,11 +965,12 @@ impl ImageStore {
                 path: record_path.clone(),
                 source,
             })?;
-        fs::write(&record_path, record_bytes).map_err(io_err("write", &record_path))?;
+        durable::write(&record_path, &record_bytes)?;
         let hex_part = sha256_hex(&record.image_id)?.to_string();
-        let final_dir = self.root.join("images").join(&hex_part);
+        let images_dir = self.root.join("images");
+        let final_dir = images_dir.join(&hex_part);
         match fs::rename(&staging.path, &final_dir) {
-            Ok(()) => {}
+            Ok(()) => durable::sync_dir(&images_dir)?,
             Err(_) if final_dir.join("image.json").exists() => {
                 // Another import of the same image won the race; use it.
                 progress(ImportProgress::Done);
@@ -924,27 +1026,6 @@ fn safe_archive_path(name: &str) -> Option<PathBuf> {
     }
 }
 
-/// Resolves a link target relative to `base` lexically, staying inside.
-fn resolve_inside(base: &Path, target: &str) -> Option<PathBuf> {
-    if target.starts_with('/') {
-        return None;
-    }
-    let mut parts: Vec<String> = base
-        .iter()
-        .map(|p| p.to_string_lossy().into_owned())
-        .collect();
-    for part in target.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                parts.pop()?;
-            }
-            other => parts.push(other.to_string()),
-        }
-    }
-    safe_archive_path(&parts.join("/"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -959,11 +1040,6 @@ mod tests {
         assert_eq!(safe_archive_path("/etc/passwd"), None);
         assert_eq!(safe_archive_path("a/../../b"), None);
         assert_eq!(safe_archive_path("a b"), None);
-        assert_eq!(
-            resolve_inside(Path::new("abc"), "../def/layer.tar"),
-            Some(PathBuf::from("def/layer.tar"))
-        );
-        assert_eq!(resolve_inside(Path::new("abc"), "../../etc/passwd"), None);
     }
 
     #[test]

@@ -5,9 +5,11 @@
 //! into a content-addressed cache ([`image`], [`unpack`]), an OCI runtime
 //! bundle is written ([`bundle`]) with the GPUs assigned to the job injected
 //! through CDI ([`cdi`]), and the container is started by a small per-job
-//! supervisor ([`shim`]) that drives the OCI runtime ([`runtime`]), captures
+//! supervisor ([`shim`]) that drives the OCI runtime (the [`runtime`] seam), captures
 //! logs with a size cap ([`caplog`]), enforces the deadline and meters the
-//! job's cgroup ([`meter`]). [`engine`] ties these together for the agent.
+//! job's cgroup ([`meter`]). [`engine`] ties these together for the agent;
+//! the engine and the supervisor share nothing but the job directory files of
+//! [`protocol`].
 //!
 //! This crate knows nothing about the network, SQLite or the daemon; see
 //! `docs/jobs.md` for the design.
@@ -18,7 +20,14 @@ pub mod cdi;
 pub mod engine;
 pub mod image;
 pub mod meter;
+pub mod protocol;
 pub mod runtime;
 pub mod shim;
 pub mod spec;
 pub mod unpack;
+
+/// Serialises this crate's unit tests that spawn child processes against the
+/// one that runs a supervisor in-process: a subreaper's `waitpid(-1)` would
+/// otherwise reap another test's child.
+#[cfg(test)]
+pub(crate) static CHILD_PROCESSES: std::sync::Mutex<()> = std::sync::Mutex::new(());

@@ -1,61 +1,39 @@
 //! The per-job supervisor (`plinth-job-shim JOB_DIR`).
 //!
 //! One small process per job owns everything that must outlive the agent:
-//! it becomes a child subreaper, runs `runtime create` with the container's
-//! stdout/stderr connected to pipes it reads into capped logs, `start`s the
-//! container, reaps the container's init (reparented to it) to learn the exit
+//! it becomes a child subreaper, runs the OCI runtime's `run --detach` with
+//! the container's stdout/stderr connected to pipes it reads into capped
+//! logs, reaps the container's init (reparented to it) to learn the exit
 //! status, enforces the deadline and cancellation (SIGTERM, grace period,
-//! SIGKILL to every process), samples the job's cgroup, and finally writes
-//! `result.json` (atomically) before `delete`. Its state is files in the job
-//! directory, so the agent can crash, restart and re-adopt the job by reading
-//! them (see [`crate::engine::Engine::recover`]).
+//! SIGKILL to every process), samples the job's cgroup, and finally records
+//! `result.json` (durably, once) before `delete`. Its state is the job
+//! directory files of [`crate::protocol`], so the agent can crash, restart and
+//! re-adopt the job by reading them.
 //!
-//! Job directory files:
-//!
-//! | file | writer | meaning |
-//! | --- | --- | --- |
-//! | `shim.json` | agent | [`ShimConfig`] |
-//! | `shim.pid` | shim | pid and start time of the supervisor |
-//! | `container.pid` | runtime | host pid of the container's init |
-//! | `state.json` | shim | [`ShimState`]: phase, times, latest usage (every second) |
-//! | `cancel` | agent | presence asks the shim to stop the job |
-//! | `stdout.log`, `stderr.log` | shim | capped logs |
-//! | `result.json` | shim (or agent recovery) | [`JobResult`], written once |
+//! The runtime is passed in ([`run_with`]); [`run`] is the production wiring
+//! with the runtime named in `shim.json`.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
-use serde::{Deserialize, Serialize};
 
 use crate::caplog::{CapLogError, CappedLog};
-use crate::meter::{JobCgroup, Usage};
-use crate::runtime::{OciRuntime, RuntimeError};
+use crate::meter::Usage;
+use crate::protocol::{
+    self, CONTAINER_PID, ProtocolError, SHIM_LOCK, STATE, STDERR_LOG, STDOUT_LOG, ShimConfig,
+    ShimIdentity, ShimPhase, ShimState, SupervisorLock,
+};
+use crate::runtime::{DetachedRun, KillSignal, OciRuntime, RuncRuntime, RuntimeError};
 
-/// Supervisor configuration file name.
-pub const SHIM_CONFIG: &str = "shim.json";
-/// Supervisor pid file name.
-pub const SHIM_PID: &str = "shim.pid";
-/// Lock file held (flock) by the live supervisor for its whole life.
-pub const SHIM_LOCK: &str = "shim.lock";
-/// Container init pid file name (written by the runtime).
-pub const CONTAINER_PID: &str = "container.pid";
-/// Live state file name.
-pub const STATE: &str = "state.json";
-/// Final result file name.
-pub const RESULT: &str = "result.json";
-/// Cancellation request file name.
-pub const CANCEL: &str = "cancel";
-/// Captured standard output.
-pub const STDOUT_LOG: &str = "stdout.log";
-/// Captured standard error.
-pub const STDERR_LOG: &str = "stderr.log";
+// Re-exported for the agent daemon, which imports them from here; they live
+// in [`crate::protocol`].
+pub use crate::protocol::{EndReason, JobResult, now_ms};
 
 /// How often the main loop polls (reaping, deadline, cancellation).
 const POLL: Duration = Duration::from_millis(5);
@@ -70,6 +48,9 @@ const LOG_DRAIN: Duration = Duration::from_secs(2);
 #[derive(Debug, thiserror::Error)]
 pub enum ShimError {
     /// A job directory file could not be read or written.
+    #[error("cannot use the job directory")]
+    Protocol(#[from] ProtocolError),
+    /// A file the runtime writes could not be used.
     #[error("cannot {op} {path}")]
     Io {
         /// Operation.
@@ -80,14 +61,11 @@ pub enum ShimError {
         #[source]
         source: io::Error,
     },
-    /// A job directory file is not valid JSON.
-    #[error("cannot parse {path}")]
-    Parse {
-        /// Path.
+    /// Another supervisor holds the job's lock.
+    #[error("another supervisor holds {path}")]
+    Locked {
+        /// The lock file.
         path: PathBuf,
-        /// Cause.
-        #[source]
-        source: serde_json::Error,
     },
     /// The OCI runtime failed.
     #[error("OCI runtime failed")]
@@ -98,228 +76,6 @@ pub enum ShimError {
     /// Becoming a subreaper failed.
     #[error("cannot become a child subreaper")]
     Subreaper(#[source] Errno),
-}
-
-/// What the agent tells the supervisor (`shim.json`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ShimConfig {
-    /// Container id given to the runtime.
-    pub container_id: String,
-    /// Bundle directory (with `config.json`).
-    pub bundle: PathBuf,
-    /// The runtime.
-    pub runtime: OciRuntime,
-    /// Maximum run time in milliseconds from `start`.
-    pub max_duration_ms: u64,
-    /// Time between SIGTERM and SIGKILL, milliseconds.
-    pub kill_grace_ms: u64,
-    /// Cap of each log file, bytes.
-    pub log_cap_bytes: u64,
-    /// The job's cgroup.
-    pub cgroup: JobCgroup,
-}
-
-/// Phase of a supervised job (`state.json`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ShimPhase {
-    /// `runtime create` is running.
-    Creating,
-    /// The container's process runs.
-    Running,
-    /// SIGTERM (or SIGKILL) was sent; waiting for the end.
-    Stopping,
-    /// The container ended; the result is being written.
-    Finishing,
-}
-
-/// Live state written by the supervisor.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ShimState {
-    /// Phase.
-    pub phase: ShimPhase,
-    /// Host pid of the container's init.
-    pub container_pid: Option<i32>,
-    /// When the container's process was started (unix ms).
-    pub started_at_ms: Option<u64>,
-    /// When the deadline falls (unix ms).
-    pub deadline_ms: Option<u64>,
-    /// Usage up to `updated_at_ms`.
-    pub usage: Usage,
-    /// When this state was written (unix ms).
-    pub updated_at_ms: u64,
-}
-
-/// Why a job ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EndReason {
-    /// The process exited (or died of a signal) by itself.
-    Exited,
-    /// The deadline passed and the supervisor stopped it.
-    TimedOut,
-    /// It was cancelled.
-    Cancelled,
-    /// The kernel's OOM killer ended it.
-    OomKilled,
-    /// It never started (bad bundle, runtime failure).
-    StartFailed,
-    /// Its supervisor died; the agent ended it during recovery.
-    SupervisorLost,
-}
-
-/// The end of a job (`result.json`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobResult {
-    /// Why it ended.
-    pub reason: EndReason,
-    /// Exit code, when it exited.
-    pub exit_code: Option<i32>,
-    /// Signal number, when a signal killed it.
-    pub signal: Option<i32>,
-    /// When it started (unix ms), if it did.
-    pub started_at_ms: Option<u64>,
-    /// When it ended (unix ms).
-    pub ended_at_ms: u64,
-    /// Metered usage.
-    pub usage: Usage,
-    /// Bytes dropped from stdout by the cap.
-    pub stdout_dropped_bytes: u64,
-    /// Bytes dropped from stderr by the cap.
-    pub stderr_dropped_bytes: u64,
-    /// Error detail for `start_failed` and `supervisor_lost`.
-    pub error: Option<String>,
-}
-
-impl JobResult {
-    /// True when the job ran and exited 0.
-    pub fn succeeded(&self) -> bool {
-        self.reason == EndReason::Exited && self.exit_code == Some(0)
-    }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// Writes `value` as JSON to `path` atomically (temporary file, fsync, rename).
-///
-/// Used for what must survive a power loss (results).
-pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), ShimError> {
-    write_json(path, value, true)
-}
-
-/// Like [`write_json_atomic`] without the fsync: readers never see a partial
-/// file, but a power loss may lose the update. For state that a crash of
-/// the host makes moot anyway (pid files, live state, configs of jobs that
-/// cannot survive a reboot).
-pub fn write_json_replace<T: Serialize>(path: &Path, value: &T) -> Result<(), ShimError> {
-    write_json(path, value, false)
-}
-
-fn write_json<T: Serialize>(path: &Path, value: &T, durable: bool) -> Result<(), ShimError> {
-    let mut tmp_name = path.as_os_str().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = PathBuf::from(tmp_name);
-    let bytes = serde_json::to_vec_pretty(value).map_err(|source| ShimError::Parse {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let io_err = |op| {
-        let path = path.to_path_buf();
-        move |source| ShimError::Io { op, path, source }
-    };
-    let mut file = fs::File::create(&tmp).map_err(io_err("create"))?;
-    file.write_all(&bytes).map_err(io_err("write"))?;
-    if durable {
-        file.sync_all().map_err(io_err("sync"))?;
-    }
-    fs::rename(&tmp, path).map_err(io_err("rename"))?;
-    Ok(())
-}
-
-/// Reads a JSON file of the job directory; `None` when it does not exist.
-pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, ShimError> {
-    match fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|source| ShimError::Parse {
-                path: path.to_path_buf(),
-                source,
-            }),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(ShimError::Io {
-            op: "read",
-            path: path.to_path_buf(),
-            source,
-        }),
-    }
-}
-
-/// Start time of a process (field 22 of `/proc/PID/stat`), to tell a live
-/// supervisor from a recycled pid.
-pub fn process_start_time(pid: i32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_comm = stat.rsplit_once(')')?.1;
-    after_comm.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// Identity of the supervisor (`shim.pid`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ShimIdentity {
-    /// Process id.
-    pub pid: i32,
-    /// Start time in clock ticks since boot.
-    pub start_time: u64,
-}
-
-impl ShimIdentity {
-    /// True when that process still exists (and is not a zombie).
-    pub fn is_alive(&self) -> bool {
-        if process_start_time(self.pid) != Some(self.start_time) {
-            return false;
-        }
-        let state = fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
-        let state_char = state
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next().map(str::to_owned));
-        !matches!(state_char.as_deref(), Some("Z") | Some("X") | None)
-    }
-}
-
-/// Takes the supervisor lock of `job_dir` without waiting; `None` when
-/// another process (a live supervisor) holds it.
-pub fn try_lock(job_dir: &Path) -> Result<Option<nix::fcntl::Flock<fs::File>>, ShimError> {
-    let path = job_dir.join(SHIM_LOCK);
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|source| ShimError::Io {
-            op: "open",
-            path: path.clone(),
-            source,
-        })?;
-    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => Ok(Some(lock)),
-        Err((_, Errno::EWOULDBLOCK)) => Ok(None),
-        Err((_, errno)) => Err(ShimError::Io {
-            op: "lock",
-            path,
-            source: io::Error::from(errno),
-        }),
-    }
-}
-
-/// Whether a live supervisor holds the lock of `job_dir`.
-pub fn is_locked(job_dir: &Path) -> bool {
-    matches!(try_lock(job_dir), Ok(None))
 }
 
 struct LogPump {
@@ -350,35 +106,36 @@ impl LogPump {
     }
 }
 
-/// Runs the supervisor for the job in `job_dir` and records its result.
+/// Runs the supervisor for the job in `job_dir` with the runtime its
+/// `shim.json` names (runc or crun): the production wiring of [`run_with`].
+pub fn run(job_dir: &Path) -> Result<JobResult, ShimError> {
+    let config = protocol::read_shim_config(job_dir)?;
+    let runtime: RuncRuntime = config.runtime.clone();
+    run_with(job_dir, &config, &runtime)
+}
+
+/// Runs the supervisor for the job in `job_dir` with `runtime` and records
+/// its result.
 ///
 /// Any error before the container ran is itself recorded as a
 /// `start_failed` result, so the agent always finds a `result.json` once the
-/// supervisor has exited normally.
-pub fn run(job_dir: &Path) -> Result<JobResult, ShimError> {
-    let config: ShimConfig =
-        read_json(&job_dir.join(SHIM_CONFIG))?.ok_or_else(|| ShimError::Io {
-            op: "read",
-            path: job_dir.join(SHIM_CONFIG),
-            source: io::Error::from(io::ErrorKind::NotFound),
-        })?;
-    match supervise(job_dir, &config) {
+/// supervisor has exited normally. The result returned is the one on disk
+/// (an agent recovery may have recorded one first).
+pub fn run_with(
+    job_dir: &Path,
+    config: &ShimConfig,
+    runtime: &dyn OciRuntime,
+) -> Result<JobResult, ShimError> {
+    match supervise(job_dir, config, runtime) {
         Ok(result) => Ok(result),
+        Err(ShimError::Locked { path }) => Err(ShimError::Locked { path }),
         Err(err) => {
-            let result = JobResult {
-                reason: EndReason::StartFailed,
-                exit_code: None,
-                signal: None,
-                started_at_ms: None,
-                ended_at_ms: now_ms(),
-                usage: Usage::default(),
-                stdout_dropped_bytes: 0,
-                stderr_dropped_bytes: 0,
-                error: Some(crate::engine::error_chain(&err)),
-            };
-            let _ = config.runtime.delete(&config.container_id);
-            write_json_atomic(&job_dir.join(RESULT), &result)?;
-            Ok(result)
+            let result = JobResult::never_ran(
+                EndReason::StartFailed,
+                Some(plinth_toolbox::error_chain(&err)),
+            );
+            let _ = runtime.delete(&config.container_id);
+            Ok(protocol::write_result(job_dir, &result)?)
         }
     }
 }
@@ -389,35 +146,34 @@ enum Exit {
     Unknown,
 }
 
-fn supervise(job_dir: &Path, config: &ShimConfig) -> Result<JobResult, ShimError> {
-    // Held until this process exits: the agent tells a live supervisor by it.
-    // The agent probes the lock briefly; retry for a moment before giving up.
-    let mut lock = try_lock(job_dir)?;
-    for _ in 0..200 {
-        if lock.is_some() {
-            break;
-        }
-        thread::sleep(Duration::from_millis(10));
-        lock = try_lock(job_dir)?;
-    }
-    let Some(_lock) = lock else {
-        return Err(ShimError::Io {
-            op: "lock",
+/// The last `max_chars` characters of a log, trimmed.
+fn log_tail(path: &Path, max_chars: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let trimmed = text.trim();
+    let n_chars = trimmed.chars().count();
+    trimmed
+        .chars()
+        .skip(n_chars.saturating_sub(max_chars))
+        .collect()
+}
+
+fn supervise(
+    job_dir: &Path,
+    config: &ShimConfig,
+    runtime: &dyn OciRuntime,
+) -> Result<JobResult, ShimError> {
+    // Held until this process exits: the agent tells a live supervisor by it,
+    // testing it without ever taking it (see `protocol`).
+    let Some(_lock) = SupervisorLock::acquire(job_dir)? else {
+        return Err(ShimError::Locked {
             path: job_dir.join(SHIM_LOCK),
-            source: io::Error::other("another supervisor runs this job"),
         });
     };
-    if let Some(result) = read_json::<JobResult>(&job_dir.join(RESULT))? {
+    if let Some(result) = protocol::read_result(job_dir)? {
         // Recovery already ended this job (we started too late): do not run it.
         return Ok(result);
     }
     nix::sys::prctl::set_child_subreaper(true).map_err(ShimError::Subreaper)?;
-    let own_pid = std::process::id() as i32;
-    let identity = ShimIdentity {
-        pid: own_pid,
-        start_time: process_start_time(own_pid).unwrap_or(0),
-    };
-    write_json_replace(&job_dir.join(SHIM_PID), &identity)?;
     let mut state = ShimState {
         phase: ShimPhase::Creating,
         container_pid: None,
@@ -426,80 +182,58 @@ fn supervise(job_dir: &Path, config: &ShimConfig) -> Result<JobResult, ShimError
         usage: Usage::default(),
         updated_at_ms: now_ms(),
     };
-    write_json_replace(&job_dir.join(STATE), &state)?;
     let stdout_log = CappedLog::create(&job_dir.join(STDOUT_LOG), config.log_cap_bytes)?;
     let stderr_log = CappedLog::create(&job_dir.join(STDERR_LOG), config.log_cap_bytes)?;
     let pid_file = job_dir.join(CONTAINER_PID);
     let _ = fs::remove_file(&pid_file);
-    if job_dir.join(CANCEL).exists() {
+    if protocol::cancel_requested(job_dir) {
         // Cancelled before it ever ran: nothing to bill.
-        let result = JobResult {
-            reason: EndReason::Cancelled,
-            exit_code: None,
-            signal: None,
-            started_at_ms: None,
-            ended_at_ms: now_ms(),
-            usage: Usage::default(),
-            stdout_dropped_bytes: 0,
-            stderr_dropped_bytes: 0,
-            error: None,
-        };
-        write_json_atomic(&job_dir.join(RESULT), &result)?;
-        return Ok(result);
+        let result = JobResult::never_ran(EndReason::Cancelled, None);
+        return Ok(protocol::write_result(job_dir, &result)?);
     }
-    // `run --detach` creates and starts in one runtime invocation (one exec
-    // of the runtime fewer than create + start); the container inherits the
-    // pipes, and its init is reparented to us when the runtime exits.
-    let mut run =
-        config
-            .runtime
-            .run_detached_command(&config.container_id, &config.bundle, &pid_file)?;
-    run.current_dir(job_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let pipe_err = |source| ShimError::Io {
+        op: "create a log pipe for",
+        path: job_dir.to_path_buf(),
+        source,
+    };
+    let (stdout_reader, stdout_writer) = io::pipe().map_err(pipe_err)?;
+    let (stderr_reader, stderr_writer) = io::pipe().map_err(pipe_err)?;
+    let stdout_pump = LogPump::spawn(stdout_log, stdout_reader);
+    let stderr_pump = LogPump::spawn(stderr_log, stderr_reader);
     // The job's time starts when the runtime is asked to start it: creation
     // is part of the job (and bounded by its deadline).
     let started = Instant::now();
     let started_at_ms = now_ms();
-    let mut child = run.spawn().map_err(|source| ShimError::Io {
-        op: "spawn the runtime for",
-        path: config.bundle.clone(),
-        source,
-    })?;
-    let stdout_pump = child
-        .stdout
-        .take()
-        .map(|pipe| LogPump::spawn(stdout_log, pipe));
-    let stderr_pump = child
-        .stderr
-        .take()
-        .map(|pipe| LogPump::spawn(stderr_log, pipe));
-    let run_status = child.wait().map_err(|source| ShimError::Io {
-        op: "wait for the runtime of",
-        path: config.bundle.clone(),
-        source,
-    })?;
-    if !run_status.success() {
+    // `run --detach` creates and starts in one runtime invocation (one exec
+    // of the runtime fewer than create + start); the container inherits the
+    // pipes, and its init is reparented to us when the runtime exits.
+    let run = runtime.run_detached(DetachedRun {
+        id: &config.container_id,
+        bundle: &config.bundle,
+        pid_file: &pid_file,
+        cwd: job_dir,
+        stdout: stdout_writer.into(),
+        stderr: stderr_writer.into(),
+    });
+    if let Err(err) = run {
         let drain = Instant::now() + LOG_DRAIN;
-        stdout_pump.map(|p| p.finish(drain));
-        stderr_pump.map(|p| p.finish(drain));
-        let stderr = fs::read_to_string(job_dir.join(STDERR_LOG)).unwrap_or_default();
-        let tail: String = stderr
-            .trim()
-            .chars()
-            .rev()
-            .take(1000)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        return Err(ShimError::Runtime(RuntimeError::Failed {
-            binary: config.runtime.binary.clone(),
-            command: "run",
-            id: config.container_id.clone(),
-            status: run_status.to_string(),
-            stderr: tail,
+        stdout_pump.finish(drain);
+        stderr_pump.finish(drain);
+        return Err(ShimError::Runtime(match err {
+            RuntimeError::Failed {
+                binary,
+                command,
+                id,
+                status,
+                stderr,
+            } if stderr.is_empty() => RuntimeError::Failed {
+                binary,
+                command,
+                id,
+                status,
+                stderr: log_tail(&job_dir.join(STDERR_LOG), 1000),
+            },
+            other => other,
         }));
     }
     let pid_text = fs::read_to_string(&pid_file).map_err(|source| ShimError::Io {
@@ -519,7 +253,12 @@ fn supervise(job_dir: &Path, config: &ShimConfig) -> Result<JobResult, ShimError
     state.started_at_ms = Some(started_at_ms);
     state.deadline_ms = Some(started_at_ms + config.max_duration_ms);
     state.updated_at_ms = now_ms();
-    write_json_replace(&job_dir.join(STATE), &state)?;
+    // The identity and the first state are written (durably) once the
+    // container runs, not before: their fsyncs would otherwise delay the job's
+    // start, and nothing needs them earlier (the lock says "alive"; a job
+    // without a state never ran, which is what recovery then records).
+    protocol::write_json(&job_dir.join(protocol::SHIM_PID), &ShimIdentity::own())?;
+    protocol::write_json(&job_dir.join(STATE), &state)?;
     let mut term_sent_at: Option<Instant> = None;
     let mut kill_sent = false;
     let mut last_sample = Instant::now() - SAMPLE_EVERY;
@@ -537,7 +276,7 @@ fn supervise(job_dir: &Path, config: &ShimConfig) -> Result<JobResult, ShimError
             Err(Errno::ECHILD) => {
                 // The init was not reparented to us (should not happen); fall
                 // back to the runtime's view.
-                match config.runtime.state(&config.container_id) {
+                match runtime.state(&config.container_id) {
                     Ok(Some(container)) if container.status != "stopped" => {}
                     _ => break Exit::Unknown,
                 }
@@ -555,11 +294,11 @@ fn supervise(job_dir: &Path, config: &ShimConfig) -> Result<JobResult, ShimError
         if stop_reason.is_none() {
             if now >= deadline {
                 stop_reason = Some(EndReason::TimedOut);
-            } else if job_dir.join(CANCEL).exists() {
+            } else if protocol::cancel_requested(job_dir) {
                 stop_reason = Some(EndReason::Cancelled);
             }
             if stop_reason.is_some() {
-                let _ = config.runtime.kill(&config.container_id, "TERM", false);
+                let _ = runtime.kill(&config.container_id, KillSignal::Term, false);
                 term_sent_at = Some(now);
                 state.phase = ShimPhase::Stopping;
                 last_state = now - STATE_EVERY;
@@ -569,14 +308,16 @@ fn supervise(job_dir: &Path, config: &ShimConfig) -> Result<JobResult, ShimError
                 now.duration_since(sent) >= Duration::from_millis(config.kill_grace_ms)
             })
         {
-            let _ = config.runtime.kill(&config.container_id, "KILL", true);
+            let _ = runtime.kill(&config.container_id, KillSignal::Kill, true);
             kill_sent = true;
         }
         if now.duration_since(last_state) >= STATE_EVERY {
             last_state = now;
             state.usage.wall_ms = now.duration_since(started).as_millis() as u64;
             state.updated_at_ms = now_ms();
-            let _ = write_json_replace(&job_dir.join(STATE), &state);
+            if let Err(err) = protocol::write_json(&job_dir.join(STATE), &state) {
+                tracing::warn!(error = %plinth_toolbox::error_chain(&err), "cannot record job state");
+            }
         }
         thread::sleep(POLL);
     };
@@ -590,10 +331,12 @@ fn supervise(job_dir: &Path, config: &ShimConfig) -> Result<JobResult, ShimError
     state.usage.peak_pids = state.usage.peak_pids.max(1);
     state.phase = ShimPhase::Finishing;
     state.updated_at_ms = ended_at_ms;
-    let _ = write_json_replace(&job_dir.join(STATE), &state);
+    if let Err(err) = protocol::write_json(&job_dir.join(STATE), &state) {
+        tracing::warn!(error = %plinth_toolbox::error_chain(&err), "cannot record job state");
+    }
     let drain = Instant::now() + LOG_DRAIN;
-    let stdout_dropped_bytes = stdout_pump.map(|p| p.finish(drain)).unwrap_or(0);
-    let stderr_dropped_bytes = stderr_pump.map(|p| p.finish(drain)).unwrap_or(0);
+    let stdout_dropped_bytes = stdout_pump.finish(drain);
+    let stderr_dropped_bytes = stderr_pump.finish(drain);
     let (exit_code, signal) = match exit {
         Exit::Code(code) => (Some(code), None),
         Exit::Signal(signal) => (None, Some(signal)),
@@ -615,50 +358,119 @@ fn supervise(job_dir: &Path, config: &ShimConfig) -> Result<JobResult, ShimError
         stderr_dropped_bytes,
         error: None,
     };
-    write_json_atomic(&job_dir.join(RESULT), &result)?;
-    if let Err(err) = config.runtime.delete(&config.container_id) {
-        tracing::warn!(error = %err, "cannot delete container");
+    let recorded = protocol::write_result(job_dir, &result)?;
+    if let Err(err) = runtime.delete(&config.container_id) {
+        tracing::warn!(error = %plinth_toolbox::error_chain(&err), "cannot delete container");
     }
-    Ok(result)
+    Ok(recorded)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::meter::{CgroupVersion, JobCgroup};
+    use crate::runtime::testing::{RecordingRuntime, RuntimeCall};
 
-    #[test]
-    fn own_process_is_alive_and_a_bogus_one_is_not() {
-        let pid = std::process::id() as i32;
-        let me = ShimIdentity {
-            pid,
-            start_time: process_start_time(pid).unwrap(),
-        };
-        assert!(me.is_alive());
-        let recycled = ShimIdentity {
-            pid,
-            start_time: me.start_time + 1,
-        };
-        assert!(!recycled.is_alive());
+    fn config(dir: &Path, max_duration_ms: u64) -> ShimConfig {
+        ShimConfig {
+            container_id: "plinth-t1".to_string(),
+            bundle: dir.join("bundle"),
+            runtime: RuncRuntime::new(Path::new("/nonexistent/runc"), Path::new("/r")),
+            max_duration_ms,
+            kill_grace_ms: 200,
+            log_cap_bytes: 4096,
+            cgroup: JobCgroup::new(CgroupVersion::V2, "/plinth-shim-test-none/t1"),
+        }
     }
 
     #[test]
-    fn json_files_round_trip_atomically() {
+    fn cancel_sends_term_then_kill_then_deletes() {
+        let _children = crate::CHILD_PROCESSES.lock();
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(RESULT);
-        assert!(read_json::<JobResult>(&path).unwrap().is_none());
-        let result = JobResult {
-            reason: EndReason::TimedOut,
-            exit_code: None,
-            signal: Some(9),
-            started_at_ms: Some(1),
-            ended_at_ms: 2,
-            usage: Usage::default(),
-            stdout_dropped_bytes: 0,
-            stderr_dropped_bytes: 0,
-            error: None,
+        // An init that ignores SIGTERM, so the grace period runs out.
+        let runtime =
+            RecordingRuntime::spawning(&["/bin/sh", "-c", "trap '' TERM; echo up; sleep 30"]);
+        let canceller = {
+            let job_dir = dir.path().to_path_buf();
+            thread::spawn(move || {
+                let began = Instant::now();
+                while !job_dir.join(CONTAINER_PID).exists() && began.elapsed().as_secs() < 10 {
+                    thread::sleep(Duration::from_millis(5));
+                }
+                protocol::request_cancel(&job_dir).unwrap();
+            })
         };
-        write_json_atomic(&path, &result).unwrap();
-        assert_eq!(read_json::<JobResult>(&path).unwrap(), Some(result));
-        assert!(!dir.path().join("result.json.tmp").exists());
+        let result = run_with(dir.path(), &config(dir.path(), 60_000), &runtime).unwrap();
+        canceller.join().unwrap();
+        assert_eq!(result.reason, EndReason::Cancelled, "{result:?}");
+        assert_eq!(result.signal, Some(9), "{result:?}");
+        let id = "plinth-t1".to_string();
+        assert_eq!(
+            runtime.calls(),
+            [
+                RuntimeCall::RunDetached { id: id.clone() },
+                RuntimeCall::Kill {
+                    id: id.clone(),
+                    signal: KillSignal::Term,
+                    all: false
+                },
+                RuntimeCall::Kill {
+                    id: id.clone(),
+                    signal: KillSignal::Kill,
+                    all: true
+                },
+                RuntimeCall::Delete { id },
+            ]
+        );
+        assert_eq!(protocol::read_result(dir.path()).unwrap(), Some(result));
+        assert_eq!(
+            fs::read_to_string(dir.path().join(STDOUT_LOG)).unwrap(),
+            "up\n"
+        );
+    }
+
+    #[test]
+    fn a_runtime_failure_is_a_start_failed_result_and_the_container_is_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = RecordingRuntime::new();
+        let result = run_with(dir.path(), &config(dir.path(), 1000), &runtime).unwrap();
+        assert_eq!(result.reason, EndReason::StartFailed);
+        assert!(
+            result.error.as_deref().unwrap_or("").contains("run"),
+            "{result:?}"
+        );
+        assert_eq!(
+            runtime.calls(),
+            [
+                RuntimeCall::RunDetached {
+                    id: "plinth-t1".into()
+                },
+                RuntimeCall::Delete {
+                    id: "plinth-t1".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_job_cancelled_before_it_ran_never_reaches_the_runtime() {
+        let dir = tempfile::tempdir().unwrap();
+        protocol::request_cancel(dir.path()).unwrap();
+        let runtime = RecordingRuntime::new();
+        let result = run_with(dir.path(), &config(dir.path(), 1000), &runtime).unwrap();
+        assert_eq!(result.reason, EndReason::Cancelled);
+        assert_eq!(result.started_at_ms, None);
+        assert_eq!(runtime.calls(), []);
+    }
+
+    #[test]
+    fn a_second_supervisor_is_refused_and_records_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = SupervisorLock::acquire(dir.path()).unwrap().unwrap();
+        let runtime = RecordingRuntime::new();
+        let err = run_with(dir.path(), &config(dir.path(), 1000), &runtime).unwrap_err();
+        assert!(matches!(err, ShimError::Locked { .. }), "{err}");
+        assert!(protocol::read_result(dir.path()).unwrap().is_none());
+        assert_eq!(runtime.calls(), []);
     }
 }

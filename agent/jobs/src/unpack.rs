@@ -11,6 +11,13 @@
 //! (`.wh.NAME`) and opaque markers (`.wh..wh..opq`) are honoured. Limits bound
 //! the entry count and the bytes written.
 //!
+//! The same core also extracts image *archives* (OCI archives, `docker save`
+//! tars) into a private staging directory, with the same checks and the same
+//! limits, and [`open_beneath`] is the one way files are then read back from
+//! such a directory (or from an OCI layout): resolved by the kernel beneath
+//! the directory (`openat2` with `RESOLVE_BENEATH`), so a symlink stored in
+//! an archive can never lead a reader out of it.
+//!
 //! The extraction directory must be private to the caller while layers are
 //! applied (the image cache extracts into a fresh `0700` staging directory):
 //! removals for whiteouts use paths below descriptors already checked to be
@@ -24,7 +31,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag, openat};
+use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat, openat2};
 use nix::sys::stat::{Mode, SFlag, fchmod, fstatat, mkdirat};
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchownat, linkat, symlinkat, unlinkat};
 use tar::EntryType;
@@ -223,6 +230,35 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+/// Opens the regular file `relative` for reading, resolved beneath `dir`.
+///
+/// `..`, absolute paths and symlinks that would leave `dir` fail (the kernel
+/// resolves the path with `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`); symlinks
+/// that stay inside are followed. Anything but a regular file (a FIFO, a
+/// device, a directory) is refused without blocking.
+pub fn open_beneath(dir: &OwnedFd, relative: &Path) -> io::Result<std::fs::File> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK | OFlag::O_NOCTTY)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let fd = openat2(dir.as_fd(), relative, how).map_err(io::Error::from)?;
+    let file = std::fs::File::from(fd);
+    if !file.metadata()?.file_type().is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    Ok(file)
+}
+
+/// Opens a directory for [`open_beneath`] (following no symlink at its last
+/// component).
+pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+    nix::fcntl::open(
+        path,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(io::Error::from)
+}
+
 /// Extraction state shared across the layers of one image.
 pub struct Unpacker {
     root_fd: OwnedFd,
@@ -300,6 +336,11 @@ impl Unpacker {
             n_bytes: 0,
             is_root: nix::unistd::geteuid().is_root(),
         })
+    }
+
+    /// The directory being extracted into, for [`open_beneath`].
+    pub fn root_fd(&self) -> &OwnedFd {
+        &self.root_fd
     }
 
     /// Number of entries processed so far.
@@ -792,6 +833,39 @@ mod tests {
             split_entry_path(&vec![b'a'; MAX_PATH_BYTES + 1]),
             Err(UnpackError::PathTooLong { .. })
         ));
+    }
+
+    #[test]
+    fn files_open_beneath_their_directory_only() {
+        let outer = tempfile::tempdir().unwrap();
+        let dir = outer.path().join("src");
+        std::fs::create_dir_all(dir.join("blobs")).unwrap();
+        std::fs::write(dir.join("blobs/a"), b"a").unwrap();
+        std::fs::write(outer.path().join("secret"), b"s").unwrap();
+        std::os::unix::fs::symlink("../blobs/a", dir.join("blobs/inside")).unwrap();
+        std::os::unix::fs::symlink("../../secret", dir.join("blobs/up")).unwrap();
+        std::os::unix::fs::symlink(outer.path().join("secret"), dir.join("abs")).unwrap();
+        nix::unistd::mkfifo(&dir.join("fifo"), Mode::from_bits_truncate(0o600)).unwrap();
+        let fd = open_dir(&dir).unwrap();
+        let read = |name: &str| {
+            open_beneath(&fd, Path::new(name)).map(|mut file| {
+                let mut text = String::new();
+                file.read_to_string(&mut text).unwrap();
+                text
+            })
+        };
+        assert_eq!(read("blobs/a").unwrap(), "a");
+        assert_eq!(read("blobs/inside").unwrap(), "a");
+        for refused in [
+            "blobs/up",
+            "abs",
+            "../secret",
+            "/etc/passwd",
+            "fifo",
+            "blobs",
+        ] {
+            assert!(read(refused).is_err(), "{refused} was opened");
+        }
     }
 
     #[test]

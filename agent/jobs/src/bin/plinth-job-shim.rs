@@ -15,10 +15,7 @@ fn main() -> ExitCode {
     match plinth_jobs::shim::run(&PathBuf::from(job_dir)) {
         Ok(_) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!(
-                "plinth-job-shim: {}",
-                plinth_jobs::engine::error_chain(&err)
-            );
+            eprintln!("plinth-job-shim: {}", plinth_toolbox::error_chain(&err));
             ExitCode::from(1)
         }
     }

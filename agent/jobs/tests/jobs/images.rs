@@ -412,3 +412,244 @@ fn oci_and_docker_archives_import() {
         format!("sha256:{}", sha256(&config_bytes))
     );
 }
+
+/// A `docker save` archive (manifest.json, config, layer tars) built from
+/// raw entries, so tests can add links and hostile names.
+fn docker_archive(extra: Vec<Entry<'_>>, layers: &[&str], diff_ids: &[String]) -> Vec<u8> {
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids}
+    });
+    let config_bytes = serde_json::to_vec(&config).unwrap();
+    let config_name = format!("{}.json", sha256(&config_bytes));
+    let manifest = serde_json::to_vec(
+        &serde_json::json!([{"Config": config_name, "RepoTags": ["busy:1"], "Layers": layers}]),
+    )
+    .unwrap();
+    let mut entries = vec![
+        Entry::File("manifest.json", &manifest, 0o644),
+        Entry::File(&config_name, &config_bytes, 0o644),
+    ];
+    entries.extend(extra);
+    layer(&entries)
+}
+
+#[test]
+fn duplicate_layers_linked_inside_an_archive_import() {
+    let fixture = Fixture::new(UnpackLimits::default());
+    let first = layer(&[Entry::File("one", b"1", 0o644)]);
+    let diff_id = format!("sha256:{}", sha256(&first));
+    // Old `docker save` links a repeated layer to the first copy.
+    let archive = docker_archive(
+        vec![
+            Entry::Dir("abc/"),
+            Entry::File("abc/layer.tar", &first, 0o644),
+            Entry::Dir("def/"),
+            Entry::Symlink("def/layer.tar", "../abc/layer.tar"),
+            Entry::Dir("ghi/"),
+            Entry::HardLink("ghi/layer.tar", "abc/layer.tar"),
+        ],
+        &["abc/layer.tar", "def/layer.tar", "ghi/layer.tar"],
+        &[diff_id.clone(), diff_id.clone(), diff_id],
+    );
+    let path = fixture.dir.path().join("dup.tar");
+    fs::write(&path, archive).unwrap();
+    let image = fixture
+        .store
+        .import(&image_ref(&path, ImageSource::DockerArchive), &mut |_| {})
+        .unwrap();
+    assert_eq!(fs::read(image.rootfs.join("one")).unwrap(), b"1");
+    assert_eq!(
+        fs::read_dir(fixture.store.root().join("tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn hostile_archives_are_refused_and_nothing_escapes() {
+    let outside_file = |fixture: &Fixture| {
+        let target = fixture.sentinel.join("secret");
+        let layer_bytes = layer(&[Entry::File("x", b"x", 0o644)]);
+        (target, format!("sha256:{}", sha256(&layer_bytes)))
+    };
+    // 1. `..` in an archive entry.
+    let fixture = Fixture::new(UnpackLimits::default());
+    let archive = docker_archive(
+        vec![Entry::File("../outside/escaped", b"x", 0o644)],
+        &["escaped"],
+        &[format!("sha256:{}", "0".repeat(64))],
+    );
+    let path = fixture.dir.path().join("dotdot.tar");
+    fs::write(&path, archive).unwrap();
+    let err = fixture
+        .store
+        .import(&image_ref(&path, ImageSource::DockerArchive), &mut |_| {})
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ImageError::Archive {
+                source: UnpackError::ParentComponent { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    fixture.assert_clean();
+
+    // 2. A layer that is a symlink out of the archive (absolute and relative):
+    //    opened beneath the extracted directory, it is refused, never read.
+    for target in ["/etc/passwd", "../../../../../../etc/passwd"] {
+        let fixture = Fixture::new(UnpackLimits::default());
+        let (secret, diff_id) = outside_file(&fixture);
+        fs::write(&secret, b"secret").unwrap();
+        let archive = docker_archive(
+            vec![Entry::Symlink("layer.tar", target)],
+            &["layer.tar"],
+            &[diff_id],
+        );
+        let path = fixture.dir.path().join("link.tar");
+        fs::write(&path, archive).unwrap();
+        let err = fixture
+            .store
+            .import(&image_ref(&path, ImageSource::DockerArchive), &mut |_| {})
+            .unwrap_err();
+        assert!(matches!(err, ImageError::SourceFile { .. }), "{err:?}");
+        fs::remove_file(&secret).unwrap();
+        fixture.assert_clean();
+    }
+
+    // 3. Writing through a symlink stored earlier in the archive.
+    let fixture = Fixture::new(UnpackLimits::default());
+    let escape_target = fixture.sentinel.display().to_string();
+    let archive = docker_archive(
+        vec![
+            Entry::Symlink("escape", &escape_target),
+            Entry::File("escape/planted", b"x", 0o644),
+        ],
+        &["escape/planted"],
+        &[format!("sha256:{}", "0".repeat(64))],
+    );
+    let path = fixture.dir.path().join("through.tar");
+    fs::write(&path, archive).unwrap();
+    let err = fixture
+        .store
+        .import(&image_ref(&path, ImageSource::DockerArchive), &mut |_| {})
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ImageError::Archive {
+                source: UnpackError::SymlinkComponent { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    fixture.assert_clean();
+
+    // 4. Devices and FIFOs in an archive, and the one entry cap.
+    let fixture = Fixture::new(UnpackLimits {
+        max_entries: 3,
+        max_total_bytes: 1 << 20,
+    });
+    for (name, extra) in [
+        ("fifo.tar", vec![Entry::Fifo("manifest.fifo")]),
+        ("dev.tar", vec![Entry::CharDevice("null")]),
+        (
+            "many.tar",
+            vec![Entry::Dir("a/"), Entry::Dir("b/"), Entry::Dir("c/")],
+        ),
+    ] {
+        let archive = docker_archive(extra, &["x"], &[format!("sha256:{}", "0".repeat(64))]);
+        let path = fixture.dir.path().join(name);
+        fs::write(&path, archive).unwrap();
+        let err = fixture
+            .store
+            .import(&image_ref(&path, ImageSource::OciArchive), &mut |_| {})
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ImageError::Archive {
+                    source: UnpackError::SpecialFile { .. } | UnpackError::TooManyEntries { .. },
+                    ..
+                }
+            ),
+            "{name}: {err:?}"
+        );
+    }
+    fixture.assert_clean();
+}
+
+/// The invariants of the `jobs_image_import` fuzz target, on a few hundred
+/// deterministic mutations of valid archives: the importer errs or imports,
+/// never panics, writes nothing beside its store and leaves no staging.
+#[test]
+fn mutated_archives_never_escape_or_leave_staging() {
+    let fixture = Fixture::new(UnpackLimits {
+        max_entries: 256,
+        max_total_bytes: 1 << 20,
+    });
+    let layout = fixture.dir.path().join("seed-layout");
+    fs::create_dir(&layout).unwrap();
+    write_layout(
+        &layout,
+        &[(layer(&[Entry::File("a", b"a", 0o644)]), false)],
+        None,
+    );
+    let oci_seed = fixture.dir.path().join("seed-oci.tar");
+    tar_dir(&layout, &oci_seed);
+    let layer_bytes = layer(&[Entry::File("b", b"b", 0o644)]);
+    let diff_id = format!("sha256:{}", sha256(&layer_bytes));
+    let docker_seed = docker_archive(
+        vec![Entry::File("layer.tar", &layer_bytes, 0o644)],
+        &["layer.tar"],
+        &[diff_id],
+    );
+    let seeds = [
+        (fs::read(&oci_seed).unwrap(), ImageSource::OciArchive),
+        (docker_seed, ImageSource::DockerArchive),
+    ];
+    let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut n_imported = 0;
+    for round in 0..300 {
+        let (seed, source) = &seeds[round % seeds.len()];
+        let mut bytes = seed.clone();
+        for _ in 0..(1 + next() % 8) {
+            let idx = (next() % bytes.len() as u64) as usize;
+            bytes[idx] = next() as u8;
+        }
+        if next() % 4 == 0 {
+            bytes.truncate((next() % bytes.len() as u64) as usize);
+        }
+        let path = fixture.dir.path().join("mutant.tar");
+        fs::write(&path, &bytes).unwrap();
+        if let Ok(image) = fixture
+            .store
+            .import(&image_ref(&path, *source), &mut |_| {})
+        {
+            assert!(image.rootfs.starts_with(fixture.store.root()));
+            n_imported += 1;
+        }
+        assert_eq!(fs::read_dir(&fixture.sentinel).unwrap().count(), 0);
+        assert_eq!(
+            fs::read_dir(fixture.store.root().join("tmp"))
+                .unwrap()
+                .count(),
+            0,
+            "round {round} left staging behind"
+        );
+    }
+    // Mutations inside file data or padding leave the archive importable.
+    assert!(n_imported > 0);
+}
