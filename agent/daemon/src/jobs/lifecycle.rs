@@ -4,7 +4,7 @@
 
 use plinth_jobs::engine::{EngineError, JobState as SupervisedState};
 use plinth_jobs::image::ImportProgress;
-use plinth_jobs::shim::{EndReason, JobResult, now_ms};
+use plinth_jobs::protocol::{EndReason, JobResult, now_ms};
 use plinth_toolbox::error_chain;
 use rusqlite::params;
 

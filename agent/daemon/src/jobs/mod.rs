@@ -35,7 +35,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use plinth_jobs::engine::{Engine, EngineError};
-use plinth_jobs::shim::now_ms;
+use plinth_jobs::protocol::now_ms;
 use plinth_jobs::spec::{JobSpec, JobSpecError};
 use rusqlite::params;
 

@@ -10,7 +10,7 @@ use plinth_attestation::receipt::{
     GENESIS_HASH, RECEIPT_FORMAT, Receipt, ReceiptKind, ReceiptPrice, ReceiptUsage,
 };
 use plinth_jobs::meter::{GpuUsage, Usage};
-use plinth_jobs::shim::now_ms;
+use plinth_jobs::protocol::now_ms;
 use plinth_plugin_host::fallback;
 use rusqlite::{OptionalExtension, params};
 
