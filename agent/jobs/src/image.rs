@@ -260,6 +260,20 @@ pub fn sha256_hex(digest: &str) -> Result<&str, ImageError> {
     }
 }
 
+/// Parses one JSON document of an image, naming the document and its file in
+/// errors.
+fn parse_json<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    what: &'static str,
+    path: &Path,
+) -> Result<T, ImageError> {
+    serde_json::from_slice(bytes).map_err(|source| ImageError::Parse {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
 fn sha256_of(bytes: &[u8]) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
 }
@@ -516,13 +530,22 @@ impl ImageStore {
         }
     }
 
-    /// The cached image `image_id`, reported as a cache hit, if the cache
-    /// has it.
-    fn cache_hit(
+    /// Refuses an image whose id is not the digest the spec pins; then the
+    /// cached image `image_id`, reported as a cache hit, if the cache has it.
+    fn pinned_cache_hit(
         &self,
+        image: &ImageRef,
         image_id: &str,
         progress: &mut dyn FnMut(ImportProgress),
     ) -> Result<Option<Planned>, ImageError> {
+        if let Some(wanted) = &image.digest
+            && wanted != image_id
+        {
+            return Err(ImageError::NoMatch {
+                path: image.path.clone(),
+                wanted: wanted.clone(),
+            });
+        }
         Ok(self.lookup(image_id)?.map(|found| {
             progress(ImportProgress::CacheHit);
             Planned::Cached(found)
@@ -637,12 +660,7 @@ impl ImageStore {
                 });
             }
             let bytes = self.read_blob(source, &chosen)?;
-            let nested: ImageIndex =
-                serde_json::from_slice(&bytes).map_err(|source_err| ImageError::Parse {
-                    what: "image index",
-                    path: source.path.clone(),
-                    source: source_err,
-                })?;
+            let nested: ImageIndex = parse_json(&bytes, "image index", &source.path)?;
             return self.choose_manifest(source, &nested, image, depth + 1);
         }
         Ok(chosen)
@@ -663,33 +681,17 @@ impl ImageStore {
             .read_capped(Path::new("oci-layout"), 4096)
             .map_err(|_| not_a_layout())?;
         let marker: serde_json::Value =
-            serde_json::from_slice(&marker).map_err(|source_err| ImageError::Parse {
-                what: "oci-layout",
-                path: source.path.join("oci-layout"),
-                source: source_err,
-            })?;
+            parse_json(&marker, "oci-layout", &source.path.join("oci-layout"))?;
         if marker.get("imageLayoutVersion").and_then(|v| v.as_str()) != Some("1.0.0") {
             return Err(not_a_layout());
         }
         let index_bytes = source.read_capped(Path::new("index.json"), MAX_JSON_BLOB)?;
         let index: ImageIndex =
-            serde_json::from_slice(&index_bytes).map_err(|source_err| ImageError::Parse {
-                what: "index.json",
-                path: source.path.join("index.json"),
-                source: source_err,
-            })?;
+            parse_json(&index_bytes, "index.json", &source.path.join("index.json"))?;
         let descriptor = self.choose_manifest(source, &index, image, 0)?;
         let image_id = descriptor.digest().to_string();
         sha256_hex(&image_id)?;
-        if let Some(wanted) = &image.digest
-            && *wanted != image_id
-        {
-            return Err(ImageError::NoMatch {
-                path: image.path.clone(),
-                wanted: wanted.clone(),
-            });
-        }
-        if let Some(cached) = self.cache_hit(&image_id, progress)? {
+        if let Some(cached) = self.pinned_cache_hit(image, &image_id, progress)? {
             return Ok(cached);
         }
         if !matches!(descriptor.media_type(), MediaType::ImageManifest)
@@ -702,19 +704,9 @@ impl ImageStore {
             });
         }
         let manifest_bytes = self.read_blob(source, &descriptor)?;
-        let manifest: ImageManifest =
-            serde_json::from_slice(&manifest_bytes).map_err(|source_err| ImageError::Parse {
-                what: "image manifest",
-                path: source.path.clone(),
-                source: source_err,
-            })?;
+        let manifest: ImageManifest = parse_json(&manifest_bytes, "image manifest", &source.path)?;
         let config_bytes = self.read_blob(source, manifest.config())?;
-        let config: ImageConfiguration =
-            serde_json::from_slice(&config_bytes).map_err(|source_err| ImageError::Parse {
-                what: "image config",
-                path: source.path.clone(),
-                source: source_err,
-            })?;
+        let config: ImageConfiguration = parse_json(&config_bytes, "image config", &source.path)?;
         let mut layers = Vec::with_capacity(manifest.layers().len());
         for layer in manifest.layers() {
             let digest = layer.digest().to_string();
@@ -761,11 +753,7 @@ impl ImageStore {
         }
         let bytes = source.read_capped(Path::new("manifest.json"), MAX_JSON_BLOB)?;
         let manifests: Vec<DockerManifest> =
-            serde_json::from_slice(&bytes).map_err(|source_err| ImageError::Parse {
-                what: "docker manifest.json",
-                path: image.path.clone(),
-                source: source_err,
-            })?;
+            parse_json(&bytes, "docker manifest.json", &image.path)?;
         let candidates: Vec<&DockerManifest> = match &image.reference {
             Some(reference) => manifests
                 .iter()
@@ -805,23 +793,10 @@ impl ImageStore {
         let config_bytes = source.read_capped(&config_rel, MAX_JSON_BLOB)?;
         let config_hex = sha256_of(&config_bytes);
         let image_id = format!("sha256:{config_hex}");
-        if let Some(wanted) = &image.digest
-            && *wanted != image_id
-        {
-            return Err(ImageError::NoMatch {
-                path: image.path.clone(),
-                wanted: wanted.clone(),
-            });
-        }
-        if let Some(cached) = self.cache_hit(&image_id, progress)? {
+        if let Some(cached) = self.pinned_cache_hit(image, &image_id, progress)? {
             return Ok(cached);
         }
-        let config: ImageConfiguration =
-            serde_json::from_slice(&config_bytes).map_err(|source_err| ImageError::Parse {
-                what: "image config",
-                path: image.path.clone(),
-                source: source_err,
-            })?;
+        let config: ImageConfiguration = parse_json(&config_bytes, "image config", &image.path)?;
         let mut layers = Vec::with_capacity(chosen.layers.len());
         for (layer_idx, layer) in chosen.layers.iter().enumerate() {
             let path = safe_archive_path(layer).ok_or_else(|| unsafe_entry(layer))?;
