@@ -468,26 +468,37 @@ fn duplicate_layers_linked_inside_an_archive_import() {
     );
 }
 
+/// Writes a docker-style archive named `name` into the fixture and imports it as
+/// `source`; the importer's error (the import must fail).
+fn refused_archive(
+    fixture: &Fixture,
+    name: &str,
+    source: ImageSource,
+    entries: Vec<Entry<'_>>,
+    layers: &[&str],
+    diff_ids: &[String],
+) -> ImageError {
+    let path = fixture.dir.path().join(name);
+    fs::write(&path, docker_archive(entries, layers, diff_ids)).unwrap();
+    fixture
+        .store
+        .import(&image_ref(&path, source), &mut |_| {})
+        .unwrap_err()
+}
+
 #[test]
 fn hostile_archives_are_refused_and_nothing_escapes() {
-    let outside_file = |fixture: &Fixture| {
-        let target = fixture.sentinel.join("secret");
-        let layer_bytes = layer(&[Entry::File("x", b"x", 0o644)]);
-        (target, format!("sha256:{}", sha256(&layer_bytes)))
-    };
+    let unknown_diff_id = [format!("sha256:{}", "0".repeat(64))];
     // 1. `..` in an archive entry.
     let fixture = Fixture::new(UnpackLimits::default());
-    let archive = docker_archive(
+    let err = refused_archive(
+        &fixture,
+        "dotdot.tar",
+        ImageSource::DockerArchive,
         vec![Entry::File("../outside/escaped", b"x", 0o644)],
         &["escaped"],
-        &[format!("sha256:{}", "0".repeat(64))],
+        &unknown_diff_id,
     );
-    let path = fixture.dir.path().join("dotdot.tar");
-    fs::write(&path, archive).unwrap();
-    let err = fixture
-        .store
-        .import(&image_ref(&path, ImageSource::DockerArchive), &mut |_| {})
-        .unwrap_err();
     assert!(
         matches!(
             err,
@@ -504,19 +515,17 @@ fn hostile_archives_are_refused_and_nothing_escapes() {
     //    opened beneath the extracted directory, it is refused, never read.
     for target in ["/etc/passwd", "../../../../../../etc/passwd"] {
         let fixture = Fixture::new(UnpackLimits::default());
-        let (secret, diff_id) = outside_file(&fixture);
+        let secret = fixture.sentinel.join("secret");
         fs::write(&secret, b"secret").unwrap();
-        let archive = docker_archive(
+        let layer_bytes = layer(&[Entry::File("x", b"x", 0o644)]);
+        let err = refused_archive(
+            &fixture,
+            "link.tar",
+            ImageSource::DockerArchive,
             vec![Entry::Symlink("layer.tar", target)],
             &["layer.tar"],
-            &[diff_id],
+            &[format!("sha256:{}", sha256(&layer_bytes))],
         );
-        let path = fixture.dir.path().join("link.tar");
-        fs::write(&path, archive).unwrap();
-        let err = fixture
-            .store
-            .import(&image_ref(&path, ImageSource::DockerArchive), &mut |_| {})
-            .unwrap_err();
         assert!(matches!(err, ImageError::SourceFile { .. }), "{err:?}");
         fs::remove_file(&secret).unwrap();
         fixture.assert_clean();
@@ -525,20 +534,17 @@ fn hostile_archives_are_refused_and_nothing_escapes() {
     // 3. Writing through a symlink stored earlier in the archive.
     let fixture = Fixture::new(UnpackLimits::default());
     let escape_target = fixture.sentinel.display().to_string();
-    let archive = docker_archive(
+    let err = refused_archive(
+        &fixture,
+        "through.tar",
+        ImageSource::DockerArchive,
         vec![
             Entry::Symlink("escape", &escape_target),
             Entry::File("escape/planted", b"x", 0o644),
         ],
         &["escape/planted"],
-        &[format!("sha256:{}", "0".repeat(64))],
+        &unknown_diff_id,
     );
-    let path = fixture.dir.path().join("through.tar");
-    fs::write(&path, archive).unwrap();
-    let err = fixture
-        .store
-        .import(&image_ref(&path, ImageSource::DockerArchive), &mut |_| {})
-        .unwrap_err();
     assert!(
         matches!(
             err,
@@ -564,13 +570,14 @@ fn hostile_archives_are_refused_and_nothing_escapes() {
             vec![Entry::Dir("a/"), Entry::Dir("b/"), Entry::Dir("c/")],
         ),
     ] {
-        let archive = docker_archive(extra, &["x"], &[format!("sha256:{}", "0".repeat(64))]);
-        let path = fixture.dir.path().join(name);
-        fs::write(&path, archive).unwrap();
-        let err = fixture
-            .store
-            .import(&image_ref(&path, ImageSource::OciArchive), &mut |_| {})
-            .unwrap_err();
+        let err = refused_archive(
+            &fixture,
+            name,
+            ImageSource::OciArchive,
+            extra,
+            &["x"],
+            &unknown_diff_id,
+        );
         assert!(
             matches!(
                 err,
