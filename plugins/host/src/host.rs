@@ -2,9 +2,7 @@
 //! deny-all WASI, the compiled-code cache, the epoch ticker, and loaded plugins.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -23,6 +21,7 @@ use crate::config::{HostConfig, Limits, PluginKind};
 use crate::package::{Package, PackageError, TrustPolicy, sha256_hex};
 use crate::stats::{PluginStats, PluginStatsSnapshot, bump};
 use crate::store::{CallLimiter, Clocks, StoreState, fresh_seed};
+use crate::ticker::EpochTicker;
 use crate::version::{InterfaceProblem, check_interfaces, parse_wit_package};
 
 /// Errors while creating the host.
@@ -245,27 +244,13 @@ pub struct PluginSpec {
     pub signer: Option<String>,
 }
 
-struct EpochTicker {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Drop for EpochTicker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 struct HostShared {
     engine: Engine,
     linker: Linker<StoreState>,
     config: HostConfig,
     cache: Option<CompileCache>,
     clocks: Clocks,
-    _ticker: EpochTicker,
+    ticker: EpochTicker,
 }
 
 /// The wasmtime host for policy plugins. Cheap to share behind an `Arc`.
@@ -357,19 +342,8 @@ impl PluginHost {
             None => None,
         };
 
-        let stop = Arc::new(AtomicBool::new(false));
-        let ticker_engine = engine.clone();
-        let ticker_stop = Arc::clone(&stop);
         let tick = config.epoch_tick.max(Duration::from_micros(100));
-        let thread = std::thread::Builder::new()
-            .name("plinth-plugin-epoch".to_string())
-            .spawn(move || {
-                while !ticker_stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(tick);
-                    ticker_engine.increment_epoch();
-                }
-            })
-            .map_err(PluginHostError::Ticker)?;
+        let ticker = EpochTicker::start(engine.clone(), tick).map_err(PluginHostError::Ticker)?;
         let clocks = if config.deterministic {
             Clocks::Frozen
         } else {
@@ -384,10 +358,7 @@ impl PluginHost {
                 config,
                 cache,
                 clocks,
-                _ticker: EpochTicker {
-                    stop,
-                    thread: Some(thread),
-                },
+                ticker,
             }),
         })
     }
@@ -395,6 +366,13 @@ impl PluginHost {
     /// The host's configuration.
     pub fn config(&self) -> &HostConfig {
         &self.shared.config
+    }
+
+    /// Epoch ticks since the host started. The ticker ticks only while a plugin call is
+    /// in flight (and for [`crate::ticker::LINGER`] after), so this stays still on an
+    /// idle host.
+    pub fn epoch_ticks(&self) -> u64 {
+        self.shared.ticker.ticks()
     }
 
     /// Parse, verify (signature, trusted key, wasm digest) and load a package.
@@ -779,6 +757,8 @@ impl Plugin {
         validate: impl FnOnce(&T) -> Result<(), String>,
     ) -> Result<T, PluginCallError> {
         let started = Instant::now();
+        // The epoch ticker runs while this guard lives (instantiation included).
+        let _in_flight = self.shared.ticker.enter();
         bump(&self.stats.calls);
         let reused = if fresh {
             None

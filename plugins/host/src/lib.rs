@@ -25,6 +25,7 @@ pub mod package;
 pub mod policy;
 pub mod stats;
 pub mod store;
+pub mod ticker;
 pub mod tools;
 pub mod version;
 

@@ -84,10 +84,12 @@ impl JobManager {
     }
 
     /// One pass of the lifecycle: start queued jobs, watch running ones,
-    /// issue due receipts. Called periodically by the worker.
-    pub fn tick(&self) -> Result<(), JobsError> {
+    /// issue due receipts. Called by the worker; says whether any job was queued or
+    /// running (the worker then polls again soon, and otherwise sleeps until woken).
+    pub fn tick(&self) -> Result<bool, JobsError> {
         let queued = schema::ids_in(&self.store.connection(), JobState::Queued)?;
         let running = schema::ids_in(&self.store.connection(), JobState::Running)?;
+        let busy = !(queued.is_empty() && running.is_empty());
         // Running jobs first: watching is cheap and keeps cancellations and receipts on
         // time, while starting a job may import an image.
         for (id, cancel_requested) in running {
@@ -100,7 +102,7 @@ impl JobManager {
                 tracing::error!(job = %id, error = %error_chain(&err), "starting a job failed");
             }
         }
-        Ok(())
+        Ok(busy)
     }
 
     fn start_job(&self, id: &str, cancel_requested: bool) -> Result<(), JobsError> {

@@ -42,7 +42,7 @@ use rusqlite::params;
 pub use self::settings::JobsConfig;
 pub use self::state::{JobState, JobStateError};
 pub use self::types::{JobInfo, SubmitAnswer, SubmitRequest};
-pub use self::worker::{JobsService, spawn_worker, start};
+pub use self::worker::{Doorbell, IDLE_POLL, JobsService, spawn_worker, start};
 use crate::identity::NodeIdentity;
 use crate::store::Store;
 
@@ -106,6 +106,7 @@ pub struct JobManager {
     engine: Engine,
     identity: Arc<NodeIdentity>,
     config: JobsConfig,
+    doorbell: Doorbell,
 }
 
 impl std::fmt::Debug for JobManager {
@@ -154,6 +155,7 @@ impl JobManager {
             engine,
             identity,
             config,
+            doorbell: Doorbell::default(),
         })
     }
 
@@ -165,6 +167,11 @@ impl JobManager {
     /// The manager's settings.
     pub fn config(&self) -> &JobsConfig {
         &self.config
+    }
+
+    /// What wakes the worker when a job is submitted or cancelled.
+    pub fn doorbell(&self) -> &Doorbell {
+        &self.doorbell
     }
 
     /// Accepts a job: validates it and stores it as `queued`.
@@ -213,6 +220,7 @@ impl JobManager {
                 now
             ],
         )?;
+        self.doorbell.ring();
         Ok(id)
     }
 
@@ -233,6 +241,7 @@ impl JobManager {
         if job.state == JobState::Running {
             self.engine.cancel(id)?;
         }
+        self.doorbell.ring();
         Ok(())
     }
 

@@ -1,7 +1,7 @@
 //! The job manager's worker thread, and how the agent starts (or declines to start) jobs.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use plinth_toolbox::error_chain;
@@ -11,7 +11,41 @@ use crate::config::AgentConfig;
 use crate::identity::NodeIdentity;
 use crate::store::Store;
 
-/// Runs the lifecycle loop on a dedicated thread until `stop` is set.
+/// How long the worker sleeps between passes while no job is queued or running. A
+/// submission or a cancellation rings the manager's [`Doorbell`], so this is only a
+/// safety net; an idle agent wakes once a minute for it instead of five times a second.
+pub const IDLE_POLL: Duration = Duration::from_secs(60);
+
+/// Wakes the worker as soon as there is something to do (a job submitted or cancelled,
+/// the agent stopping) instead of at its next poll.
+#[derive(Debug, Default)]
+pub struct Doorbell {
+    rung: Mutex<bool>,
+    bell: Condvar,
+}
+
+impl Doorbell {
+    /// Wake the worker (or make its next wait return at once).
+    pub fn ring(&self) {
+        let mut rung = self.rung.lock().unwrap_or_else(PoisonError::into_inner);
+        *rung = true;
+        self.bell.notify_one();
+    }
+
+    /// Wait until rung or `timeout` passed; says whether it was rung, and clears it.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        let rung = self.rung.lock().unwrap_or_else(PoisonError::into_inner);
+        let (mut rung, _) = self
+            .bell
+            .wait_timeout_while(rung, timeout, |rung| !*rung)
+            .unwrap_or_else(PoisonError::into_inner);
+        std::mem::take(&mut *rung)
+    }
+}
+
+/// Runs the lifecycle loop on a dedicated thread until `stop` is set: a pass every
+/// `period` while jobs are queued or running, otherwise asleep until the doorbell
+/// rings (or [`IDLE_POLL`] passes).
 pub fn spawn_worker(
     manager: Arc<JobManager>,
     stop: Arc<AtomicBool>,
@@ -21,11 +55,14 @@ pub fn spawn_worker(
         if let Err(err) = manager.recover() {
             tracing::error!(error = %error_chain(&err), "job recovery failed");
         }
-        while !stop.load(Ordering::Relaxed) {
-            if let Err(err) = manager.tick() {
+        while !stop.load(Ordering::SeqCst) {
+            let busy = manager.tick().unwrap_or_else(|err| {
                 tracing::error!(error = %error_chain(&err), "job manager pass failed");
-            }
-            std::thread::sleep(period);
+                true
+            });
+            manager
+                .doorbell()
+                .wait(if busy { period } else { IDLE_POLL });
         }
     })
 }
@@ -42,7 +79,8 @@ impl JobsService {
     /// Asks the worker to stop after its current pass. Running jobs keep
     /// running under their supervisors and are re-adopted by the next start.
     pub fn stop(&self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.store(true, Ordering::SeqCst);
+        self.manager.doorbell().ring();
     }
 }
 
@@ -77,4 +115,32 @@ pub fn start(
     let stop = Arc::new(AtomicBool::new(false));
     spawn_worker(manager.clone(), stop.clone(), Duration::from_millis(200));
     Some(JobsService { manager, stop })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn doorbell_wakes_a_waiting_worker_and_is_cleared_by_the_wait() {
+        let bell = Arc::new(Doorbell::default());
+        // A ring before the wait is not lost.
+        bell.ring();
+        assert!(bell.wait(Duration::from_secs(10)));
+        // ...and is consumed: the next wait times out.
+        let started = Instant::now();
+        assert!(!bell.wait(Duration::from_millis(30)));
+        assert!(started.elapsed() >= Duration::from_millis(30));
+        // A ring from another thread ends a long wait early.
+        let ringer = Arc::clone(&bell);
+        let thread = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            ringer.ring();
+        });
+        let started = Instant::now();
+        assert!(bell.wait(Duration::from_secs(30)));
+        assert!(started.elapsed() < Duration::from_secs(10));
+        thread.join().unwrap();
+    }
 }

@@ -74,6 +74,46 @@ fn infinite_loop_times_out() {
     good_plugin_still_answers(&host);
 }
 
+/// The epoch ticker sleeps while no call runs, and a loop that starts on an idle host
+/// is still stopped at its budget: never before it (the deadline counts ticks from the
+/// start of the call), and within a tick plus scheduling delay after it.
+#[test]
+fn idle_host_does_not_tick_and_still_stops_a_loop_at_its_budget() {
+    let Some((host, plugin)) = misbehave("loop") else {
+        return;
+    };
+    let idle_ticks = || {
+        let before = host.epoch_ticks();
+        std::thread::sleep(plinth_plugin_host::ticker::LINGER * 5);
+        host.epoch_ticks() - before
+    };
+    // The first window may include the linger after loading; after that, silence.
+    let _ = idle_ticks();
+    assert_eq!(idle_ticks(), 0, "an idle host must not advance the epoch");
+
+    let ticks_before = host.epoch_ticks();
+    let started = Instant::now();
+    let error = plugin.price(&request(1), &pricing_state()).unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(error, PluginCallError::Timeout { limit_ms: 50, .. }),
+        "{error:?}"
+    );
+    let ticked = host.epoch_ticks() - ticks_before;
+    eprintln!("loop stopped after {elapsed:?} ({ticked} ticks) for a 50 ms budget");
+    assert!(
+        ticked >= 50,
+        "the deadline fired after only {ticked} ticks of 1 ms"
+    );
+    assert!(
+        elapsed.as_millis() >= 50,
+        "the deadline fired early: {elapsed:?}"
+    );
+    assert!(elapsed.as_millis() < 1_000, "took {elapsed:?}");
+    let _ = idle_ticks();
+    assert_eq!(idle_ticks(), 0, "the ticker must park again after the call");
+}
+
 #[test]
 fn memory_bomb_hits_the_memory_limit() {
     let Some((host, plugin)) = misbehave("membomb") else {
