@@ -11,12 +11,16 @@
 //! - [`policy`]: the appraisal policy file (TOML) with reference values and minimums.
 //! - [`ear`]: the signed EAR result token (draft-ietf-rats-ear).
 //! - [`check`]: the named pass/fail checks every verifier returns.
+//! - [`bundle`]: the signed evidence bundle (`plinth-evidence/1`) that binds all of it to one nonce.
+//! - [`canonical`]: the canonical JSON that bundles and receipts sign.
 //!
 //! Hardware collectors (the agent side) are not part of this crate yet; they will
 //! slot in beside the verifiers behind cargo features, so that the verifier always
 //! builds on a laptop without TPM, SEV or NVIDIA software.
 
+pub mod bundle;
 pub mod bytes;
+pub mod canonical;
 pub mod check;
 pub mod cli;
 pub mod ear;
