@@ -16,7 +16,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := build-essential pkg-config libtss2-dev swtpm swtpm-tools tpm2-tools gnutls-bin \
 	runc busybox-static sqlite3 debootstrap systemd-container
 
-.PHONY: demo test deps fmt clippy unit build fuzz-check
+.PHONY: demo test deps fmt clippy unit build fuzz-check bench-idle
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
@@ -52,3 +52,8 @@ unit:
 	$(CARGO) test --workspace --no-fail-fast
 
 test: deps fmt clippy unit fuzz-check
+
+# What an idle agent costs (CPU, wake-ups, RSS, fds over 60 s; see docs/ARCHITECTURE.md).
+bench-idle: deps
+	$(CARGO) build --release -p plinth-agent --bins
+	bash benches/idle-agent.sh
