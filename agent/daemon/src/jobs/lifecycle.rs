@@ -34,18 +34,7 @@ fn reason_text(result: &JobResult) -> String {
 }
 
 fn progress_text(progress: &ImportProgress) -> String {
-    match progress {
-        ImportProgress::Resolved { image_id, n_layers } => {
-            format!("importing image {image_id} ({n_layers} layers)")
-        }
-        ImportProgress::CacheHit => "image cached".to_owned(),
-        ImportProgress::Layer {
-            layer_idx,
-            n_layers,
-            digest,
-        } => format!("unpacking layer {}/{n_layers} {digest}", layer_idx + 1),
-        ImportProgress::Done => "image imported".to_owned(),
-    }
+    progress.to_string()
 }
 
 impl JobManager {

@@ -62,6 +62,8 @@ impl JobsConfig {
                 log_cap_bytes: section.log_cap_bytes,
                 kill_grace: Duration::from_secs(section.kill_grace_seconds),
                 unpack_limits: plinth_jobs::unpack::UnpackLimits::default(),
+                registry: Default::default(),
+                cache_max_bytes: 0,
             },
             receipt_interval: Duration::from_secs(section.receipt_interval_seconds),
             pricing: FallbackConfig::default(),
