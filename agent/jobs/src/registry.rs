@@ -1243,7 +1243,16 @@ impl Puller {
             let Some(chunk) = next else {
                 break;
             };
-            let chunk = chunk.map_err(|err| Failure::transient(describe_reqwest(&err)))?;
+            let chunk = chunk.map_err(|err| {
+                Failure::transient(if err.is_timeout() {
+                    format!(
+                        "stalled: no data for {:?} (images.stall_timeout_seconds)",
+                        self.settings.stall_timeout
+                    )
+                } else {
+                    describe_reqwest(&err)
+                })
+            })?;
             if body.len() as u64 + chunk.len() as u64 > max {
                 return Err(too_large(format!("more than {}", body.len() + chunk.len())));
             }
@@ -1479,7 +1488,16 @@ impl Puller {
                     let Some(chunk) = next else {
                         return Ok(());
                     };
-                    let chunk = chunk.map_err(|err| Failure::transient(describe_reqwest(&err)))?;
+                    let chunk = chunk.map_err(|err| {
+                        Failure::transient(if err.is_timeout() {
+                            format!(
+                                "stalled: no data for {:?} after {written} of {size} bytes (images.stall_timeout_seconds)",
+                                self.settings.stall_timeout
+                            )
+                        } else {
+                            describe_reqwest(&err)
+                        })
+                    })?;
                     if written + chunk.len() as u64 > size {
                         return Err(Failure::fatal(RegistryError::DigestMismatch {
                             digest: digest.clone(),
