@@ -830,3 +830,71 @@ fn concurrent_pulls_of_one_image_share_one_download() {
     let downloads = server.requests().iter().filter(|r| **r == layer).count();
     assert_eq!(downloads, 1, "{:?}", server.requests());
 }
+
+#[test]
+fn the_cache_evicts_least_recently_used_images_no_job_uses() {
+    use std::collections::HashSet;
+    let fixture = Fixture::new();
+    let mut ids = Vec::new();
+    for name in ["a", "b", "c"] {
+        let layout = fixture.path(name);
+        let data = vec![name.as_bytes()[0]; 100_000];
+        image_layout(
+            &layout,
+            "v1",
+            &[(
+                tar_of(&[("data", &data, 0o644)]).unwrap(),
+                Compression::Gzip,
+            )],
+        )
+        .unwrap();
+        let imported = fixture
+            .store
+            .import(
+                &plinth_jobs::spec::ImageRef {
+                    source: plinth_jobs::spec::ImageSource::OciLayout,
+                    path: layout,
+                    reference: None,
+                    digest: None,
+                },
+                &mut |_| {},
+            )
+            .unwrap();
+        assert_eq!(imported.record.size_bytes, 100_000);
+        ids.push(imported.record.image_id);
+        // Distinct last-use times (modification times have sub-second resolution).
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Using "a" again makes "b" the least recently used.
+    fixture.store.lookup(&ids[0]).unwrap().unwrap();
+    let listed = fixture.store.list(&HashSet::new()).unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|i| i.image_id.clone())
+            .collect::<Vec<_>>(),
+        vec![ids[0].clone(), ids[2].clone(), ids[1].clone()]
+    );
+    // "b" is in use: the next least recently used, "c", goes instead; "a" is kept.
+    let in_use = HashSet::from([ids[1].clone()]);
+    let evicted = fixture.store.evict(250_000, &in_use, &ids[0]).unwrap();
+    assert_eq!(evicted, vec![ids[2].clone()]);
+    let left: Vec<String> = fixture
+        .store
+        .list(&in_use)
+        .unwrap()
+        .into_iter()
+        .map(|i| i.image_id)
+        .collect();
+    assert_eq!(left, vec![ids[0].clone(), ids[1].clone()]);
+    assert!(fixture.store.lookup(&ids[2]).unwrap().is_none());
+    // Removal is refused while in use; prune removes the rest and leaves no staging.
+    let err = fixture.store.remove(&ids[1], &in_use).unwrap_err();
+    assert!(err.to_string().contains("used by a job"), "{err}");
+    assert_eq!(fixture.store.prune(&in_use).unwrap(), vec![ids[0].clone()]);
+    assert_eq!(
+        fixture.store.prune(&HashSet::new()).unwrap(),
+        vec![ids[1].clone()]
+    );
+    fixture.assert_empty();
+}
