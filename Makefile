@@ -12,9 +12,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Debian packages the build and the tests use: a real TPM (swtpm + tpm2-tools), the
 # TSS headers for the TPM collector, a real OCI runtime (runc) and busybox for test
-# root filesystems, systemd-nspawn + debootstrap for the packaging tests.
+# root filesystems, systemd-nspawn + debootstrap for the packaging tests, a real OCI
+# registry (docker-registry), skopeo to push to it and openssl for its test CA.
 APT_PACKAGES := build-essential pkg-config libtss2-dev swtpm swtpm-tools tpm2-tools gnutls-bin \
-	runc busybox-static sqlite3 debootstrap systemd-container
+	runc busybox-static sqlite3 debootstrap systemd-container docker-registry skopeo openssl
 
 .PHONY: demo test deps fmt clippy unit build fuzz-check bench-idle
 

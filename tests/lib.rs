@@ -1,6 +1,9 @@
 //! Shared helpers of plinth's tests across crates: where the repository and the evidence
-//! vectors are, the example plugins built once from source, and a busybox OCI image for
-//! job tests. Test support only: nothing here is used by a shipped binary.
+//! vectors are, the example plugins built once from source, a busybox OCI image for
+//! job tests, and a real OCI registry with image builders ([`registry`]). Test support
+//! only: nothing here is used by a shipped binary.
+
+pub mod registry;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -100,71 +103,11 @@ fn build_example_plugins() -> Result<Option<PathBuf>, String> {
     Ok(Some(target_dir.join("wasm32-wasip2/release")))
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
-}
-
-fn other(what: &str) -> impl FnOnce(serde_json::Error) -> io::Error + '_ {
-    move |err| io::Error::other(format!("{what}: {err}"))
-}
-
 /// Writes an OCI image layout at `layout` whose one layer (made by `tar` from a rootfs
 /// under `work`) holds `/bin/busybox`, the given applets as links to it and an
-/// `/etc/passwd` with root: the image every job test runs.
+/// `/etc/passwd` with root: the image every job test runs (tagged `latest`).
 pub fn busybox_layout(work: &Path, layout: &Path, applets: &[&str]) -> io::Result<()> {
-    let rootfs = work.join("rootfs");
-    std::fs::create_dir_all(rootfs.join("bin"))?;
-    std::fs::create_dir_all(rootfs.join("etc"))?;
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))?;
-    for applet in applets {
-        std::os::unix::fs::symlink("/bin/busybox", rootfs.join("bin").join(applet))?;
-    }
-    std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n")?;
-    let layer_path = work.join("layer.tar");
-    let status = Command::new("tar")
-        .args(["--numeric-owner", "-C"])
-        .arg(&rootfs)
-        .arg("-cf")
-        .arg(&layer_path)
-        .arg(".")
-        .status()?;
-    if !status.success() {
-        return Err(io::Error::other(format!("tar failed: {status}")));
-    }
-    let layer = std::fs::read(&layer_path)?;
-    let blobs = layout.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs)?;
-    let put = |bytes: &[u8]| -> io::Result<String> {
-        let digest = sha256_hex(bytes);
-        std::fs::write(blobs.join(&digest), bytes)?;
-        Ok(digest)
-    };
-    let layer_digest = put(&layer)?;
-    let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": if cfg!(target_arch = "aarch64") { "arm64" } else { "amd64" },
-        "os": "linux",
-        "config": {"Env": ["PATH=/bin"]},
-        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{layer_digest}")]}
-    }))
-    .map_err(other("image config"))?;
-    let config_digest = put(&config)?;
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": format!("sha256:{config_digest}"), "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": format!("sha256:{layer_digest}"), "size": layer.len()}]
-    }))
-    .map_err(other("image manifest"))?;
-    let manifest_digest = put(&manifest)?;
-    let index = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": format!("sha256:{manifest_digest}"), "size": manifest.len()}]
-    }))
-    .map_err(other("image index"))?;
-    std::fs::write(layout.join("index.json"), index)?;
-    std::fs::write(
-        layout.join("oci-layout"),
-        br#"{"imageLayoutVersion":"1.0.0"}"#,
-    )?;
+    let layer = registry::busybox_tar(work, applets)?;
+    registry::image_layout(layout, "latest", &[(layer, registry::Compression::None)])?;
     Ok(())
 }

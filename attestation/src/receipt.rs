@@ -18,6 +18,9 @@
 //!   `signature` included. The next receipt's `prev_hash` is its lowercase
 //!   hex; the first receipt (`seq` 1) has 64 zeros.
 //! - `node_key` and `signature` are lowercase hex (32 and 64 bytes).
+//! - `image` (the manifest digest of the job's image and its verified signer) is
+//!   the one member left out when absent rather than written as `null`: it was
+//!   added after the first receipts were issued, and those keep verifying.
 //!
 //! # What verification checks
 //!
@@ -146,8 +149,31 @@ pub struct Receipt {
     pub pricing_policy_sha256: String,
     /// Hex Ed25519 public key of the node.
     pub node_key: String,
+    /// The image the job ran: its manifest digest and, when a signature policy applied,
+    /// the key that signed it. Omitted (not `null`) when absent, so receipts issued
+    /// before the field existed keep their canonical bytes and verify unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ReceiptImage>,
     /// Hex Ed25519 signature over [`Receipt::signing_bytes`].
     pub signature: String,
+}
+
+/// What a receipt says about the job's image.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiptImage {
+    /// `sha256:<hex>` of the image manifest that ran.
+    pub manifest_digest: String,
+    /// The registry reference it was pulled by, for registry images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// Hex SHA-256 of the SubjectPublicKeyInfo of the key whose cosign signature was
+    /// verified before the image was unpacked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer_key_sha256: Option<String>,
+    /// The operator's name for that key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
 }
 
 /// Canonical JSON bytes of any serialisable value (see [`crate::canonical`]).
@@ -199,6 +225,26 @@ impl Receipt {
         }
         if self.period_end_ms < self.period_start_ms {
             return Err(invalid("period_end_ms", "is before period_start_ms"));
+        }
+        if let Some(image) = &self.image {
+            let digest_ok = image
+                .manifest_digest
+                .strip_prefix("sha256:")
+                .is_some_and(|hex_part| is_hex(hex_part, 32));
+            if !digest_ok {
+                return Err(invalid(
+                    "image.manifest_digest",
+                    "is not sha256:<64 lowercase hex digits>",
+                ));
+            }
+            if let Some(key) = &image.signer_key_sha256
+                && !is_hex(key, 32)
+            {
+                return Err(invalid(
+                    "image.signer_key_sha256",
+                    "is not 64 lowercase hex digits",
+                ));
+            }
         }
         Ok(())
     }
@@ -617,6 +663,7 @@ mod tests {
             },
             pricing_policy_sha256: "ab".repeat(32),
             node_key: hex::encode(key.public_key().as_ref()),
+            image: None,
             signature: String::new(),
         };
         receipt
@@ -674,6 +721,41 @@ mod tests {
         let err = verify_ledger(text, options).unwrap_err();
         assert_eq!(err.line, line, "{err}");
         assert!(fault(&err.fault), "{err}");
+    }
+
+    #[test]
+    fn receipts_with_and_without_an_image_verify() {
+        let key = key(7);
+        let old = make(&key, 1, GENESIS_HASH, "a", ReceiptKind::Final, 1000, 2000);
+        let text = serde_json::to_string(&old).unwrap();
+        assert!(!text.contains("\"image\""), "{text}");
+        let mut new = make(
+            &key,
+            2,
+            &old.hash().unwrap(),
+            "b",
+            ReceiptKind::Final,
+            1000,
+            2000,
+        );
+        new.image = Some(ReceiptImage {
+            manifest_digest: format!("sha256:{}", "c".repeat(64)),
+            reference: Some("r.example/app:v1".into()),
+            signer_key_sha256: Some("d".repeat(64)),
+            signer: Some("release".into()),
+        });
+        new.sign_with(|bytes| key.sign(bytes).as_ref().try_into().unwrap())
+            .unwrap();
+        let ledger = lines(&[old, new.clone()]);
+        verify_ledger(&ledger, &options(&key)).unwrap();
+        let parsed = Receipt::from_json(&serde_json::to_vec(&new).unwrap()).unwrap();
+        assert_eq!(parsed.image, new.image);
+        let mut forged = new.clone();
+        forged.image.as_mut().unwrap().manifest_digest = format!("sha256:{}", "e".repeat(64));
+        assert!(forged.verify_signature().is_err());
+        let mut bad = new;
+        bad.image.as_mut().unwrap().manifest_digest = "latest".into();
+        assert!(bad.check_fields().is_err());
     }
 
     #[test]

@@ -77,6 +77,12 @@ pub enum CtlCommand {
         #[command(subcommand)]
         command: crate::ctl::plugin::PluginCommand,
     },
+    /// The image cache and registry pulls (list, pull, remove, prune).
+    Images {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::ctl::images::ImagesCommand,
+    },
     /// Print shell completions for plinthctl.
     Completions {
         /// The shell.

@@ -91,6 +91,193 @@ pub struct AgentConfig {
     pub plugins: PluginsConfig,
     /// Sandboxed jobs: OCI runtime, image sources, CDI, limits, receipts.
     pub jobs: JobsSection,
+    /// Images: registries, signature policy, pull limits, the cache bound.
+    pub images: ImagesSection,
+}
+
+/// The `[images]` section: where registry images come from, who must have signed them,
+/// the limits of a pull and the size of the image cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImagesSection {
+    /// Bytes of unpacked images the cache keeps before least-recently-used images that no
+    /// job uses are evicted; 0 means unbounded.
+    pub cache_max_bytes: u64,
+    /// Layers downloaded at the same time by one pull.
+    pub concurrency: u32,
+    /// Seconds to connect (TCP and TLS) to a registry.
+    pub connect_timeout_seconds: u64,
+    /// Seconds a registry may send nothing before the attempt fails (a stall).
+    pub stall_timeout_seconds: u64,
+    /// Retries of a failed download (with backoff, resumed where the registry allows).
+    pub retries: u32,
+    /// Largest manifest or image index, in bytes.
+    pub max_manifest_bytes: u64,
+    /// Largest image config, in bytes.
+    pub max_config_bytes: u64,
+    /// Most layers of one image.
+    pub max_layers: u32,
+    /// Largest compressed image (config and layers), in bytes.
+    pub max_image_bytes: u64,
+    /// Most entries of one image index.
+    pub max_index_entries: u32,
+    /// Most redirects one request follows.
+    pub max_redirects: u32,
+    /// The registries this host may pull from (`[[images.registries]]`); none: the host
+    /// has no registry access and runs local images only.
+    pub registries: Vec<RegistrySection>,
+    /// Named cosign public keys (PEM files, `cosign.pub`) that `signed_by` lists refer to.
+    pub keys: BTreeMap<String, PathBuf>,
+    /// Per-tenant signature policy, replacing a registry's `signed_by` for that tenant.
+    pub tenants: BTreeMap<String, TenantImagesPolicy>,
+}
+
+impl Default for ImagesSection {
+    fn default() -> Self {
+        Self {
+            cache_max_bytes: 0,
+            concurrency: 4,
+            connect_timeout_seconds: 10,
+            stall_timeout_seconds: 30,
+            retries: 3,
+            max_manifest_bytes: 4 * 1024 * 1024,
+            max_config_bytes: 4 * 1024 * 1024,
+            max_layers: 256,
+            max_image_bytes: 64 * 1024 * 1024 * 1024,
+            max_index_entries: 256,
+            max_redirects: 5,
+            registries: Vec::new(),
+            keys: BTreeMap::new(),
+            tenants: BTreeMap::new(),
+        }
+    }
+}
+
+/// One `[[images.registries]]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySection {
+    /// The registry as image references name it (`registry.example`, `127.0.0.1:5000`).
+    pub host: String,
+    /// Mirrors tried in order before the host itself.
+    #[serde(default)]
+    pub mirrors: Vec<String>,
+    /// Root-only (0600) TOML file with `username` and `password`, or `token`.
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+    /// PEM CA bundle that alone is trusted for this registry's TLS.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Plain HTTP; accepted only when the host and every mirror are loopback addresses.
+    #[serde(default)]
+    pub insecure: bool,
+    /// Names of `[images.keys]`, one of which must have signed every image from here.
+    #[serde(default)]
+    pub signed_by: Vec<String>,
+}
+
+/// One `[images.tenants.<tenant>]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantImagesPolicy {
+    /// Names of `[images.keys]`, one of which must have signed the tenant's registry
+    /// images (replaces the registry's `signed_by`; empty: no signature required).
+    pub signed_by: Vec<String>,
+}
+
+impl ImagesSection {
+    /// Checks `[images]`: positive limits, unique hosts, `insecure` only for loopback,
+    /// key names that exist, absolute file paths.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Validate { key, message };
+        for (key, value) in [
+            ("images.concurrency", u64::from(self.concurrency)),
+            ("images.stall_timeout_seconds", self.stall_timeout_seconds),
+            (
+                "images.connect_timeout_seconds",
+                self.connect_timeout_seconds,
+            ),
+            ("images.max_manifest_bytes", self.max_manifest_bytes),
+            ("images.max_config_bytes", self.max_config_bytes),
+            ("images.max_layers", u64::from(self.max_layers)),
+            ("images.max_image_bytes", self.max_image_bytes),
+            (
+                "images.max_index_entries",
+                u64::from(self.max_index_entries),
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(key.to_owned(), "must be greater than 0".to_owned()));
+            }
+        }
+        let known_keys = |key: String, names: &[String]| -> Result<(), ConfigError> {
+            match names.iter().find(|name| !self.keys.contains_key(*name)) {
+                Some(name) => Err(invalid(
+                    key,
+                    format!("{name:?} is not a key in [images.keys]"),
+                )),
+                None => Ok(()),
+            }
+        };
+        let mut hosts = std::collections::BTreeSet::new();
+        for (idx, registry) in self.registries.iter().enumerate() {
+            let key = |field: &str| format!("images.registries[{idx}].{field}");
+            if registry.host.is_empty() || registry.host.contains('/') {
+                return Err(invalid(
+                    key("host"),
+                    format!("{:?} is not HOST[:PORT]", registry.host),
+                ));
+            }
+            if !hosts.insert(registry.host.as_str()) {
+                return Err(invalid(
+                    key("host"),
+                    format!("{} is listed twice", registry.host),
+                ));
+            }
+            if registry.insecure {
+                let remote = std::iter::once(&registry.host)
+                    .chain(&registry.mirrors)
+                    .find(|host| !plinth_jobs::registry::is_loopback_host(host));
+                if let Some(remote) = remote {
+                    return Err(invalid(
+                        key("insecure"),
+                        format!(
+                            "plain HTTP is allowed only for loopback hosts, and {remote} is not one"
+                        ),
+                    ));
+                }
+            }
+            for (field, path) in [
+                ("credentials_file", &registry.credentials_file),
+                ("ca_file", &registry.ca_file),
+            ] {
+                if let Some(path) = path
+                    && !path.is_absolute()
+                {
+                    return Err(invalid(
+                        key(field),
+                        format!("{} is not an absolute path", path.display()),
+                    ));
+                }
+            }
+            known_keys(key("signed_by"), &registry.signed_by)?;
+        }
+        for (tenant, policy) in &self.tenants {
+            known_keys(
+                format!("images.tenants.{tenant}.signed_by"),
+                &policy.signed_by,
+            )?;
+        }
+        for (name, path) in &self.keys {
+            if !path.is_absolute() {
+                return Err(invalid(
+                    format!("images.keys.{name}"),
+                    format!("{} is not an absolute path", path.display()),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The `[plugins]` section of agent.toml.
@@ -290,6 +477,7 @@ impl AgentConfig {
                 message: "must not be empty".to_owned(),
             });
         }
+        self.images.validate()?;
         tracing_subscriber::EnvFilter::try_new(&self.agent.log_level).map_err(|err| {
             ConfigError::Validate {
                 key: "agent.log_level".to_owned(),
@@ -584,9 +772,16 @@ mod tests {
         let built_in = AgentConfig::default();
         let mut texts = vec![
             String::new(),
-            "[agent]\n[api]\n[plugins]\n[plugins.fallback]\n[plugins.config]\n[jobs]\n".to_owned(),
+            "[agent]\n[api]\n[plugins]\n[plugins.fallback]\n[plugins.config]\n[jobs]\n[images]\n[images.keys]\n[images.tenants]\n".to_owned(),
         ];
-        for section in ["agent", "api", "plugins", "plugins.fallback", "jobs"] {
+        for section in [
+            "agent",
+            "api",
+            "plugins",
+            "plugins.fallback",
+            "jobs",
+            "images",
+        ] {
             texts.push(format!("[{section}]\n"));
         }
         for text in texts {
@@ -596,6 +791,38 @@ mod tests {
         assert_eq!(
             built_in.plugins.fallback,
             plinth_plugin_host::fallback::FallbackConfig::default()
+        );
+    }
+
+    #[test]
+    fn images_section_is_checked() {
+        let parse = |text: &str| {
+            let config: AgentConfig = toml::from_str(text).unwrap();
+            config.validate().map_err(|err| err.to_string())
+        };
+        let good = "[images]\ncache_max_bytes = 1000\n[images.keys]\nrelease = \"/etc/plinth/release.pub\"\n\
+            [[images.registries]]\nhost = \"127.0.0.1:5000\"\ninsecure = true\nsigned_by = [\"release\"]\n\
+            [images.tenants.acme]\nsigned_by = []\n";
+        parse(good).unwrap();
+        let remote = "[[images.registries]]\nhost = \"registry.example\"\ninsecure = true\n";
+        let err = parse(remote).unwrap_err();
+        assert!(
+            err.contains("images.registries[0].insecure") && err.contains("registry.example"),
+            "{err}"
+        );
+        let unknown = "[[images.registries]]\nhost = \"r.example\"\nsigned_by = [\"nope\"]\n";
+        assert!(
+            parse(unknown)
+                .unwrap_err()
+                .contains("images.registries[0].signed_by")
+        );
+        let twice = "[[images.registries]]\nhost = \"r.example\"\n[[images.registries]]\nhost = \"r.example\"\n";
+        assert!(parse(twice).unwrap_err().contains("listed twice"));
+        let zero = "[images]\nconcurrency = 0\n";
+        assert!(parse(zero).unwrap_err().contains("images.concurrency"));
+        assert!(
+            toml::from_str::<AgentConfig>("[[images.registries]]\nhost = \"a\"\nmirror = []\n")
+                .is_err()
         );
     }
 

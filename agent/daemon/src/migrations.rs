@@ -6,7 +6,11 @@ use crate::store::{self, Migration};
 
 /// Every migration of the agent's database, in order. Append only: never edit a released
 /// one.
-pub const MIGRATIONS: &[Migration] = &[store::BASE_MIGRATION, crate::jobs::schema::MIGRATION];
+pub const MIGRATIONS: &[Migration] = &[
+    store::BASE_MIGRATION,
+    crate::jobs::schema::MIGRATION,
+    crate::jobs::schema::IMAGE_MIGRATION,
+];
 
 /// The schema version this build writes.
 pub fn latest_version() -> u32 {

@@ -42,6 +42,8 @@ fn benches(c: &mut Criterion) {
             image_id: format!("sha256:{}", "0".repeat(64)),
             config_digest: format!("sha256:{}", "1".repeat(64)),
             config,
+            origin: None,
+            size_bytes: 0,
         },
         rootfs: "/nonexistent/rootfs".into(),
         cached: true,

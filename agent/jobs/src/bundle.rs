@@ -612,6 +612,8 @@ mod tests {
                 image_id: format!("sha256:{}", "0".repeat(64)),
                 config_digest: format!("sha256:{}", "1".repeat(64)),
                 config,
+                origin: None,
+                size_bytes: 0,
             },
             rootfs: rootfs.to_path_buf(),
             cached: true,

@@ -27,6 +27,7 @@ use crate::protocol::{
     self, BUNDLE_DIR, EndReason, JobResult, ProtocolError, SHIM_CONFIG, SHIM_LOG, SHIM_PID, STATE,
     STDERR_LOG, STDOUT_LOG, ShimConfig, ShimIdentity, ShimPhase, ShimState,
 };
+use crate::registry::{Puller, RegistryError, RegistrySettings};
 use crate::runtime::{KillSignal, OciRuntime, RuncRuntime, RuntimeError};
 use crate::spec::{JobSpec, JobSpecError};
 use crate::unpack::UnpackLimits;
@@ -91,6 +92,9 @@ pub enum EngineError {
     /// Image import failed.
     #[error("cannot import the job's image")]
     Image(#[from] ImageError),
+    /// Pulling the job's image from its registry failed.
+    #[error("cannot pull the job's image")]
+    Registry(#[from] RegistryError),
     /// Bundle generation failed.
     #[error("cannot build the job's runtime bundle")]
     Bundle(#[from] BundleError),
@@ -149,6 +153,11 @@ pub struct EngineConfig {
     pub kill_grace: Duration,
     /// Unpacking limits.
     pub unpack_limits: UnpackLimits,
+    /// Registries, signature policy and pull limits (`[images]`).
+    pub registry: RegistrySettings,
+    /// Bytes the image cache may hold before least-recently-used images that no
+    /// job uses are evicted; 0 means unbounded.
+    pub cache_max_bytes: u64,
 }
 
 /// Where a job is, as seen from its directory.
@@ -170,6 +179,7 @@ pub enum JobState {
 pub struct Engine {
     config: EngineConfig,
     images: ImageStore,
+    puller: Puller,
     /// Runtime settings written into each job's `shim.json`.
     shim_runtime: RuncRuntime,
     /// The runtime the engine itself drives (recovery).
@@ -267,6 +277,7 @@ impl Engine {
         let shim_runtime = RuncRuntime::new(&config.runtime_binary, &config.runtime_root);
         Ok(Engine {
             images,
+            puller: Puller::new(config.registry.clone()),
             shim_runtime,
             runtime,
             cgroup_version: detect_cgroup_version(),
@@ -284,6 +295,55 @@ impl Engine {
     /// The image cache.
     pub fn images(&self) -> &ImageStore {
         &self.images
+    }
+
+    /// The registry client.
+    pub fn puller(&self) -> &Puller {
+        &self.puller
+    }
+
+    /// Ids of the images used by jobs that have not ended (a job directory
+    /// with a job record and no result), which eviction and removal spare.
+    pub fn images_in_use(&self) -> std::collections::HashSet<String> {
+        let mut in_use = std::collections::HashSet::new();
+        let Ok(entries) = fs::read_dir(&self.config.jobs_dir) else {
+            return in_use;
+        };
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            if protocol::read_result(&dir).ok().flatten().is_some() {
+                continue;
+            }
+            if let Ok(Some(record)) = protocol::read_json::<JobRecord>(&dir.join(JOB_RECORD)) {
+                in_use.insert(record.image_id);
+            }
+        }
+        in_use
+    }
+
+    /// Pulls a registry image into the cache (or finds it there) and then
+    /// evicts least-recently-used images beyond `cache_max_bytes`.
+    pub fn pull_image(
+        &self,
+        reference: &str,
+        pin: Option<&str>,
+        tenant: Option<&str>,
+        progress: &mut dyn FnMut(ImportProgress),
+    ) -> Result<crate::registry::Pulled, EngineError> {
+        let pulled = self
+            .puller
+            .pull(&self.images, reference, pin, tenant, progress)?;
+        self.evict_except(&pulled.image.record.image_id);
+        Ok(pulled)
+    }
+
+    fn evict_except(&self, keep: &str) {
+        if let Err(err) =
+            self.images
+                .evict(self.config.cache_max_bytes, &self.images_in_use(), keep)
+        {
+            tracing::warn!(error = %plinth_toolbox::error_chain(&err), "image cache eviction failed");
+        }
     }
 
     /// Directory of a job.
@@ -325,6 +385,19 @@ impl Engine {
         gpu_devices: &[String],
         progress: &mut dyn FnMut(ImportProgress),
     ) -> Result<JobRecord, EngineError> {
+        self.prepare_for(job_id, spec, gpu_devices, None, progress)
+    }
+
+    /// [`Engine::prepare`] for a job of `tenant`, whose signature policy
+    /// (`[images.tenants]`) then applies to registry images.
+    pub fn prepare_for(
+        &self,
+        job_id: &str,
+        spec: &JobSpec,
+        gpu_devices: &[String],
+        tenant: Option<&str>,
+        progress: &mut dyn FnMut(ImportProgress),
+    ) -> Result<JobRecord, EngineError> {
         spec.validate()?;
         if gpu_devices.len() != spec.gpus.count as usize
             && !(spec.gpus.count > 0 && gpu_devices.len() == 1 && gpu_devices[0].ends_with("=all"))
@@ -335,7 +408,8 @@ impl Engine {
             });
         }
         let job_dir = self.job_dir(job_id)?;
-        if !self.config.image_roots.is_empty() {
+        let is_registry = spec.image.source == crate::spec::ImageSource::Registry;
+        if !is_registry && !self.config.image_roots.is_empty() {
             let canonical =
                 fs::canonicalize(&spec.image.path).map_err(io_err("resolve", &spec.image.path))?;
             if !self
@@ -371,7 +445,18 @@ impl Engine {
                 });
             }
         }
-        let image = self.images.import(&spec.image, progress)?;
+        let (image, image_signer) = if is_registry {
+            let reference = spec.image.reference.as_deref().unwrap_or_default();
+            let pulled =
+                self.pull_image(reference, spec.image.digest.as_deref(), tenant, progress)?;
+            (pulled.image, pulled.signer)
+        } else {
+            let image = self.images.import(&spec.image, progress)?;
+            if !image.cached {
+                self.evict_except(&image.record.image_id);
+            }
+            (image, None)
+        };
         let user = bundle::resolve_user(&image)?;
         let scratch = job_dir.join("scratch");
         let outputs = scratch.join(
@@ -428,6 +513,7 @@ impl Engine {
             spec: spec.clone(),
             gpu_devices: gpu_devices.to_vec(),
             image_id: image.record.image_id.clone(),
+            image_signer,
         };
         // The three files are written durably at the same time, so that their
         // fsyncs share journal commits instead of queueing one after another
@@ -760,6 +846,8 @@ mod tests {
             log_cap_bytes: 4096,
             kill_grace: Duration::from_millis(100),
             unpack_limits: UnpackLimits::default(),
+            registry: RegistrySettings::default(),
+            cache_max_bytes: 0,
         }
     }
 

@@ -72,12 +72,39 @@ pub enum ImageError {
         source: serde_json::Error,
     },
     /// A blob's content does not match its digest or size.
-    #[error("blob {digest} does not match its descriptor: {reason}")]
+    #[error("digest mismatch for blob {digest} ({what}): {reason}")]
     BlobMismatch {
         /// The descriptor's digest.
         digest: String,
+        /// Which blob of which image (`layer 2 of 127.0.0.1:5000/app:v1`).
+        what: String,
         /// What differed.
         reason: String,
+    },
+    /// A blob or document is larger than its limit.
+    #[error("{what} ({digest}) is {size} bytes, over the {max} byte limit")]
+    TooLarge {
+        /// Which blob of which image.
+        what: String,
+        /// Its digest.
+        digest: String,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// A foreign or non-distributable layer (its content lives outside the image).
+    #[error(
+        "{what} ({digest}) is a foreign/non-distributable layer ({media_type}); its content is \
+         fetched from outside the image store and is refused"
+    )]
+    ForeignLayer {
+        /// Which layer of which image.
+        what: String,
+        /// Its digest.
+        digest: String,
+        /// Its media type.
+        media_type: String,
     },
     /// A digest that is not `sha256:<64 hex>`.
     #[error("unsupported or malformed digest {digest:?}")]
@@ -151,6 +178,18 @@ pub enum ImageError {
         #[source]
         source: io::Error,
     },
+    /// A registry image was given to the local importer.
+    #[error("{reference} is a registry image; it is pulled by plinth_jobs::registry::Puller")]
+    NotLocal {
+        /// The reference.
+        reference: String,
+    },
+    /// The image is used by a job that has not ended.
+    #[error("image {image_id} is used by a job that has not ended")]
+    InUse {
+        /// The image.
+        image_id: String,
+    },
     /// Committing an image to the cache failed.
     #[error("cannot commit image to the cache")]
     Durable(#[from] DurableError),
@@ -182,6 +221,65 @@ pub struct ImageRecord {
     pub config_digest: String,
     /// The image configuration (entrypoint, env, user, ...).
     pub config: ImageConfiguration,
+    /// Where a registry image came from and who signed it (absent for local imports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<ImageOrigin>,
+    /// Bytes of file data in the unpacked rootfs (0 in records written before it was kept).
+    #[serde(default)]
+    pub size_bytes: u64,
+}
+
+/// The registry provenance of a cached image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageOrigin {
+    /// The reference the image was pulled by (`HOST/REPO[:TAG][@DIGEST]`).
+    pub reference: String,
+    /// The digest the reference resolved to (an index's, for multi-platform images).
+    pub resolved_digest: String,
+    /// The registry endpoint that served it (the host or one of its mirrors).
+    pub endpoint: String,
+    /// The verified signature, when one was checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<crate::signature::VerifiedSigner>,
+}
+
+/// Where a layer blob's media type puts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerKind {
+    /// An uncompressed tar.
+    Tar,
+    /// gzip-compressed tar.
+    Gzip,
+    /// zstd-compressed tar.
+    Zstd,
+}
+
+/// Checks a layer's media type: OCI and Docker tar layers, uncompressed, gzip or
+/// zstd. Foreign and non-distributable layers are refused with their own reason;
+/// anything else is an unsupported media type. `what` names the layer in errors.
+pub fn check_layer_media_type(
+    media_type: &str,
+    digest: &str,
+    what: &str,
+) -> Result<LayerKind, ImageError> {
+    match media_type {
+        "application/vnd.oci.image.layer.v1.tar"
+        | "application/vnd.docker.image.rootfs.diff.tar" => Ok(LayerKind::Tar),
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+        | "application/vnd.docker.image.rootfs.diff.tar.gzip" => Ok(LayerKind::Gzip),
+        "application/vnd.oci.image.layer.v1.tar+zstd" => Ok(LayerKind::Zstd),
+        foreign if foreign.contains("foreign") || foreign.contains("nondistributable") => {
+            Err(ImageError::ForeignLayer {
+                what: what.to_owned(),
+                digest: digest.to_owned(),
+                media_type: foreign.to_owned(),
+            })
+        }
+        other => Err(ImageError::UnsupportedMediaType {
+            media_type: other.to_owned(),
+            digest: digest.to_owned(),
+        }),
+    }
 }
 
 /// An image ready to run.
@@ -216,8 +314,61 @@ pub enum ImportProgress {
         /// Layer digest.
         digest: String,
     },
+    /// A blob is being downloaded from a registry.
+    Download {
+        /// What it is (`layer 2/5`, `config`).
+        what: String,
+        /// Blob digest.
+        digest: String,
+        /// Bytes received so far.
+        bytes: u64,
+        /// Size of the blob.
+        total: u64,
+    },
+    /// The image's signature was verified.
+    SignatureVerified {
+        /// The key (its configured name) that signed it.
+        key: String,
+    },
     /// The image is in the cache.
     Done,
+}
+
+impl std::fmt::Display for ImportProgress {
+    /// The line shown as a preparing job's reason and by `plinthctl images pull --progress`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImportProgress::Resolved { image_id, n_layers } => {
+                write!(f, "importing image {image_id} ({n_layers} layers)")
+            }
+            ImportProgress::CacheHit => f.write_str("image cached"),
+            ImportProgress::Layer {
+                layer_idx,
+                n_layers,
+                digest,
+            } => write!(f, "unpacking layer {}/{n_layers} {digest}", layer_idx + 1),
+            ImportProgress::Download {
+                what,
+                digest,
+                bytes,
+                total,
+            } => {
+                let percent = if *total == 0 {
+                    100
+                } else {
+                    bytes.saturating_mul(100) / total
+                };
+                write!(
+                    f,
+                    "downloading {what} {digest}: {bytes} of {total} bytes ({percent}%)"
+                )
+            }
+            ImportProgress::SignatureVerified { key } => {
+                write!(f, "signature verified (key {key})")
+            }
+            ImportProgress::Done => f.write_str("image imported"),
+        }
+    }
 }
 
 /// The content-addressed image cache.
@@ -225,13 +376,48 @@ pub enum ImportProgress {
 pub struct ImageStore {
     root: PathBuf,
     limits: UnpackLimits,
+    /// One lock per image id being fetched, so that concurrent pulls of one
+    /// image share one download (see [`ImageStore::flight`]).
+    flights: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, FlightLock>>>,
+}
+
+type FlightLock = std::sync::Arc<std::sync::Mutex<()>>;
+
+/// Held while one image is fetched; others wanting it wait in
+/// [`ImageStore::flight`] and then find it in the cache.
+pub struct Flight {
+    key: String,
+    lock: FlightLock,
+    flights: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, FlightLock>>>,
+}
+
+impl Flight {
+    /// Waits for the flight's lock (blocking the calling thread).
+    pub fn wait(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        let mut flights = self
+            .flights
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The map's entry and this one: nobody else waits, forget the key.
+        if std::sync::Arc::strong_count(&self.lock) <= 2 {
+            flights.remove(&self.key);
+        }
+    }
 }
 
 static STAGING_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A staging directory removed on drop.
-struct Staging {
-    path: PathBuf,
+pub(crate) struct Staging {
+    pub(crate) path: PathBuf,
 }
 
 impl Drop for Staging {
@@ -274,7 +460,7 @@ fn parse_json<T: serde::de::DeserializeOwned>(
     })
 }
 
-fn sha256_of(bytes: &[u8]) -> String {
+pub(crate) fn sha256_of(bytes: &[u8]) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
 }
 
@@ -305,15 +491,23 @@ fn blob_path(hex_part: &str) -> PathBuf {
 struct Source {
     /// The layout directory or the archive (for messages).
     path: PathBuf,
+    /// How errors name the image (its path, or its registry reference).
+    name: String,
     /// The directory files are resolved beneath.
     fd: OwnedFd,
+    /// Every blob was already verified against its digest while it was written
+    /// into this private staging directory (registry pulls), so layers are not
+    /// hashed a second time before they are decompressed.
+    verified: bool,
 }
 
 impl Source {
     fn open_dir(dir: &Path) -> Result<Source, ImageError> {
         Ok(Source {
             path: dir.to_path_buf(),
+            name: dir.display().to_string(),
             fd: open_dir(dir).map_err(io_err("open", dir))?,
+            verified: false,
         })
     }
 
@@ -356,6 +550,8 @@ struct LayerPlan {
     path: PathBuf,
     /// How progress and errors name it (blob digest, or diff_id).
     label: String,
+    /// Which layer of which image (`layer 2 of IMAGE`), for errors.
+    what: String,
     /// Hex SHA-256 and size of the blob, when the format gives them (OCI).
     blob: Option<(String, u64)>,
 }
@@ -366,6 +562,7 @@ struct ImagePlan {
     config_digest: String,
     config: ImageConfiguration,
     layers: Vec<LayerPlan>,
+    origin: Option<ImageOrigin>,
 }
 
 /// What resolving an image found.
@@ -382,6 +579,10 @@ fn current_arch() -> &'static str {
         "aarch64" => "arm64",
         other => other,
     }
+}
+
+pub(crate) fn current_platform() -> (&'static str, &'static str) {
+    ("linux", current_arch())
 }
 
 fn is_index(media_type: &MediaType) -> bool {
@@ -412,7 +613,29 @@ impl ImageStore {
         Ok(ImageStore {
             root: root.to_path_buf(),
             limits,
+            flights: Default::default(),
         })
+    }
+
+    /// The single-flight entry for `key` (an image id): hold it, and call
+    /// [`Flight::wait`], while fetching the image, so that a second caller
+    /// waits for the first and then finds the image in the cache.
+    pub fn flight(&self, key: &str) -> Flight {
+        let mut flights = self
+            .flights
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let lock = flights.entry(key.to_owned()).or_default().clone();
+        Flight {
+            key: key.to_owned(),
+            lock,
+            flights: self.flights.clone(),
+        }
+    }
+
+    /// The unpacking limits of this store.
+    pub fn limits(&self) -> UnpackLimits {
+        self.limits
     }
 
     /// Root directory of the store.
@@ -420,7 +643,7 @@ impl ImageStore {
         &self.root
     }
 
-    fn staging(&self) -> Result<Staging, ImageError> {
+    pub(crate) fn staging(&self) -> Result<Staging, ImageError> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -451,6 +674,7 @@ impl ImageStore {
                 path: record_path.clone(),
                 source,
             })?;
+        crate::cache::touch(&record_path);
         Ok(Some(ImportedImage {
             record,
             rootfs: dir.join("rootfs"),
@@ -471,9 +695,12 @@ impl ImageStore {
         progress: &mut dyn FnMut(ImportProgress),
     ) -> Result<ImportedImage, ImageError> {
         match image.source {
+            ImageSource::Registry => Err(ImageError::NotLocal {
+                reference: image.reference.clone().unwrap_or_default(),
+            }),
             ImageSource::OciLayout => {
                 let source = Source::open_dir(&image.path)?;
-                self.import_from(&source, image, progress)
+                self.import_from(&source, image, None, progress)
             }
             ImageSource::OciArchive | ImageSource::DockerArchive => {
                 let staging = self.staging()?;
@@ -497,12 +724,14 @@ impl ImageStore {
                     })?;
                 let source = Source {
                     path: image.path.clone(),
+                    name: image.path.display().to_string(),
                     fd: unpacker
                         .root_fd()
                         .try_clone()
                         .map_err(io_err("open", &extracted))?,
+                    verified: false,
                 };
-                self.import_from(&source, image, progress)
+                self.import_from(&source, image, None, progress)
             }
         }
     }
@@ -513,6 +742,7 @@ impl ImageStore {
         &self,
         source: &Source,
         image: &ImageRef,
+        origin: Option<ImageOrigin>,
         progress: &mut dyn FnMut(ImportProgress),
     ) -> Result<ImportedImage, ImageError> {
         let planned = if source.has_file("index.json") {
@@ -526,8 +756,33 @@ impl ImageStore {
         };
         match planned {
             Planned::Cached(found) => Ok(found),
-            Planned::Unpack(plan) => self.unpack_layers(source, plan, progress),
+            Planned::Unpack(mut plan) => {
+                plan.origin = origin;
+                self.unpack_layers(source, plan, progress)
+            }
         }
+    }
+
+    /// Imports an OCI layout a registry pull wrote into the private staging
+    /// directory `dir` (every blob already verified against its digest): the
+    /// same plan and unpack steps as a local layout, recording `origin`.
+    pub(crate) fn import_pulled(
+        &self,
+        dir: &Path,
+        image_id: &str,
+        origin: ImageOrigin,
+        progress: &mut dyn FnMut(ImportProgress),
+    ) -> Result<ImportedImage, ImageError> {
+        let mut source = Source::open_dir(dir)?;
+        source.name = origin.reference.clone();
+        source.verified = true;
+        let image = ImageRef {
+            source: ImageSource::OciLayout,
+            path: dir.to_path_buf(),
+            reference: None,
+            digest: Some(image_id.to_owned()),
+        };
+        self.import_from(&source, &image, Some(origin), progress)
     }
 
     /// Refuses an image whose id is not the digest the spec pins; then the
@@ -552,37 +807,26 @@ impl ImageStore {
         }))
     }
 
-    /// Reads and verifies a JSON blob of a layout.
-    fn read_blob(&self, source: &Source, descriptor: &Descriptor) -> Result<Vec<u8>, ImageError> {
+    /// Reads and verifies a JSON blob of a layout (`what`: "manifest", ...).
+    fn read_blob(
+        &self,
+        source: &Source,
+        descriptor: &Descriptor,
+        what: &str,
+    ) -> Result<Vec<u8>, ImageError> {
         let digest = descriptor.digest().to_string();
         let hex_part = sha256_hex(&digest)?;
+        let what = format!("{what} of {}", source.name);
         if descriptor.size() > MAX_JSON_BLOB {
-            return Err(ImageError::BlobMismatch {
+            return Err(ImageError::TooLarge {
+                what,
                 digest,
-                reason: format!(
-                    "size {} is over the {MAX_JSON_BLOB} byte limit for metadata",
-                    descriptor.size()
-                ),
+                size: descriptor.size(),
+                max: MAX_JSON_BLOB,
             });
         }
         let bytes = source.read_capped(&blob_path(hex_part), MAX_JSON_BLOB)?;
-        if bytes.len() as u64 != descriptor.size() {
-            return Err(ImageError::BlobMismatch {
-                digest,
-                reason: format!(
-                    "size is {} bytes, descriptor says {}",
-                    bytes.len(),
-                    descriptor.size()
-                ),
-            });
-        }
-        let actual = sha256_of(&bytes);
-        if actual != hex_part {
-            return Err(ImageError::BlobMismatch {
-                digest,
-                reason: format!("content hashes to sha256:{actual}"),
-            });
-        }
+        verify_bytes(&bytes, &digest, descriptor.size(), &what)?;
         Ok(bytes)
     }
 
@@ -659,7 +903,7 @@ impl ImageStore {
                     wanted: "an index nested less deeply".to_string(),
                 });
             }
-            let bytes = self.read_blob(source, &chosen)?;
+            let bytes = self.read_blob(source, &chosen, "image index")?;
             let nested: ImageIndex = parse_json(&bytes, "image index", &source.path)?;
             return self.choose_manifest(source, &nested, image, depth + 1);
         }
@@ -703,27 +947,21 @@ impl ImageStore {
                 digest: image_id,
             });
         }
-        let manifest_bytes = self.read_blob(source, &descriptor)?;
+        let manifest_bytes = self.read_blob(source, &descriptor, "manifest")?;
         let manifest: ImageManifest = parse_json(&manifest_bytes, "image manifest", &source.path)?;
-        let config_bytes = self.read_blob(source, manifest.config())?;
+        let config_bytes = self.read_blob(source, manifest.config(), "config")?;
         let config: ImageConfiguration = parse_json(&config_bytes, "image config", &source.path)?;
-        let mut layers = Vec::with_capacity(manifest.layers().len());
-        for layer in manifest.layers() {
+        let n_layers = manifest.layers().len();
+        let mut layers = Vec::with_capacity(n_layers);
+        for (layer_idx, layer) in manifest.layers().iter().enumerate() {
             let digest = layer.digest().to_string();
             let hex_part = sha256_hex(&digest)?.to_string();
-            let media = layer.media_type().to_string();
-            if media.contains("zstd")
-                || media.contains("foreign")
-                || media.contains("nondistributable")
-            {
-                return Err(ImageError::UnsupportedMediaType {
-                    media_type: media,
-                    digest,
-                });
-            }
+            let what = layer_what(layer_idx, n_layers, &source.name);
+            check_layer_media_type(&layer.media_type().to_string(), &digest, &what)?;
             layers.push(LayerPlan {
                 path: blob_path(&hex_part),
                 label: digest,
+                what,
                 blob: Some((hex_part, layer.size())),
             });
         }
@@ -732,6 +970,7 @@ impl ImageStore {
             config_digest: manifest.config().digest().to_string(),
             config,
             layers,
+            origin: None,
         }))
     }
 
@@ -811,6 +1050,7 @@ impl ImageStore {
             layers.push(LayerPlan {
                 path,
                 label,
+                what: layer_what(layer_idx, chosen.layers.len(), &source.name),
                 blob: None,
             });
         }
@@ -819,6 +1059,7 @@ impl ImageStore {
             config_digest: format!("sha256:{config_hex}"),
             config,
             layers,
+            origin: None,
         }))
     }
 
@@ -862,39 +1103,57 @@ impl ImageStore {
                 n_layers,
                 digest: layer.label.clone(),
             });
-            let file = source.open(&layer.path)?;
             let unpack_err = |source_err| ImageError::Unpack {
                 layer: layer.label.clone(),
                 source: source_err,
             };
             let Some((hex_part, size)) = &layer.blob else {
+                let file = source.open(&layer.path)?;
                 unpacker
                     .apply_layer(&layer.label, file, Some(diff_id))
                     .map_err(unpack_err)?;
                 continue;
             };
-            let mut hashing = HashingReader::new(file, *size);
+            let mismatch = |reason: String| ImageError::BlobMismatch {
+                digest: layer.label.clone(),
+                what: layer.what.clone(),
+                reason,
+            };
+            if !source.verified {
+                // Verify the compressed blob before a byte of it is decompressed,
+                // so corruption is reported as what it is (a digest mismatch),
+                // and no decompressor ever parses unverified input.
+                let mut hashing = HashingReader::new(source.open(&layer.path)?, *size);
+                io::copy(&mut hashing, &mut io::sink())
+                    .map_err(|source_err| mismatch(source_err.to_string()))?;
+                let (actual, n_bytes) = hashing.finish();
+                if n_bytes != *size || actual != *hex_part {
+                    return Err(mismatch(format!(
+                        "content is {n_bytes} bytes hashing to sha256:{actual}, descriptor says {size} bytes"
+                    )));
+                }
+            }
+            // Hashed again while it streams: the file cannot have changed
+            // between the two reads without being noticed.
+            let mut hashing = HashingReader::new(source.open(&layer.path)?, *size);
             unpacker
                 .apply_layer(&layer.label, &mut hashing, Some(diff_id))
                 .map_err(unpack_err)?;
-            io::copy(&mut hashing, &mut io::sink()).map_err(|source_err| {
-                ImageError::BlobMismatch {
-                    digest: layer.label.clone(),
-                    reason: source_err.to_string(),
-                }
-            })?;
+            io::copy(&mut hashing, &mut io::sink())
+                .map_err(|source_err| mismatch(source_err.to_string()))?;
             let (actual, n_bytes) = hashing.finish();
             if n_bytes != *size || actual != *hex_part {
-                return Err(ImageError::BlobMismatch {
-                    digest: layer.label.clone(),
-                    reason: format!("content is {n_bytes} bytes hashing to sha256:{actual}"),
-                });
+                return Err(mismatch(format!(
+                    "content is {n_bytes} bytes hashing to sha256:{actual}"
+                )));
             }
         }
         let record = ImageRecord {
             image_id: plan.image_id,
             config_digest: plan.config_digest,
             config: plan.config,
+            origin: plan.origin,
+            size_bytes: unpacker.n_bytes(),
         };
         self.commit(staging, &unpacker, record, progress)
     }
@@ -971,6 +1230,34 @@ impl ImageStore {
             cached: false,
         })
     }
+}
+
+/// How errors name layer `layer_idx` (zero-based) of `image`.
+fn layer_what(layer_idx: usize, n_layers: usize, image: &str) -> String {
+    format!("layer {} of {n_layers} of {image}", layer_idx + 1)
+}
+
+/// Checks `bytes` against a descriptor's digest and size; `what` names the
+/// blob in the error.
+pub(crate) fn verify_bytes(
+    bytes: &[u8],
+    digest: &str,
+    size: u64,
+    what: &str,
+) -> Result<(), ImageError> {
+    let hex_part = sha256_hex(digest)?;
+    let actual = sha256_of(bytes);
+    if bytes.len() as u64 != size || actual != hex_part {
+        return Err(ImageError::BlobMismatch {
+            digest: digest.to_owned(),
+            what: what.to_owned(),
+            reason: format!(
+                "content is {} bytes hashing to sha256:{actual}, descriptor says {size} bytes",
+                bytes.len()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Validates a path inside an image archive: relative, no `..`, plain names.

@@ -1,8 +1,10 @@
 //! plinth-jobs: the sandboxed job engine of the plinth agent.
 //!
 //! It turns a tenant's [`spec::JobSpec`] into a running OCI container:
-//! images are imported from local OCI layouts or archives and unpacked safely
-//! into a content-addressed cache ([`image`], [`unpack`]), an OCI runtime
+//! images are pulled from registries ([`registry`], with cosign signature
+//! checks in [`signature`]) or imported from local OCI layouts or archives, and
+//! unpacked safely into a bounded, content-addressed cache ([`image`],
+//! [`unpack`], [`cache`]), an OCI runtime
 //! bundle is written ([`bundle`]) with the GPUs assigned to the job injected
 //! through CDI ([`cdi`]), and the container is started by a small per-job
 //! supervisor ([`shim`]) that drives the OCI runtime (the [`runtime`] seam), captures
@@ -15,14 +17,17 @@
 //! `docs/jobs.md` for the design.
 
 pub mod bundle;
+pub mod cache;
 pub mod caplog;
 pub mod cdi;
 pub mod engine;
 pub mod image;
 pub mod meter;
 pub mod protocol;
+pub mod registry;
 pub mod runtime;
 pub mod shim;
+pub mod signature;
 pub mod spec;
 pub mod unpack;
 

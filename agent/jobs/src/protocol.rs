@@ -131,6 +131,9 @@ pub struct JobRecord {
     pub gpu_devices: Vec<String>,
     /// Image id.
     pub image_id: String,
+    /// The verified signer of a registry image pulled under a signature policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_signer: Option<crate::signature::VerifiedSigner>,
 }
 
 /// What the agent tells the supervisor (`shim.json`).

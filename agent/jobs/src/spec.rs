@@ -42,11 +42,15 @@ pub enum JobSpecError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImageRef {
-    /// How the image is stored on the host.
+    /// How the image is stored on the host, or `registry`.
     pub source: ImageSource,
-    /// Absolute path of the layout directory or archive file on the host.
+    /// Absolute path of the layout directory or archive file on the host
+    /// (local sources only; absent for `registry`).
+    #[serde(default, skip_serializing_if = "path_is_empty")]
     pub path: PathBuf,
-    /// Tag (`org.opencontainers.image.ref.name`) to select in the index.
+    /// Local sources: the tag (`org.opencontainers.image.ref.name`) to select
+    /// in the index. `registry`: the image reference,
+    /// `HOST[:PORT]/REPO[:TAG][@sha256:HEX]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<String>,
     /// Manifest digest (`sha256:<hex>`) the image must have.
@@ -54,7 +58,11 @@ pub struct ImageRef {
     pub digest: Option<String>,
 }
 
-/// Kind of local image store.
+fn path_is_empty(path: &Path) -> bool {
+    path.as_os_str().is_empty()
+}
+
+/// Where the image is: a local store on the host, or a registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ImageSource {
@@ -64,6 +72,43 @@ pub enum ImageSource {
     OciArchive,
     /// A `docker save` tar archive.
     DockerArchive,
+    /// An OCI distribution registry (`reference` names the image).
+    Registry,
+}
+
+/// Longest image reference accepted, in bytes.
+const MAX_REFERENCE_BYTES: usize = 512;
+
+/// Checks a registry image reference: the usual grammar
+/// (`HOST[:PORT]/REPO[:TAG][@sha256:HEX]`, parsed by `oci-client`), with an
+/// explicit registry host and only `sha256` digests.
+pub fn check_registry_reference(reference: &str) -> Result<oci_client::Reference, String> {
+    if reference.len() > MAX_REFERENCE_BYTES {
+        return Err(format!("is longer than {MAX_REFERENCE_BYTES} bytes"));
+    }
+    let parsed = oci_client::Reference::try_from(reference)
+        .map_err(|err| format!("{reference:?} is not an image reference: {err}"))?;
+    let first = reference.split('/').next().unwrap_or("");
+    let names_host = reference.contains('/')
+        && (first.contains('.') || first.contains(':') || first == "localhost");
+    if !names_host {
+        return Err(format!(
+            "{reference:?} does not name a registry host (write HOST[:PORT]/REPO[:TAG])"
+        ));
+    }
+    if let Some(digest) = parsed.digest() {
+        let hex_part = digest.strip_prefix("sha256:").unwrap_or("");
+        if hex_part.len() != 64
+            || !hex_part
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return Err(format!(
+                "digest {digest:?} is not sha256:<64 lowercase hex digits>"
+            ));
+        }
+    }
+    Ok(parsed)
 }
 
 /// GPUs the job asks for.
@@ -219,8 +264,35 @@ impl JobSpec {
                 format!("{:?} is not {JOB_SPEC_FORMAT:?}", self.format),
             ));
         }
-        check_clean_absolute("image.path", &self.image.path)?;
-        if let Some(reference) = &self.image.reference {
+        if self.image.source == ImageSource::Registry {
+            if !path_is_empty(&self.image.path) {
+                return Err(invalid(
+                    "image.path",
+                    "is for local images; a registry image is named by image.reference",
+                ));
+            }
+            let Some(reference) = &self.image.reference else {
+                return Err(invalid(
+                    "image.reference",
+                    "is required for a registry image (HOST[:PORT]/REPO[:TAG][@sha256:HEX])",
+                ));
+            };
+            let parsed =
+                check_registry_reference(reference).map_err(|r| invalid("image.reference", r))?;
+            if let (Some(pinned), Some(wanted)) = (parsed.digest(), &self.image.digest)
+                && pinned != wanted
+            {
+                return Err(invalid(
+                    "image.digest",
+                    format!("{wanted} differs from the digest in image.reference ({pinned})"),
+                ));
+            }
+        } else {
+            check_clean_absolute("image.path", &self.image.path)?;
+        }
+        if let Some(reference) = &self.image.reference
+            && self.image.source != ImageSource::Registry
+        {
             let ok = !reference.is_empty()
                 && reference.len() <= 255
                 && reference
@@ -432,6 +504,52 @@ mod tests {
             Some("outputs.path"),
         );
         check(|v| v["network"] = "host".into(), None);
+    }
+
+    #[test]
+    fn registry_images_are_named_by_reference() {
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let registry =
+            |image: serde_json::Value| move |v: &mut serde_json::Value| v["image"] = image;
+        check(
+            registry(
+                serde_json::json!({"source": "registry", "reference": "127.0.0.1:5000/busybox:v1"}),
+            ),
+            None,
+        );
+        check(
+            registry(serde_json::json!({"source": "registry",
+                "reference": format!("registry.example/org/trainer:v3@{digest}")})),
+            None,
+        );
+        check(
+            registry(serde_json::json!({"source": "registry"})),
+            Some("image.reference"),
+        );
+        // No registry host: Docker Hub shorthand is refused, a host must be explicit.
+        check(
+            registry(serde_json::json!({"source": "registry", "reference": "busybox:latest"})),
+            Some("image.reference"),
+        );
+        check(
+            registry(
+                serde_json::json!({"source": "registry", "reference": "localhost:5000/Upper"}),
+            ),
+            Some("image.reference"),
+        );
+        check(
+            registry(
+                serde_json::json!({"source": "registry", "reference": "r.example/a",
+                "path": "/var/lib/images/a"}),
+            ),
+            Some("image.path"),
+        );
+        check(
+            registry(serde_json::json!({"source": "registry",
+                "reference": format!("r.example/a@{digest}"),
+                "digest": format!("sha256:{}", "b".repeat(64))})),
+            Some("image.digest"),
+        );
     }
 
     #[test]

@@ -23,6 +23,7 @@ use crate::hardware::Hardware;
 use crate::identity::NodeIdentity;
 use crate::store::{PreviousRun, Store};
 
+pub mod images;
 pub mod jobs;
 pub mod plugins;
 pub mod status;
@@ -101,6 +102,7 @@ pub fn router(state: SharedState) -> Router {
     Router::new()
         .merge(status::routes())
         .merge(jobs::routes())
+        .merge(images::routes())
         .merge(plugins::routes())
         .fallback(not_found)
         .with_state(state)

@@ -8,6 +8,7 @@ use crate::cli::{CtlCli, CtlCommand};
 use crate::client::{AdminClient, ClientError};
 use crate::config::{self, ConfigSources};
 
+pub mod images;
 pub mod jobs;
 pub mod plugin;
 pub mod status;
@@ -71,6 +72,7 @@ pub async fn run(cli: CtlCli) -> Result<(), CtlError> {
         CtlCommand::Jobs { command } => jobs::run(&client, command).await,
         CtlCommand::Receipts { command } => jobs::run_receipts(&client, command).await,
         CtlCommand::Plugin { command } => plugin::dispatch(&client, command).await,
+        CtlCommand::Images { command } => images::run(&client, command).await,
         CtlCommand::Completions { shell } => {
             let mut command = CtlCli::command();
             clap_complete::generate(shell, &mut command, "plinthctl", &mut std::io::stdout());

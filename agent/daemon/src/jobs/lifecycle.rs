@@ -2,9 +2,11 @@
 //! receipt, and make the state consistent after a start (recovery). Every state change
 //! goes through [`state::apply`](super::state::apply).
 
+use plinth_attestation::receipt::ReceiptImage;
 use plinth_jobs::engine::{EngineError, JobState as SupervisedState};
 use plinth_jobs::image::ImportProgress;
 use plinth_jobs::protocol::{EndReason, JobResult, now_ms};
+use plinth_jobs::spec::ImageSource;
 use plinth_toolbox::error_chain;
 use rusqlite::params;
 
@@ -34,18 +36,7 @@ fn reason_text(result: &JobResult) -> String {
 }
 
 fn progress_text(progress: &ImportProgress) -> String {
-    match progress {
-        ImportProgress::Resolved { image_id, n_layers } => {
-            format!("importing image {image_id} ({n_layers} layers)")
-        }
-        ImportProgress::CacheHit => "image cached".to_owned(),
-        ImportProgress::Layer {
-            layer_idx,
-            n_layers,
-            digest,
-        } => format!("unpacking layer {}/{n_layers} {digest}", layer_idx + 1),
-        ImportProgress::Done => "image imported".to_owned(),
-    }
+    progress.to_string()
 }
 
 impl JobManager {
@@ -116,20 +107,40 @@ impl JobManager {
         }
         let job = self.get(id)?;
         self.move_to(id, JobState::Queued, JobState::Preparing, None)?;
-        let prepared = self
-            .engine
-            .prepare(id, &job.spec, &job.gpu_devices, &mut |progress| {
+        let prepared = self.engine.prepare_for(
+            id,
+            &job.spec,
+            &job.gpu_devices,
+            Some(&job.tenant),
+            &mut |progress| {
                 tracing::debug!(job = %id, ?progress, "image import");
                 // Shown by `plinthctl jobs show` / `submit --wait` while preparing.
                 let _ = self.store.connection().execute(
                     "UPDATE jobs SET reason = ?2 WHERE id = ?1 AND state = ?3",
                     params![id, progress_text(&progress), JobState::Preparing],
                 );
-            });
-        if let Err(err) = prepared {
-            let reason = format!("preparation failed: {}", error_chain(&err));
-            return self.move_to(id, JobState::Preparing, JobState::Failed, Some(&reason));
-        }
+            },
+        );
+        let record = match prepared {
+            Ok(record) => record,
+            Err(err) => {
+                let reason = format!("preparation failed: {}", error_chain(&err));
+                tracing::warn!(job = %id, %reason, "job refused");
+                return self.move_to(id, JobState::Preparing, JobState::Failed, Some(&reason));
+            }
+        };
+        let image = ReceiptImage {
+            manifest_digest: record.image_id.clone(),
+            reference: (job.spec.image.source == ImageSource::Registry)
+                .then(|| job.spec.image.reference.clone())
+                .flatten(),
+            signer_key_sha256: record.image_signer.as_ref().map(|s| s.key_sha256.clone()),
+            signer: record.image_signer.as_ref().map(|s| s.key.clone()),
+        };
+        self.store.connection().execute(
+            "UPDATE jobs SET image = ?2 WHERE id = ?1",
+            params![id, serde_json::to_string(&image)?],
+        )?;
         self.move_to(id, JobState::Preparing, JobState::Running, None)?;
         self.engine.start(id)?;
         Ok(())

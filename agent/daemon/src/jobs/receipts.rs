@@ -123,6 +123,7 @@ impl JobManager {
             },
             pricing_policy_sha256: fallback::pricing_sha256(pricing),
             node_key: self.identity.public_key_hex(),
+            image: job.image.clone(),
             signature: String::new(),
         };
         receipt.sign_with(|bytes| self.identity.sign(bytes))?;

@@ -43,10 +43,18 @@ pub const MIGRATION: Migration = Migration {
 ",
 };
 
+/// The migration that records the image each job ran (schema version 3): its manifest
+/// digest, registry reference and verified signer, as the JSON of a receipt's `image`.
+pub const IMAGE_MIGRATION: Migration = Migration {
+    version: 3,
+    name: "jobs image provenance",
+    sql: "ALTER TABLE jobs ADD COLUMN image TEXT;",
+};
+
 /// The columns [`row_to_raw`] reads, in order.
 const SELECT: &str =
     "SELECT id, tenant, lease_id, spec, gpu_devices, state, reason, exit_code, signal,
-        created_at_ms, started_at_ms, ended_at_ms, billed_until_ms, usage FROM jobs";
+        created_at_ms, started_at_ms, ended_at_ms, billed_until_ms, usage, image FROM jobs";
 
 /// A jobs row as read, before its JSON columns are decoded.
 struct RawJob {
@@ -64,6 +72,7 @@ struct RawJob {
     ended_at_ms: Option<i64>,
     billed_until_ms: Option<i64>,
     usage: Option<String>,
+    image: Option<String>,
 }
 
 fn row_to_raw(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawJob> {
@@ -82,6 +91,7 @@ fn row_to_raw(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawJob> {
         ended_at_ms: row.get(11)?,
         billed_until_ms: row.get(12)?,
         usage: row.get(13)?,
+        image: row.get(14)?,
     })
 }
 
@@ -102,6 +112,10 @@ fn finish(raw: RawJob) -> Result<JobInfo, JobsError> {
         usage: raw
             .usage
             .map(|usage| serde_json::from_str(&usage))
+            .transpose()?,
+        image: raw
+            .image
+            .map(|image| serde_json::from_str(&image))
             .transpose()?,
         spec: serde_json::from_str(&raw.spec)?,
         gpu_devices: serde_json::from_str(&raw.gpu_devices)?,

@@ -1,10 +1,11 @@
-//! The job manager's settings, and how the agent configuration's `[jobs]` section (and
-//! the built-in pricing's settings in `[plugins.fallback]`) map onto them.
+//! The job manager's settings, and how the agent configuration's `[jobs]` and `[images]`
+//! sections (and the built-in pricing's settings in `[plugins.fallback]`) map onto them.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use plinth_jobs::engine::EngineConfig;
+use plinth_jobs::registry::{RegistryHost, RegistrySettings};
 use plinth_plugin_host::fallback::FallbackConfig;
 
 use crate::config::AgentConfig;
@@ -38,6 +39,8 @@ impl JobsConfig {
         jobs.engine.kill_grace = Duration::from_secs(section.kill_grace_seconds);
         jobs.receipt_interval = Duration::from_secs(section.receipt_interval_seconds);
         jobs.allow_host_network = section.allow_host_network;
+        jobs.engine.registry = registry_settings(&config.images);
+        jobs.engine.cache_max_bytes = config.images.cache_max_bytes;
         jobs.pricing = config.plugins.fallback.clone();
         jobs
     }
@@ -62,11 +65,47 @@ impl JobsConfig {
                 log_cap_bytes: section.log_cap_bytes,
                 kill_grace: Duration::from_secs(section.kill_grace_seconds),
                 unpack_limits: plinth_jobs::unpack::UnpackLimits::default(),
+                registry: registry_settings(&crate::config::ImagesSection::default()),
+                cache_max_bytes: crate::config::ImagesSection::default().cache_max_bytes,
             },
             receipt_interval: Duration::from_secs(section.receipt_interval_seconds),
             pricing: FallbackConfig::default(),
             allow_host_network: section.allow_host_network,
         }
+    }
+}
+
+/// The `[images]` section as the engine's registry settings.
+pub fn registry_settings(images: &crate::config::ImagesSection) -> RegistrySettings {
+    RegistrySettings {
+        registries: images
+            .registries
+            .iter()
+            .map(|registry| RegistryHost {
+                host: registry.host.clone(),
+                mirrors: registry.mirrors.clone(),
+                credentials_file: registry.credentials_file.clone(),
+                ca_file: registry.ca_file.clone(),
+                insecure: registry.insecure,
+                signed_by: registry.signed_by.clone(),
+            })
+            .collect(),
+        keys: images.keys.clone(),
+        tenants: images
+            .tenants
+            .iter()
+            .map(|(tenant, policy)| (tenant.clone(), policy.signed_by.clone()))
+            .collect(),
+        concurrency: images.concurrency as usize,
+        connect_timeout: Duration::from_secs(images.connect_timeout_seconds),
+        stall_timeout: Duration::from_secs(images.stall_timeout_seconds),
+        retries: images.retries,
+        max_manifest_bytes: images.max_manifest_bytes,
+        max_config_bytes: images.max_config_bytes,
+        max_layers: images.max_layers as usize,
+        max_image_bytes: images.max_image_bytes,
+        max_index_entries: images.max_index_entries as usize,
+        max_redirects: images.max_redirects as usize,
     }
 }
 
@@ -92,6 +131,9 @@ mod tests {
         assert_eq!(from_config.engine.image_roots, from_dirs.engine.image_roots);
         assert_eq!(from_config.receipt_interval, from_dirs.receipt_interval);
         assert_eq!(from_config.pricing, from_dirs.pricing);
+        // `[images]` defaults and the engine's registry defaults are one set of values.
+        assert_eq!(from_config.engine.registry, RegistrySettings::default());
+        assert_eq!(from_config.engine.cache_max_bytes, 0);
         assert_eq!(
             from_config.engine.cdi_dirs,
             plinth_jobs::cdi::DEFAULT_CDI_DIRS

@@ -60,4 +60,7 @@ pub struct JobInfo {
     pub spec: JobSpec,
     /// Assigned devices.
     pub gpu_devices: Vec<String>,
+    /// The image the job runs (manifest digest, reference, verified signer), once prepared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<plinth_attestation::receipt::ReceiptImage>,
 }

@@ -333,6 +333,42 @@ fn tampered_blobs_are_refused_and_not_cached() {
 }
 
 #[test]
+fn a_corrupted_gzip_layer_is_a_digest_mismatch() {
+    let fixture = Fixture::new(UnpackLimits::default());
+    let layout = fixture.dir.path().join("corrupt-gzip");
+    fs::create_dir(&layout).unwrap();
+    let tar_bytes = layer(&[Entry::File("hello", &[b'x'; 4096], 0o644)]);
+    write_layout(&layout, &[(tar_bytes, true)], None);
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let manifest_hex = index["manifests"][0]["digest"].as_str().unwrap()[7..].to_owned();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("blobs/sha256").join(manifest_hex)).unwrap())
+            .unwrap();
+    let digest = manifest["layers"][0]["digest"].as_str().unwrap().to_owned();
+    let blob = layout.join("blobs/sha256").join(&digest[7..]);
+    let mut bytes = fs::read(&blob).unwrap();
+    // Inside the deflate stream: gzip itself would report a bad header or checksum.
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    fs::write(&blob, &bytes).unwrap();
+    let err = fixture
+        .store
+        .import(&image_ref(&layout, ImageSource::OciLayout), &mut |_| {})
+        .unwrap_err();
+    assert!(matches!(err, ImageError::BlobMismatch { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!(
+            "digest mismatch for blob {digest} (layer 1 of 1 of {})",
+            layout.display()
+        )),
+        "{text}"
+    );
+    fixture.assert_clean();
+}
+
+#[test]
 fn second_import_is_a_cache_hit() {
     let fixture = Fixture::new(UnpackLimits::default());
     let layout = fixture.dir.path().join("img");

@@ -268,6 +268,8 @@ impl TestEnv {
             log_cap_bytes: 64 * 1024,
             kill_grace: Duration::from_millis(300),
             unpack_limits: UnpackLimits::default(),
+            registry: Default::default(),
+            cache_max_bytes: 0,
         };
         let engine = Engine::new(config.clone()).unwrap();
         TestEnv {
