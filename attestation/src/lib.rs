@@ -9,6 +9,7 @@
 //! - [`gpu`]: NVIDIA SPDM GET_MEASUREMENTS reports, the device certificate chain and RIMs.
 //! - [`tpm`]: TPM 2.0 quotes, AK public keys, PCR files and TCG event logs.
 //! - [`policy`]: the appraisal policy file (TOML) with reference values and minimums.
+//! - [`enroll`]: AK enrollment documents (request, challenge, response, AK record).
 //! - [`ear`]: the signed EAR result token (draft-ietf-rats-ear).
 //! - [`check`]: the named pass/fail checks every verifier returns.
 //! - [`bundle`]: the signed evidence bundle (`plinth-evidence/1`) that binds all of it to one nonce.
@@ -24,6 +25,7 @@ pub mod canonical;
 pub mod check;
 pub mod cli;
 pub mod ear;
+pub mod enroll;
 pub mod gpu;
 pub mod policy;
 pub mod receipt;
