@@ -12,13 +12,15 @@
 //! - [`ear`]: the signed EAR result token (draft-ietf-rats-ear).
 //! - [`check`]: the named pass/fail checks every verifier returns.
 //!
-//! Hardware collectors (the agent side) are not part of this crate yet; they will
-//! slot in beside the verifiers behind cargo features, so that the verifier always
-//! builds on a laptop without TPM, SEV or NVIDIA software.
+//! - [`collect`]: the agent's side, the collectors (TPM, SEV-SNP, NVIDIA). Whatever
+//!   needs a hardware library (tss-esapi, the `sev` ioctls, NVML) sits behind a cargo
+//!   feature (`collect-tpm`, `collect-snp`, `collect-nvidia`), off by default, so that
+//!   the verifier always builds on a laptop without TPM, SEV or NVIDIA software.
 
 pub mod bytes;
 pub mod check;
 pub mod cli;
+pub mod collect;
 pub mod ear;
 pub mod gpu;
 pub mod policy;
