@@ -7,12 +7,10 @@
 //!
 //! # Canonical bytes
 //!
-//! `canonical(v)` is the JSON text of `v` with no insignificant whitespace,
-//! object keys sorted by their UTF-8 bytes at every level, integers in
-//! decimal (receipts hold no floating-point numbers), `null` for absent
-//! optional values, and strings escaped as `serde_json` does (only `"`,
-//! `\` and control characters; `\n`, `\t`, `\r`, `\b`, `\f` by name and the
-//! rest as `\u00XX`).
+//! `canonical(v)` is the form of [`crate::canonical`] (no insignificant
+//! whitespace, object keys sorted by their UTF-8 bytes at every level,
+//! integers only, strings escaped as `serde_json` does), with `null` for
+//! absent optional values.
 //!
 //! - **Signed message**: `b"plinth-receipt/1\n"` followed by the canonical
 //!   bytes of the receipt object *without* its `signature` member.
@@ -36,7 +34,6 @@
 //! stops at the first bad record and reports its line number.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 
 use ring::signature::{ED25519, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
@@ -68,6 +65,9 @@ pub enum ReceiptError {
         /// What is wrong.
         reason: String,
     },
+    /// The receipt has no canonical form.
+    #[error("receipt cannot be canonicalised")]
+    Canonical(#[from] crate::canonical::CanonicalError),
     /// The signature does not verify under `node_key`.
     #[error("receipt signature does not verify under node key {node_key}")]
     BadSignature {
@@ -150,50 +150,9 @@ pub struct Receipt {
     pub signature: String,
 }
 
-/// Writes the canonical form of `value` (see the module docs).
-fn write_canonical(value: &Value, out: &mut String) {
-    match value {
-        Value::Null => out.push_str("null"),
-        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Number(n) => {
-            let _ = write!(out, "{n}");
-        }
-        Value::String(s) => out.push_str(&Value::String(s.clone()).to_string()),
-        Value::Array(items) => {
-            out.push('[');
-            for (idx, item) in items.iter().enumerate() {
-                if idx > 0 {
-                    out.push(',');
-                }
-                write_canonical(item, out);
-            }
-            out.push(']');
-        }
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-            out.push('{');
-            for (idx, key) in keys.into_iter().enumerate() {
-                if idx > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(key.clone()).to_string());
-                out.push(':');
-                if let Some(item) = map.get(key) {
-                    write_canonical(item, out);
-                }
-            }
-            out.push('}');
-        }
-    }
-}
-
-/// Canonical JSON bytes of any serialisable value.
+/// Canonical JSON bytes of any serialisable value (see [`crate::canonical`]).
 pub fn canonical_json<T: Serialize>(value: &T) -> Result<Vec<u8>, ReceiptError> {
-    let value = serde_json::to_value(value).map_err(ReceiptError::Parse)?;
-    let mut out = String::new();
-    write_canonical(&value, &mut out);
-    Ok(out.into_bytes())
+    Ok(crate::canonical::to_canonical_json(value)?)
 }
 
 fn is_hex(s: &str, n_bytes: usize) -> bool {
@@ -250,10 +209,8 @@ impl Receipt {
         if let Value::Object(map) = &mut value {
             map.remove("signature");
         }
-        let mut out = String::new();
-        write_canonical(&value, &mut out);
         let mut bytes = SIGNING_DOMAIN.to_vec();
-        bytes.extend_from_slice(out.as_bytes());
+        crate::canonical::write_canonical(&value, &mut bytes)?;
         Ok(bytes)
     }
 

@@ -144,6 +144,18 @@ impl TpmPublic {
     }
 }
 
+impl TpmPublic {
+    /// The object's Name: nameAlg (big-endian u16) || H_nameAlg(TPMT_PUBLIC).
+    /// None when nameAlg is not a hash this crate computes.
+    pub fn name(&self) -> Option<Vec<u8>> {
+        let alg = HashAlg::from_id(self.name_alg)?;
+        let digest = alg.digest(&self.tpmt_bytes)?;
+        let mut name = self.name_alg.to_be_bytes().to_vec();
+        name.extend(digest);
+        Some(name)
+    }
+}
+
 /// Left-pads a big-endian coordinate to `len` bytes (longer values are kept
 /// and will fail verification).
 pub fn left_pad(value: &[u8], len: usize) -> Vec<u8> {
