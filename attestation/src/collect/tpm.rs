@@ -159,7 +159,7 @@ pub enum TpmCollectError {
     /// The enrollment challenge's blobs are not TPM structures of the right size.
     #[error("the credential challenge's {field} is not a valid {structure} ({len} bytes)")]
     BadChallenge {
-        /// `credential_blob` or `encrypted_secret`.
+        /// `id_object` or `encrypted_secret`.
         field: &'static str,
         /// The TPM structure expected.
         structure: &'static str,
@@ -260,7 +260,7 @@ fn command(operation: impl Into<String>) -> impl FnOnce(tss_esapi::Error) -> Tpm
 pub struct EndorsementKey {
     /// The algorithm the EK was created with.
     pub algorithm: EkAlgorithm,
-    /// The marshalled TPMT_PUBLIC.
+    /// The public area as a TPM2B_PUBLIC (size-prefixed TPMT_PUBLIC).
     pub public: Vec<u8>,
     /// The TPM Name (nameAlg || H(TPMT_PUBLIC)).
     pub name: Vec<u8>,
@@ -271,7 +271,7 @@ pub struct EndorsementKey {
 pub struct AttestationKey {
     /// The persistent handle.
     pub handle: u32,
-    /// The marshalled TPMT_PUBLIC.
+    /// The public area as a TPM2B_PUBLIC (size-prefixed TPMT_PUBLIC).
     pub public: Vec<u8>,
     /// The TPM Name (nameAlg || H(TPMT_PUBLIC)): what a credential is bound to.
     pub name: Vec<u8>,
@@ -382,9 +382,7 @@ impl TpmSession {
                 .map_err(command("TPM2_ReadPublic of the endorsement key"))?;
             Ok(EndorsementKey {
                 algorithm,
-                public: public
-                    .marshall()
-                    .map_err(command("marshalling the EK's TPMT_PUBLIC"))?,
+                public: tpm2b_public(&public, "the EK")?,
                 name: name.value().to_vec(),
             })
         })
@@ -475,9 +473,7 @@ impl TpmSession {
         }
         Ok(AttestationKey {
             handle,
-            public: public
-                .marshall()
-                .map_err(command("marshalling the AK's TPMT_PUBLIC"))?,
+            public: tpm2b_public(&public, "the AK")?,
             name: name.value().to_vec(),
             created,
         })
@@ -645,29 +641,28 @@ impl TpmSession {
     /// credential's object) lives in the same TPM as the EK the challenge was encrypted
     /// to, and returns the credential (the verifier's secret).
     ///
-    /// `credential_blob` is a TPM2B_ID_OBJECT and `encrypted_secret` a
-    /// TPM2B_ENCRYPTED_SECRET, each with or without its two-byte size prefix.
+    /// `credential_blob` and `encrypted_secret` are the buffers of a TPM2B_ID_OBJECT
+    /// and a TPM2B_ENCRYPTED_SECRET (without their size), as TPM2_MakeCredential
+    /// returns them.
     pub fn activate_credential(
         &mut self,
         credential_blob: &[u8],
         encrypted_secret: &[u8],
     ) -> Result<Vec<u8>, TpmCollectError> {
-        let id_object =
-            IdObject::try_from(strip_tpm2b(credential_blob).to_vec()).map_err(|_| {
-                TpmCollectError::BadChallenge {
-                    field: "credential_blob",
-                    structure: "TPM2B_ID_OBJECT",
-                    len: credential_blob.len(),
-                }
-            })?;
-        let secret =
-            EncryptedSecret::try_from(strip_tpm2b(encrypted_secret).to_vec()).map_err(|_| {
-                TpmCollectError::BadChallenge {
-                    field: "encrypted_secret",
-                    structure: "TPM2B_ENCRYPTED_SECRET",
-                    len: encrypted_secret.len(),
-                }
-            })?;
+        let id_object = IdObject::try_from(credential_blob.to_vec()).map_err(|_| {
+            TpmCollectError::BadChallenge {
+                field: "id_object",
+                structure: "TPM2B_ID_OBJECT buffer",
+                len: credential_blob.len(),
+            }
+        })?;
+        let secret = EncryptedSecret::try_from(encrypted_secret.to_vec()).map_err(|_| {
+            TpmCollectError::BadChallenge {
+                field: "encrypted_secret",
+                structure: "TPM2B_ENCRYPTED_SECRET buffer",
+                len: encrypted_secret.len(),
+            }
+        })?;
         let handle = self.settings.ak_handle;
         self.with_ak(|session, ak| {
             session.with_ek(|session, ek| {
@@ -830,14 +825,20 @@ fn quoted_digest_matches(attest: &Attest, values: &PcrValues) -> bool {
     })
 }
 
-/// Strips a TPM2B size prefix when `bytes` carries one that matches its length.
-fn strip_tpm2b(bytes: &[u8]) -> &[u8] {
-    match bytes {
-        [high, low, rest @ ..] if usize::from(u16::from_be_bytes([*high, *low])) == rest.len() => {
-            rest
-        }
-        _ => bytes,
-    }
+/// A public area as TPM2B_PUBLIC: the marshalled TPMT_PUBLIC after its u16 size.
+fn tpm2b_public(public: &Public, what: &str) -> Result<Vec<u8>, TpmCollectError> {
+    let tpmt = public
+        .marshall()
+        .map_err(command(format!("marshalling {what}'s TPMT_PUBLIC")))?;
+    let size = u16::try_from(tpmt.len()).map_err(|_| TpmCollectError::Command {
+        operation: format!("marshalling {what}'s TPMT_PUBLIC"),
+        source: describe(tss_esapi::Error::WrapperError(
+            WrapperErrorKind::WrongParamSize,
+        )),
+    })?;
+    let mut out = size.to_be_bytes().to_vec();
+    out.extend(tpmt);
+    Ok(out)
 }
 
 /// EK certificates are stored in NV indices sized by the manufacturer; some pad the DER
@@ -976,13 +977,6 @@ mod tests {
         ));
         assert_eq!(wrapper.code, None);
         assert!(wrapper.text.starts_with("tss-esapi: "), "{}", wrapper.text);
-    }
-
-    #[test]
-    fn tpm2b_prefix_is_stripped_only_when_it_matches() {
-        assert_eq!(strip_tpm2b(&[0, 2, 7, 8]), &[7, 8]);
-        assert_eq!(strip_tpm2b(&[0, 3, 7, 8]), &[0, 3, 7, 8]);
-        assert_eq!(strip_tpm2b(&[1]), &[1]);
     }
 
     #[test]

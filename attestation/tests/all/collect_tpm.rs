@@ -76,7 +76,7 @@ fn ek_templates_match_the_manufacturers_certificates_and_quotes_verify() {
             // The template is the profile's: the TPM derives the certified key from it.
             let parsed = x509chain::parse_cert(&certificate, "ek cert", 0).unwrap();
             let certified_key = x509chain::raw_public_key(parsed.public_key(), "ek").unwrap();
-            let ek_key = TpmPublic::parse_tpmt(&ek.public).unwrap().key;
+            let ek_key = TpmPublic::parse(&ek.public).unwrap().key;
             assert_eq!(
                 ek_key, certified_key,
                 "{algorithm}: EK differs from its certificate"
@@ -92,7 +92,12 @@ fn ek_templates_match_the_manufacturers_certificates_and_quotes_verify() {
             "{algorithm}: the persisted AK was not found"
         );
         assert_eq!(again.public, first.public);
-        let ak = TpmPublic::parse_tpmt(&first.public).unwrap();
+        let ak = TpmPublic::parse(&first.public).unwrap();
+        assert_eq!(
+            usize::from(u16::from_be_bytes([first.public[0], first.public[1]])),
+            first.public.len() - 2,
+            "the AK public is a TPM2B_PUBLIC"
+        );
         let expected_hash = if algorithm == EkAlgorithm::EccP384 {
             HashAlg::Sha384
         } else {
@@ -177,7 +182,8 @@ fn many_collections_leave_no_transient_objects_behind() {
 }
 
 /// The enrollment credential as tpm2-tools' `tpm2_makecredential` writes it: a header
-/// (magic 0xBADCC0DE, version 1), TPM2B_ID_OBJECT, TPM2B_ENCRYPTED_SECRET.
+/// (magic 0xBADCC0DE, version 1), TPM2B_ID_OBJECT, TPM2B_ENCRYPTED_SECRET; returned as
+/// the two buffers TPM2_ActivateCredential takes.
 fn make_credential(
     swtpm: &Swtpm,
     dir: &std::path::Path,
@@ -185,9 +191,7 @@ fn make_credential(
     name: &[u8],
     secret: &[u8],
 ) -> (Vec<u8>, Vec<u8>) {
-    let mut ek_file = (ek.len() as u16).to_be_bytes().to_vec();
-    ek_file.extend(ek);
-    std::fs::write(dir.join("ek.pub"), ek_file).unwrap();
+    std::fs::write(dir.join("ek.pub"), ek).unwrap();
     std::fs::write(dir.join("secret"), secret).unwrap();
     swtpm
         .tpm2(
@@ -210,8 +214,9 @@ fn make_credential(
     let out = std::fs::read(dir.join("cred.out")).unwrap();
     assert_eq!(out[..4], [0xba, 0xdc, 0xc0, 0xde]);
     let id_len = usize::from(u16::from_be_bytes([out[8], out[9]]));
-    let id_object = out[8..10 + id_len].to_vec();
-    let secret_blob = out[10 + id_len..].to_vec();
+    // The buffers, without their TPM2B sizes.
+    let id_object = out[10..10 + id_len].to_vec();
+    let secret_blob = out[12 + id_len..].to_vec();
     (id_object, secret_blob)
 }
 
@@ -238,11 +243,6 @@ fn activate_credential_answers_only_for_its_own_ak() {
         let answer = session.activate_credential(&id_object, &encrypted).unwrap();
         assert_eq!(answer, secret, "{algorithm}");
         no_leftovers(&mut session, "ActivateCredential");
-        // Without the size prefixes the blobs are accepted too.
-        let answer = session
-            .activate_credential(&id_object[2..], &encrypted[2..])
-            .unwrap();
-        assert_eq!(answer, secret);
 
         // A credential bound to another key's name is refused by the TPM, and the error
         // names the operation and decodes the response code.
@@ -263,7 +263,7 @@ fn activate_credential_answers_only_for_its_own_ak() {
         let err = session
             .activate_credential(&[0u8; 1000], &encrypted)
             .unwrap_err();
-        assert!(err.to_string().contains("credential_blob"), "{err}");
+        assert!(err.to_string().contains("id_object"), "{err}");
     }
 }
 
