@@ -1,11 +1,14 @@
 //! Shared helpers of plinth's tests across crates: where the repository and the evidence
-//! vectors are, the example plugins built once from source, and a busybox OCI image for
-//! job tests. Test support only: nothing here is used by a shipped binary.
+//! vectors are, the example plugins built once from source, a busybox OCI image for
+//! job tests, and a real software TPM ([`swtpm`]). Test support only: nothing here is
+//! used by a shipped binary.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+
+pub mod swtpm;
 
 /// The repository root (the workspace root).
 pub fn repo_root() -> PathBuf {

@@ -15,15 +15,17 @@
 //! - [`bundle`]: the signed evidence bundle (`plinth-evidence/1`) that binds all of it to one nonce.
 //! - [`canonical`]: the canonical JSON that bundles and receipts sign.
 //!
-//! Hardware collectors (the agent side) are not part of this crate yet; they will
-//! slot in beside the verifiers behind cargo features, so that the verifier always
-//! builds on a laptop without TPM, SEV or NVIDIA software.
+//! - [`collect`]: the agent's side, the collectors (TPM, SEV-SNP, NVIDIA). Whatever
+//!   needs a hardware library (tss-esapi, the `sev` ioctls, NVML) sits behind a cargo
+//!   feature (`collect-tpm`, `collect-snp`, `collect-nvidia`), off by default, so that
+//!   the verifier always builds on a laptop without TPM, SEV or NVIDIA software.
 
 pub mod bundle;
 pub mod bytes;
 pub mod canonical;
 pub mod check;
 pub mod cli;
+pub mod collect;
 pub mod ear;
 pub mod enroll;
 pub mod gpu;

@@ -5,6 +5,8 @@
 mod certgen;
 mod chain;
 mod cli;
+#[cfg(feature = "collect-tpm")]
+mod collect_tpm;
 mod common;
 mod eventlog;
 mod gpu;
