@@ -8,8 +8,10 @@ mod cli;
 #[cfg(feature = "collect-tpm")]
 mod collect_tpm;
 mod common;
+mod enroll;
 mod eventlog;
 mod gpu;
+mod host;
 mod snp;
 mod swtpm;
 mod tpm;
