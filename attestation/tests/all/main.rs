@@ -2,6 +2,7 @@
 //! (../shared/vectors, or $PLINTH_VECTORS) and against swtpm.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod bundle;
 mod certgen;
 mod chain;
 mod cli;
@@ -15,3 +16,4 @@ mod host;
 mod snp;
 mod swtpm;
 mod tpm;
+mod vectors;
