@@ -6,6 +6,7 @@ mod bundle;
 mod certgen;
 mod chain;
 mod cli;
+mod cli_bundle;
 #[cfg(feature = "collect-tpm")]
 mod collect_tpm;
 mod common;
