@@ -632,6 +632,35 @@ pub fn raw_public_key_from_pem_or_der(
     raw_public_key(&spki, source_name)
 }
 
+/// A DER TLV: `tag`, the definite length of `body` (short or long form), `body`.
+pub fn der_tlv(tag: u8, body: &[u8]) -> Vec<u8> {
+    let len = body.len();
+    let mut out = Vec::with_capacity(len + 6);
+    out.push(tag);
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let significant = strip_leading_zeros(&bytes);
+        out.push(0x80 | significant.len() as u8);
+        out.extend_from_slice(significant);
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+/// A DER INTEGER holding the unsigned big-endian `value` (leading zeros
+/// removed, one 0x00 added when the high bit is set).
+pub fn der_unsigned_integer(value: &[u8]) -> Vec<u8> {
+    let stripped = strip_leading_zeros(value);
+    let mut body = Vec::with_capacity(stripped.len() + 1);
+    if stripped.first().is_none_or(|b| b & 0x80 != 0) {
+        body.push(0);
+    }
+    body.extend_from_slice(stripped);
+    der_tlv(0x02, &body)
+}
+
 /// Strips leading zero bytes from a big-endian integer.
 pub fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
     let first = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());

@@ -271,6 +271,18 @@ fn policy_checks(head: &mut Appraisal, bundle: &EvidenceBundle, policy: &Policy)
     });
 }
 
+/// The appraisal of a piece whose `member` does not parse: one failing `check`.
+fn unparsed(subject: &str, check: &str, member: &str, err: &dyn std::error::Error) -> Appraised {
+    Appraised::Present(single(
+        subject,
+        Check::fail(
+            check,
+            Aspect::Hardware,
+            format!("{member}: {}", plinth_toolbox::error_chain(err)),
+        ),
+    ))
+}
+
 /// An appraisal of `subject` holding one check.
 fn single(subject: &str, check: Check) -> Appraisal {
     let mut appraisal = Appraisal::new(subject);
@@ -312,31 +324,24 @@ fn tpm_appraisal(
         Piece::Present(tpm) => tpm,
         Piece::Absent { reason } => return absent("tpm.present", reason),
     };
-    let parse_failure = |what: &str, err: &dyn std::error::Error| -> Appraisal {
-        single(
-            SUBJECT,
-            Check::fail(
-                "tpm.parse",
-                Aspect::Hardware,
-                format!("evidence.tpm.{what}: {}", plinth_toolbox::error_chain(err)),
-            ),
-        )
+    let parse_failure = |what: &str, err: &dyn std::error::Error| {
+        unparsed(SUBJECT, "tpm.parse", &format!("evidence.tpm.{what}"), err)
     };
     let ak = match TpmPublic::parse(&tpm.ak_public.0) {
         Ok(ak) => ak,
-        Err(err) => return Appraised::Present(parse_failure("ak_public", &err)),
+        Err(err) => return parse_failure("ak_public", &err),
     };
     let attest = match Attest::parse(&tpm.quote.0) {
         Ok(attest) => attest,
-        Err(err) => return Appraised::Present(parse_failure("quote", &err)),
+        Err(err) => return parse_failure("quote", &err),
     };
     let signature = match TpmSignature::parse(&tpm.signature.0) {
         Ok(signature) => signature,
-        Err(err) => return Appraised::Present(parse_failure("signature", &err)),
+        Err(err) => return parse_failure("signature", &err),
     };
     let pcrs = match tpm.pcr_values() {
         Ok(pcrs) => pcrs,
-        Err(err) => return Appraised::Present(parse_failure("pcrs", &err)),
+        Err(err) => return parse_failure("pcrs", &err),
     };
     let evidence = QuoteEvidence {
         ak: ak.key.clone(),
@@ -438,19 +443,12 @@ fn snp_appraisal(
         Piece::Present(snp) => snp,
         Piece::Absent { reason } => return absent("snp.present", reason),
     };
-    let fail = |what: &str, detail: String| {
-        single(
-            SUBJECT,
-            Check::fail(
-                "snp.parse",
-                Aspect::Hardware,
-                format!("evidence.snp.{what}: {detail}"),
-            ),
-        )
+    let fail = |what: &str, err: &dyn std::error::Error| {
+        unparsed(SUBJECT, "snp.parse", &format!("evidence.snp.{what}"), err)
     };
     let report = match SnpReport::parse(&piece.report.0) {
         Ok(report) => report,
-        Err(err) => return Appraised::Present(fail("report", plinth_toolbox::error_chain(&err))),
+        Err(err) => return fail("report", &err),
     };
     let chain = if piece.chain.is_empty() {
         report.table_chain()
@@ -469,7 +467,7 @@ fn snp_appraisal(
             rename(&mut appraisal, "snp.policy.report_data", "snp.report_data");
             Appraised::Present(appraisal)
         }
-        Err(err) => Appraised::Present(fail("vcek", plinth_toolbox::error_chain(&err))),
+        Err(err) => fail("vcek", &err),
     }
 }
 
@@ -488,19 +486,17 @@ fn gpu_appraisal(
             return absent(&format!("{prefix}present"), reason);
         }
     };
-    let fail = |what: &str, detail: String| {
-        single(
+    let fail = |what: &str, err: &dyn std::error::Error| {
+        unparsed(
             &subject,
-            Check::fail(
-                &format!("{prefix}parse"),
-                Aspect::Hardware,
-                format!("evidence.gpus[{index}].{what}: {detail}"),
-            ),
+            &format!("{prefix}parse"),
+            &format!("evidence.gpus[{index}].{what}"),
+            err,
         )
     };
     let report = match SpdmReport::parse(&gpu.report.0) {
         Ok(report) => report,
-        Err(err) => return Appraised::Present(fail("report", plinth_toolbox::error_chain(&err))),
+        Err(err) => return fail("report", &err),
     };
     let identity = identity_check(bundle, index, gpu, &report);
     let evidence = spdm::GpuEvidence {
@@ -512,7 +508,7 @@ fn gpu_appraisal(
         match spdm::verify(&evidence, Some(binding), &context.policy.gpu, context.at) {
             Ok(appraisal) => appraisal,
             Err(err) => {
-                return Appraised::Present(fail("certificates", plinth_toolbox::error_chain(&err)));
+                return fail("certificates", &err);
             }
         };
     appraisal.subject = subject;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use super::{CliError, Outcome, human, parse_err, read};
+use super::{CliError, Outcome, human, parse_err, read, unparseable};
 use crate::check::Appraisal;
 use crate::enroll::{
     self, AkRecord, EkAnchors, EnrollmentRequest, EnrollmentResponse, EnrollmentState,
@@ -166,12 +166,8 @@ pub(super) fn run(
             let parsed = match EnrollmentRequest::parse(&request_bytes) {
                 Ok(parsed) => parsed,
                 Err(err) => {
-                    let mut appraisal = Appraisal::new("enroll");
-                    appraisal.push(crate::check::Check::fail(
-                        "enroll.parse",
-                        crate::check::Aspect::InstanceIdentity,
-                        parse_err(request, &err).to_string(),
-                    ));
+                    let appraisal =
+                        unparseable("enroll", "enroll.parse", &parse_err(request, &err));
                     return Ok(Outcome {
                         output: render(&appraisal, json_output, None),
                         appraisals: vec![appraisal],
@@ -207,15 +203,10 @@ pub(super) fn run(
                     now,
                     policy.tpm.enrollment_ttl_seconds,
                 ),
-                Err(err) => {
-                    let mut appraisal = Appraisal::new("enroll");
-                    appraisal.push(crate::check::Check::fail(
-                        "enroll.parse",
-                        crate::check::Aspect::InstanceIdentity,
-                        parse_err(response, &err).to_string(),
-                    ));
-                    (appraisal, None)
-                }
+                Err(err) => (
+                    unparseable("enroll", "enroll.parse", &parse_err(response, &err)),
+                    None,
+                ),
             };
             let mut written = None;
             if let Some(record) = &record {

@@ -260,7 +260,7 @@ pub(crate) fn parse_err(path: &Path, err: &dyn std::error::Error) -> CliError {
 /// The appraisal of evidence that did not parse: one failing check,
 /// `check` (e.g. `snp.parse`), whose detail is `err` (it names the file and
 /// the field).
-fn unparseable(subject: &str, check: &str, err: &CliError) -> Appraisal {
+pub(crate) fn unparseable(subject: &str, check: &str, err: &CliError) -> Appraisal {
     let mut appraisal = Appraisal::new(subject);
     appraisal.push(Check::fail(check, Aspect::Hardware, err.to_string()));
     appraisal

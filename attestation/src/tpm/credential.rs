@@ -394,28 +394,7 @@ fn wrap(
 
 /// DER SubjectPublicKeyInfo of an RSA key from its modulus and exponent.
 fn rsa_spki_der(n: &[u8], e: &[u8]) -> Vec<u8> {
-    fn tlv(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut out = vec![tag];
-        let len = body.len();
-        if len < 0x80 {
-            out.push(len as u8);
-        } else if len < 0x100 {
-            out.extend([0x81, len as u8]);
-        } else {
-            out.extend([0x82, (len >> 8) as u8, len as u8]);
-        }
-        out.extend_from_slice(body);
-        out
-    }
-    fn integer(value: &[u8]) -> Vec<u8> {
-        let stripped = crate::x509chain::strip_leading_zeros(value);
-        let mut body = Vec::with_capacity(stripped.len() + 1);
-        if stripped.first().is_none_or(|b| b & 0x80 != 0) {
-            body.push(0);
-        }
-        body.extend_from_slice(stripped);
-        tlv(0x02, &body)
-    }
+    use crate::x509chain::{der_tlv as tlv, der_unsigned_integer as integer};
     // AlgorithmIdentifier { rsaEncryption, NULL }
     const RSA_ALGORITHM: &[u8] = &[
         0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use plinth_attestation::bundle::model::{
-    AgentClaims, Base64Bytes, Evidence, EvidenceBundle, Hex, HexVec, NodeClaims, Piece,
-    PluginClaim, TpmEvidence, UnsignedBundle, binding_digest,
+    Base64Bytes, Evidence, EvidenceBundle, Hex, HexVec, NodeClaims, Piece, TpmEvidence,
+    UnsignedBundle, binding_digest,
 };
 use plinth_attestation::enroll::{
     self, AkRecord, EnrollmentChallenge, EnrollmentRequest, EnrollmentResponse, REQUEST_FORMAT,
@@ -246,25 +246,9 @@ impl Host {
         pcrs::parse_pcr_file(&std::fs::read(self.path("now.pcrs")).unwrap(), selection).unwrap()
     }
 
-    /// The node's claims.
+    /// The node's claims (one pricing plugin, no GPUs).
     pub fn claims(&self) -> NodeClaims {
-        NodeClaims {
-            node_public_key: self.node_public_key(),
-            hostname: "gpu-host-1".to_owned(),
-            boot_id: "5a1f0e2c-7d1b-4f0a-9c33-0d5e8c1a2b3c".to_owned(),
-            agent: AgentClaims {
-                version: "0.1.0".to_owned(),
-                binary_sha256: Hex([0xa1; 32]),
-            },
-            config_sha256: Hex([0xc0; 32]),
-            plugins: vec![PluginClaim {
-                kind: "pricing".to_owned(),
-                name: "flat-rate".to_owned(),
-                version: "1.0.0".to_owned(),
-                sha256: Hex([0x51; 32]),
-            }],
-            gpus: Vec::new(),
-        }
+        crate::vectors::claims(&self.node_key, "gpu-host-1", &[])
     }
 
     /// A bundle for `nonce`, collected as the agent does: the binding first,

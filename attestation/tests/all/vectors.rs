@@ -68,9 +68,18 @@ pub fn gpu(dir: &Path, index: u32) -> GpuEvidence {
     }
 }
 
-/// The recorded GCP Shielded VM quote (RSA AK, SHA-1 PCRs) and a real event log.
-pub fn tpm(dir: &Path) -> TpmEvidence {
-    let gcp: serde_json::Value = serde_json::from_slice(&read(
+/// The GCP Shielded VM dump: AK, quote, signature, SHA-1 PCRs, event log.
+pub struct Gcp {
+    pub ak: Vec<u8>,
+    pub quote: Vec<u8>,
+    pub sig: Vec<u8>,
+    pub pcrs: PcrValues,
+    pub log: Vec<u8>,
+}
+
+/// Reads the GCP Shielded VM dump.
+pub fn gcp(dir: &Path) -> Gcp {
+    let json: serde_json::Value = serde_json::from_slice(&read(
         dir,
         "go-attestation/attest/testdata/windows_gcp_shielded_vm.json",
     ))
@@ -81,18 +90,31 @@ pub fn tpm(dir: &Path) -> TpmEvidence {
             .unwrap()
     };
     let mut pcrs = PcrValues::new();
-    for pcr in gcp["Log"]["PCRs"].as_array().unwrap() {
+    for pcr in json["Log"]["PCRs"].as_array().unwrap() {
+        assert_eq!(pcr["DigestAlg"], 3, "sha1 bank");
         pcrs.entry(HashAlg::Sha1)
             .or_default()
             .insert(pcr["Index"].as_u64().unwrap() as u32, b64(&pcr["Digest"]));
     }
+    Gcp {
+        ak: b64(&json["AK"]["Public"]),
+        quote: b64(&json["Quote"]["Quote"]),
+        sig: b64(&json["Quote"]["Signature"]),
+        pcrs,
+        log: b64(&json["Log"]["Raw"]),
+    }
+}
+
+/// The recorded GCP Shielded VM quote (RSA AK, SHA-1 PCRs) and its event log.
+pub fn tpm(dir: &Path) -> TpmEvidence {
+    let gcp = gcp(dir);
     TpmEvidence {
-        ak_public: Base64Bytes(b64(&gcp["AK"]["Public"])),
+        ak_public: Base64Bytes(gcp.ak),
         ak_handle: 0x8101_0002,
-        quote: Base64Bytes(b64(&gcp["Quote"]["Quote"])),
-        signature: Base64Bytes(b64(&gcp["Quote"]["Signature"])),
-        pcrs: TpmEvidence::banks_from(&pcrs),
-        event_log: Some(Base64Bytes(b64(&gcp["Log"]["Raw"]))),
+        quote: Base64Bytes(gcp.quote),
+        signature: Base64Bytes(gcp.sig),
+        pcrs: TpmEvidence::banks_from(&gcp.pcrs),
+        event_log: Some(Base64Bytes(gcp.log)),
         ek_certificate: None,
         ek_chain: Vec::new(),
         ek_public: None,
