@@ -1,7 +1,7 @@
 //! Shared helpers of plinth's tests across crates: where the repository and the evidence
 //! vectors are, the example plugins built once from source, a busybox OCI image for
-//! job tests, and a real OCI registry with image builders ([`registry`]). Test support
-//! only: nothing here is used by a shipped binary.
+//! job tests, a real OCI registry with image builders ([`registry`]) and a real software
+//! TPM ([`swtpm`]). Test support only: nothing here is used by a shipped binary.
 
 pub mod registry;
 
@@ -9,6 +9,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+
+pub mod swtpm;
 
 /// The repository root (the workspace root).
 pub fn repo_root() -> PathBuf {

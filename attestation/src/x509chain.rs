@@ -255,14 +255,15 @@ pub fn verify_signed_by(
     let algorithm = SignatureAlgorithm::try_from(&child.signature_algorithm)
         .map_err(|_| unsupported(sig_alg_oid.clone()))?;
     let spki = issuer.public_key();
-    let verification: &'static dyn ring::signature::VerificationAlgorithm = match algorithm {
+    let verification: &'static dyn crate::crypto::signature::VerificationAlgorithm = match algorithm
+    {
         SignatureAlgorithm::RSA => match sig_alg_oid.as_str() {
             "1.2.840.113549.1.1.5" => {
-                &ring::signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY
+                &crate::crypto::signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY
             }
-            "1.2.840.113549.1.1.11" => &ring::signature::RSA_PKCS1_2048_8192_SHA256,
-            "1.2.840.113549.1.1.12" => &ring::signature::RSA_PKCS1_2048_8192_SHA384,
-            "1.2.840.113549.1.1.13" => &ring::signature::RSA_PKCS1_2048_8192_SHA512,
+            "1.2.840.113549.1.1.11" => &crate::crypto::signature::RSA_PKCS1_2048_8192_SHA256,
+            "1.2.840.113549.1.1.12" => &crate::crypto::signature::RSA_PKCS1_2048_8192_SHA384,
+            "1.2.840.113549.1.1.13" => &crate::crypto::signature::RSA_PKCS1_2048_8192_SHA512,
             other => return Err(unsupported(other.to_owned())),
         },
         SignatureAlgorithm::RSASSA_PSS(params) => {
@@ -276,32 +277,43 @@ pub fn verify_signed_by(
                 )));
             }
             match hash.as_str() {
-                OID_SHA256 => &ring::signature::RSA_PSS_2048_8192_SHA256,
-                OID_SHA384 => &ring::signature::RSA_PSS_2048_8192_SHA384,
-                OID_SHA512 => &ring::signature::RSA_PSS_2048_8192_SHA512,
+                OID_SHA256 => &crate::crypto::signature::RSA_PSS_2048_8192_SHA256,
+                OID_SHA384 => &crate::crypto::signature::RSA_PSS_2048_8192_SHA384,
+                OID_SHA512 => &crate::crypto::signature::RSA_PSS_2048_8192_SHA512,
                 other => return Err(unsupported(format!("RSA-PSS with hash {other}"))),
             }
         }
         SignatureAlgorithm::ECDSA => {
             let curve = ec_curve(spki).unwrap_or_default();
             match (sig_alg_oid.as_str(), curve.as_str()) {
-                ("1.2.840.10045.4.3.2", OID_P256) => &ring::signature::ECDSA_P256_SHA256_ASN1,
-                ("1.2.840.10045.4.3.3", OID_P256) => &ring::signature::ECDSA_P256_SHA384_ASN1,
-                ("1.2.840.10045.4.3.2", OID_P384) => &ring::signature::ECDSA_P384_SHA256_ASN1,
-                ("1.2.840.10045.4.3.3", OID_P384) => &ring::signature::ECDSA_P384_SHA384_ASN1,
+                ("1.2.840.10045.4.3.2", OID_P256) => {
+                    &crate::crypto::signature::ECDSA_P256_SHA256_ASN1
+                }
+                ("1.2.840.10045.4.3.3", OID_P256) => {
+                    &crate::crypto::signature::ECDSA_P256_SHA384_ASN1
+                }
+                ("1.2.840.10045.4.3.2", OID_P384) => {
+                    &crate::crypto::signature::ECDSA_P384_SHA256_ASN1
+                }
+                ("1.2.840.10045.4.3.3", OID_P384) => {
+                    &crate::crypto::signature::ECDSA_P384_SHA384_ASN1
+                }
                 (alg, curve) => {
                     return Err(unsupported(format!("ECDSA {alg} on curve {curve}")));
                 }
             }
         }
-        SignatureAlgorithm::ED25519 => &ring::signature::ED25519,
+        SignatureAlgorithm::ED25519 => &crate::crypto::signature::ED25519,
         _ => return Err(unsupported(sig_alg_oid)),
     };
     let cache_key = signature_cache_key(child, spki);
     if signature_cache_contains(&cache_key) {
         return Ok(());
     }
-    let key = ring::signature::UnparsedPublicKey::new(verification, &spki.subject_public_key.data);
+    let key = crate::crypto::signature::UnparsedPublicKey::new(
+        verification,
+        &spki.subject_public_key.data,
+    );
     key.verify(child.tbs_certificate.as_ref(), &child.signature_value.data)
         .map_err(|_| X509ChainError::BadSignature {
             subject,
@@ -512,6 +524,50 @@ pub fn verify_chain(
     })
 }
 
+/// Verifies `leaf` against a CA bundle (DER): self-signed certificates in the
+/// bundle are the roots; the path up to one is built by issuer name from the
+/// bundle's other certificates and from `supplied` (intermediates sent with
+/// the leaf, untrusted: they can only link to a root of the bundle).
+pub fn verify_with_ca_bundle(
+    leaf: &[u8],
+    supplied: &[Vec<u8>],
+    bundle: &[Vec<u8>],
+    at: i64,
+) -> Result<ChainSummary, X509ChainError> {
+    let mut roots = Vec::new();
+    let mut intermediates: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    for (index, der) in bundle.iter().enumerate() {
+        let cert = parse_cert(der, "ca bundle", index)?;
+        if cert.subject().as_raw() == cert.issuer().as_raw() {
+            roots.push(der.clone());
+        } else {
+            intermediates.push((cert.subject().as_raw().to_vec(), der.clone()));
+        }
+    }
+    for (index, der) in supplied.iter().enumerate() {
+        let cert = parse_cert(der, "supplied chain", index)?;
+        intermediates.push((cert.subject().as_raw().to_vec(), der.clone()));
+    }
+    let mut chain = vec![leaf.to_vec()];
+    // Walk up through intermediates by issuer name (bounded).
+    for _ in 0..8 {
+        let Some(last) = chain.last() else { break };
+        let last_cert = parse_cert(last, "chain", chain.len() - 1)?;
+        let issuer = last_cert.issuer().as_raw();
+        if last_cert.subject().as_raw() == issuer {
+            break;
+        }
+        let next = intermediates
+            .iter()
+            .find(|(subject, der)| subject.as_slice() == issuer && !chain.contains(der));
+        match next {
+            Some((_, der)) => chain.push(der.clone()),
+            None => break,
+        }
+    }
+    verify_chain(&chain, &roots, at)
+}
+
 /// A public key usable for raw (non-certificate) signature checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RawPublicKey {
@@ -574,6 +630,35 @@ pub fn raw_public_key_from_pem_or_der(
         reason: err.to_string(),
     })?;
     raw_public_key(&spki, source_name)
+}
+
+/// A DER TLV: `tag`, the definite length of `body` (short or long form), `body`.
+pub fn der_tlv(tag: u8, body: &[u8]) -> Vec<u8> {
+    let len = body.len();
+    let mut out = Vec::with_capacity(len + 6);
+    out.push(tag);
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let significant = strip_leading_zeros(&bytes);
+        out.push(0x80 | significant.len() as u8);
+        out.extend_from_slice(significant);
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+/// A DER INTEGER holding the unsigned big-endian `value` (leading zeros
+/// removed, one 0x00 added when the high bit is set).
+pub fn der_unsigned_integer(value: &[u8]) -> Vec<u8> {
+    let stripped = strip_leading_zeros(value);
+    let mut body = Vec::with_capacity(stripped.len() + 1);
+    if stripped.first().is_none_or(|b| b & 0x80 != 0) {
+        body.push(0);
+    }
+    body.extend_from_slice(stripped);
+    der_tlv(0x02, &body)
 }
 
 /// Strips leading zero bytes from a big-endian integer.

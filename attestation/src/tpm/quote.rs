@@ -223,7 +223,7 @@ impl TpmSignature {
 
     /// Verifies this signature over `message` with `key`.
     pub fn verify(&self, key: &RawPublicKey, message: &[u8]) -> Result<(), String> {
-        use ring::signature as sig;
+        use crate::crypto::signature as sig;
         let hash = HashAlg::from_id(self.hash_id());
         match (self, key) {
             (
@@ -296,33 +296,9 @@ impl TpmSignature {
 /// DER-encodes an ECDSA signature from big-endian r and s. Non-minimal
 /// encodings in the input (leading zeros) are normalised, as the TPM pads r/s.
 pub fn ecdsa_der(r: &[u8], s: &[u8]) -> Vec<u8> {
-    fn integer(value: &[u8]) -> Vec<u8> {
-        let stripped = crate::x509chain::strip_leading_zeros(value);
-        let mut body = Vec::with_capacity(stripped.len() + 1);
-        if stripped.first().is_none_or(|b| b & 0x80 != 0) {
-            body.push(0);
-        }
-        body.extend_from_slice(stripped);
-        let mut out = vec![0x02];
-        push_len(&mut out, body.len());
-        out.extend(body);
-        out
-    }
-    fn push_len(out: &mut Vec<u8>, len: usize) {
-        if len < 0x80 {
-            out.push(len as u8);
-        } else if len < 0x100 {
-            out.extend([0x81, len as u8]);
-        } else {
-            out.extend([0x82, (len >> 8) as u8, len as u8]);
-        }
-    }
-    let mut body = integer(r);
-    body.extend(integer(s));
-    let mut out = vec![0x30];
-    push_len(&mut out, body.len());
-    out.extend(body);
-    out
+    let mut body = crate::x509chain::der_unsigned_integer(r);
+    body.extend(crate::x509chain::der_unsigned_integer(s));
+    crate::x509chain::der_tlv(0x30, &body)
 }
 
 /// The inputs for verifying one quote.

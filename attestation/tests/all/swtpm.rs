@@ -2,125 +2,18 @@
 //! library and by the `plinth-verify` binary. Skipped (with a reason) when
 //! swtpm or tpm2-tools are not installed.
 
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use plinth_attestation::policy::TpmPolicy;
 use plinth_attestation::tpm::HashAlg;
 use plinth_attestation::tpm::pcrs;
 use plinth_attestation::tpm::public;
 use plinth_attestation::tpm::quote::{self, Attest, QuoteEvidence, TpmSignature};
-
-struct Swtpm {
-    child: Child,
-    port: u16,
-    _state: tempfile::TempDir,
-}
-
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-}
-
-fn free_port_pair() -> u16 {
-    loop {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
-}
-
-fn start_swtpm() -> Option<Swtpm> {
-    start_swtpm_with(None)
-}
-
-fn start_swtpm_with(initial_state: Option<&Path>) -> Option<Swtpm> {
-    if !have("swtpm") || !have("tpm2_quote") {
-        eprintln!(
-            "skipping: swtpm or tpm2-tools not installed (apt-get install swtpm swtpm-tools tpm2-tools)"
-        );
-        return None;
-    }
-    for _attempt in 0..5 {
-        let state = tempfile::tempdir().unwrap();
-        if let Some(initial) = initial_state {
-            for entry in std::fs::read_dir(initial).unwrap() {
-                let entry = entry.unwrap();
-                std::fs::copy(entry.path(), state.path().join(entry.file_name())).unwrap();
-            }
-        }
-        let port = free_port_pair();
-        let child = Command::new("swtpm")
-            .args(["socket", "--tpm2", "--server"])
-            .arg(format!("type=tcp,port={port}"))
-            .arg("--ctrl")
-            .arg(format!("type=tcp,port={}", port + 1))
-            .arg("--tpmstate")
-            .arg(format!("dir={}", state.path().display()))
-            .args(["--flags", "not-need-init,startup-clear"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut swtpm = Swtpm {
-            child,
-            port,
-            _state: state,
-        };
-        for _ in 0..100 {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(swtpm);
-            }
-            if let Ok(Some(_)) = swtpm.child.try_wait() {
-                break; // Port taken in the meantime: retry with another.
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    panic!("swtpm did not start");
-}
+use plinth_tests::swtpm::{self, Swtpm};
 
 fn tpm2(swtpm: &Swtpm, dir: &Path, args: &[&str]) {
-    let output = Command::new(args[0])
-        .args(&args[1..])
-        .current_dir(dir)
-        .env(
-            "TPM2TOOLS_TCTI",
-            format!("swtpm:host=127.0.0.1,port={}", swtpm.port),
-        )
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    // No resource manager: flush transient objects and sessions after each tool.
-    for flag in ["-t", "-s"] {
-        let _ = Command::new("tpm2_flushcontext")
-            .arg(flag)
-            .current_dir(dir)
-            .env(
-                "TPM2TOOLS_TCTI",
-                format!("swtpm:host=127.0.0.1,port={}", swtpm.port),
-            )
-            .output();
-    }
+    swtpm.tpm2(dir, args).unwrap();
 }
 
 fn cli(dir: &Path, args: &[&str]) -> (i32, String) {
@@ -153,7 +46,10 @@ fn verify_lib(dir: &Path, ak: &str, nonce: &[u8]) -> bool {
 
 #[test]
 fn swtpm_quotes_verify_for_rsa_and_ecc_aks_and_both_banks() {
-    let Some(swtpm) = start_swtpm() else { return };
+    if !swtpm::available("swtpm quotes") {
+        return;
+    }
+    let swtpm = Swtpm::start_blank().unwrap();
     let work = tempfile::tempdir().unwrap();
     let dir = work.path();
     // Make PCR 7 non-trivial in both banks.
@@ -348,47 +244,13 @@ fn swtpm_quotes_verify_for_rsa_and_ecc_aks_and_both_banks() {
 /// with another CA.
 #[test]
 fn swtpm_ek_certificate_chain() {
-    if !have("swtpm_setup") || !have("certtool") || !have("swtpm") || !have("tpm2_nvread") {
-        eprintln!(
-            "skipping: swtpm_setup/certtool/tpm2-tools not installed (apt-get install swtpm-tools gnutls-bin tpm2-tools)"
-        );
+    if !swtpm::available("swtpm EK certificate chain") {
         return;
     }
     let work = tempfile::tempdir().unwrap();
     let dir = work.path();
-    let ca = dir.join("ca");
-    let manufactured = dir.join("manufactured");
-    std::fs::create_dir_all(&ca).unwrap();
-    std::fs::create_dir_all(&manufactured).unwrap();
-    let ca_text = ca.display().to_string();
-    std::fs::write(
-        dir.join("localca.conf"),
-        format!("statedir = {ca_text}\nsigningkey = {ca_text}/signkey.pem\nissuercert = {ca_text}/issuercert.pem\ncertserial = {ca_text}/certserial\n"),
-    )
-    .unwrap();
-    std::fs::write(dir.join("localca.options"), "").unwrap();
-    std::fs::write(
-        dir.join("setup.conf"),
-        format!(
-            "create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = {}/localca.conf\ncreate_certs_tool_options = {}/localca.options\nactive_pcr_banks = sha256\n",
-            dir.display(),
-            dir.display()
-        ),
-    )
-    .unwrap();
-    let status = Command::new("swtpm_setup")
-        .args(["--tpm2", "--create-ek-cert", "--overwrite", "--tpmstate"])
-        .arg(&manufactured)
-        .arg("--config")
-        .arg(dir.join("setup.conf"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "swtpm_setup failed");
-    let Some(swtpm) = start_swtpm_with(Some(&manufactured)) else {
-        return;
-    };
+    let swtpm = Swtpm::start().unwrap();
+    let ca = Swtpm::ca().unwrap();
     tpm2(&swtpm, dir, &["tpm2_nvread", "0x1c00002", "-o", "ek.der"]);
     tpm2(&swtpm, dir, &["tpm2_createek", "-c", "ek.ctx", "-G", "rsa"]);
     tpm2(
@@ -425,9 +287,7 @@ fn swtpm_ek_certificate_chain() {
             "pcrs",
         ],
     );
-    let mut bundle = std::fs::read(ca.join("issuercert.pem")).unwrap();
-    bundle.extend(std::fs::read(ca.join("swtpm-localca-rootca-cert.pem")).unwrap());
-    std::fs::write(dir.join("bundle.pem"), &bundle).unwrap();
+    std::fs::write(dir.join("bundle.pem"), ca.bundle().unwrap()).unwrap();
     let base = [
         "tpm-quote",
         "--ak",
@@ -454,7 +314,7 @@ fn swtpm_ek_certificate_chain() {
     assert!(text.contains("[pass] tpm.ek_chain"), "{text}");
     assert!(text.contains("[skip] tpm.ak_binding"), "{text}");
     // Without the intermediate the chain does not reach the root.
-    let (code, text) = with(ca.join("swtpm-localca-rootca-cert.pem").to_str().unwrap());
+    let (code, text) = with(ca.root().to_str().unwrap());
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("[FAIL] tpm.ek_chain"), "{text}");
     // Another CA entirely.

@@ -1,49 +1,14 @@
 //! TPM quotes from a real GCP Shielded VM (go-attestation's dump).
 
-use base64::Engine as _;
 use plinth_attestation::policy::{HexBytes, TpmPolicy};
 use plinth_attestation::tpm::HashAlg;
 use plinth_attestation::tpm::eventlog::{self, EventLog};
-use plinth_attestation::tpm::pcrs::PcrValues;
 use plinth_attestation::tpm::public::TpmPublic;
 use plinth_attestation::tpm::quote::{self, Attest, QuoteEvidence, TpmSignature};
 
-use crate::common::{read, vectors};
+use crate::common::vectors;
 
-pub struct Gcp {
-    pub ak: Vec<u8>,
-    pub quote: Vec<u8>,
-    pub sig: Vec<u8>,
-    pub pcrs: PcrValues,
-    pub log: Vec<u8>,
-}
-
-pub fn gcp(dir: &std::path::Path) -> Gcp {
-    let json: serde_json::Value = serde_json::from_slice(&read(
-        dir,
-        "go-attestation/attest/testdata/windows_gcp_shielded_vm.json",
-    ))
-    .unwrap();
-    let b64 = |v: &serde_json::Value| {
-        base64::engine::general_purpose::STANDARD
-            .decode(v.as_str().unwrap())
-            .unwrap()
-    };
-    let mut pcrs = PcrValues::new();
-    for pcr in json["Log"]["PCRs"].as_array().unwrap() {
-        assert_eq!(pcr["DigestAlg"], 3, "sha1 bank");
-        pcrs.entry(HashAlg::Sha1)
-            .or_default()
-            .insert(pcr["Index"].as_u64().unwrap() as u32, b64(&pcr["Digest"]));
-    }
-    Gcp {
-        ak: b64(&json["AK"]["Public"]),
-        quote: b64(&json["Quote"]["Quote"]),
-        sig: b64(&json["Quote"]["Signature"]),
-        pcrs,
-        log: b64(&json["Log"]["Raw"]),
-    }
-}
+pub use crate::vectors::{Gcp, gcp};
 
 fn evidence(g: &Gcp, quote_bytes: &[u8], sig_bytes: &[u8]) -> Option<QuoteEvidence> {
     Some(QuoteEvidence {

@@ -1,0 +1,1 @@
+//! NVIDIA GPU evidence collection (in progress).

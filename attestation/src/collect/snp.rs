@@ -1,0 +1,1 @@
+//! SEV-SNP evidence collection (in progress).
