@@ -844,13 +844,7 @@ fn tpm2b_public(public: &Public, what: &str) -> Result<Vec<u8>, TpmCollectError>
 /// EK certificates are stored in NV indices sized by the manufacturer; some pad the DER
 /// with zeros or 0xff. Keep exactly the outer DER SEQUENCE when its length is readable.
 fn strip_nv_padding(mut bytes: Vec<u8>) -> Vec<u8> {
-    let der_len = match bytes.as_slice() {
-        [0x30, 0x82, high, low, ..] => Some(4 + usize::from(u16::from_be_bytes([*high, *low]))),
-        [0x30, 0x81, len, ..] => Some(3 + usize::from(*len)),
-        [0x30, len, ..] if *len < 0x80 => Some(2 + usize::from(*len)),
-        _ => None,
-    };
-    if let Some(len) = der_len.filter(|len| *len <= bytes.len()) {
+    if let Some(len) = crate::collect::der_prefix(&bytes).map(<[u8]>::len) {
         bytes.truncate(len);
     }
     bytes
