@@ -63,6 +63,8 @@ pub struct Policy {
     pub tpm: TpmPolicy,
     /// Settings for the EAR token.
     pub ear: EarPolicy,
+    /// What a fleet auditor requires of evidence bundles.
+    pub fleet: FleetPolicy,
 }
 
 impl Policy {
@@ -154,14 +156,84 @@ pub struct GpuPolicy {
     pub strict_length: bool,
 }
 
-/// TPM reference values.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+/// TPM reference values and EK trust.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TpmPolicy {
     /// Expected qualifying data (nonce), hex; `--nonce` overrides it.
     pub nonce: Option<HexBytes>,
     /// Golden PCR values: bank name ("sha256") -> PCR index ("7") -> hex value.
     pub pcrs: BTreeMap<String, BTreeMap<String, HexBytes>>,
+    /// PEM files of the CAs trusted to issue EK certificates (roots and
+    /// intermediates), relative to the policy file's directory.
+    pub ek_ca_files: Vec<String>,
+    /// EK Names (nameAlg || digest, hex, as `tpm2_readpublic` prints them)
+    /// trusted without a certificate.
+    pub pinned_ek_names: Vec<HexBytes>,
+    /// How long an enrollment challenge stays valid, in seconds (default 600).
+    pub enrollment_ttl_seconds: u64,
+}
+
+impl Default for TpmPolicy {
+    fn default() -> Self {
+        Self {
+            nonce: None,
+            pcrs: BTreeMap::new(),
+            ek_ca_files: Vec::new(),
+            pinned_ek_names: Vec::new(),
+            enrollment_ttl_seconds: 600,
+        }
+    }
+}
+
+/// A kind of evidence a bundle can carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EvidenceKind {
+    /// The TPM quote.
+    Tpm,
+    /// The SEV-SNP report.
+    Snp,
+    /// A report for every GPU the host claims (nothing on hosts claiming none).
+    Gpu,
+}
+
+impl EvidenceKind {
+    /// The name used in the policy and in check details.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tpm => "tpm",
+            Self::Snp => "snp",
+            Self::Gpu => "gpu",
+        }
+    }
+}
+
+/// What a fleet auditor requires of evidence bundles (`[fleet]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetPolicy {
+    /// Allowed SHA-256 digests of the agent binary; empty = any (check skipped).
+    pub agent_binaries: Vec<HexBytes>,
+    /// Allowed SHA-256 digests of plugins; empty = any (check skipped).
+    pub plugins: Vec<HexBytes>,
+    /// Evidence every bundle must carry (default: tpm and gpu; gpu means a
+    /// report for every claimed GPU, so it asks nothing of hosts without GPUs).
+    pub require: Vec<EvidenceKind>,
+    /// Require the quote's AK to be enrolled (an AK record given for it);
+    /// default yes.
+    pub require_enrolled_ak: bool,
+}
+
+impl Default for FleetPolicy {
+    fn default() -> Self {
+        Self {
+            agent_binaries: Vec::new(),
+            plugins: Vec::new(),
+            require: vec![EvidenceKind::Tpm, EvidenceKind::Gpu],
+            require_enrolled_ak: true,
+        }
+    }
 }
 
 /// EAR token settings.
@@ -225,12 +297,18 @@ mod tests {
         assert!(!built_in.snp.allow_debug);
         assert!(!built_in.gpu.strict_length);
         assert_eq!(built_in.ear.developer, "plinth");
+        assert_eq!(built_in.tpm.enrollment_ttl_seconds, 600);
+        assert_eq!(
+            built_in.fleet.require,
+            vec![EvidenceKind::Tpm, EvidenceKind::Gpu]
+        );
+        assert!(built_in.fleet.require_enrolled_ak);
         assert_eq!(Policy::from_toml("").unwrap(), built_in);
         assert_eq!(
-            Policy::from_toml("[snp]\n[gpu]\n[tpm]\n[ear]\n").unwrap(),
+            Policy::from_toml("[snp]\n[gpu]\n[tpm]\n[ear]\n[fleet]\n").unwrap(),
             built_in
         );
-        for section in ["snp", "gpu", "tpm", "ear"] {
+        for section in ["snp", "gpu", "tpm", "ear", "fleet"] {
             assert_eq!(
                 Policy::from_toml(&format!("[{section}]\n")).unwrap(),
                 built_in,
@@ -256,6 +334,19 @@ mod tests {
         );
         let partial = Policy::from_toml("[ear]\npolicy_id = \"p\"\n").unwrap();
         assert_eq!(partial.ear.developer, "plinth");
+        let partial = Policy::from_toml("[fleet]\nplugins = [\"ab\"]\n").unwrap();
+        assert_eq!(
+            partial.fleet,
+            FleetPolicy {
+                plugins: vec![HexBytes(vec![0xab])],
+                ..FleetPolicy::default()
+            }
+        );
+        let partial = Policy::from_toml("[tpm]\nek_ca_files = [\"ca.pem\"]\n").unwrap();
+        assert_eq!(partial.tpm.enrollment_ttl_seconds, 600);
+        let none = Policy::from_toml("[fleet]\nrequire = []\n").unwrap();
+        assert!(none.fleet.require.is_empty());
+        assert!(Policy::from_toml("[fleet]\nrequire = [\"tpu\"]\n").is_err());
         // Explicit values override.
         let strict =
             Policy::from_toml("[snp]\nallow_vlek = false\n[gpu]\nstrict_length = true\n").unwrap();

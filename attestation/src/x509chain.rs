@@ -512,6 +512,50 @@ pub fn verify_chain(
     })
 }
 
+/// Verifies `leaf` against a CA bundle (DER): self-signed certificates in the
+/// bundle are the roots; the path up to one is built by issuer name from the
+/// bundle's other certificates and from `supplied` (intermediates sent with
+/// the leaf, untrusted: they can only link to a root of the bundle).
+pub fn verify_with_ca_bundle(
+    leaf: &[u8],
+    supplied: &[Vec<u8>],
+    bundle: &[Vec<u8>],
+    at: i64,
+) -> Result<ChainSummary, X509ChainError> {
+    let mut roots = Vec::new();
+    let mut intermediates: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    for (index, der) in bundle.iter().enumerate() {
+        let cert = parse_cert(der, "ca bundle", index)?;
+        if cert.subject().as_raw() == cert.issuer().as_raw() {
+            roots.push(der.clone());
+        } else {
+            intermediates.push((cert.subject().as_raw().to_vec(), der.clone()));
+        }
+    }
+    for (index, der) in supplied.iter().enumerate() {
+        let cert = parse_cert(der, "supplied chain", index)?;
+        intermediates.push((cert.subject().as_raw().to_vec(), der.clone()));
+    }
+    let mut chain = vec![leaf.to_vec()];
+    // Walk up through intermediates by issuer name (bounded).
+    for _ in 0..8 {
+        let Some(last) = chain.last() else { break };
+        let last_cert = parse_cert(last, "chain", chain.len() - 1)?;
+        let issuer = last_cert.issuer().as_raw();
+        if last_cert.subject().as_raw() == issuer {
+            break;
+        }
+        let next = intermediates
+            .iter()
+            .find(|(subject, der)| subject.as_slice() == issuer && !chain.contains(der));
+        match next {
+            Some((_, der)) => chain.push(der.clone()),
+            None => break,
+        }
+    }
+    verify_chain(&chain, &roots, at)
+}
+
 /// A public key usable for raw (non-certificate) signature checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RawPublicKey {

@@ -5,9 +5,11 @@
 //!
 //! [`model`] is the wire format, shared by the agent's collector and the
 //! verifier: the serde types, the binding digest, the node signature and the
-//! strict parser. See docs/attestation.md, "Evidence bundles".
+//! strict parser. [`verify`] runs every check of every piece. See
+//! docs/attestation.md, "Evidence bundles".
 
 pub mod model;
+pub mod verify;
 
 pub use model::{
     Base64Bytes, BundleError, CcMode, Evidence, EvidenceBundle, GpuClaim, GpuEvidence, Hex, HexVec,

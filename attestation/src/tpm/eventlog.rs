@@ -467,6 +467,20 @@ impl LogBuilder {
     }
 }
 
+/// Parses `log` (from `source`, a file or bundle member named in errors),
+/// replays it and compares it with `quoted`: a failing `eventlog.parse`
+/// check, or the checks of [`compare`].
+pub fn appraise_against(log: &[u8], quoted: &PcrValues, source: &str) -> Vec<Check> {
+    match EventLog::parse(log) {
+        Ok(log) => compare(&log, &log.replay(), quoted),
+        Err(err) => vec![Check::fail(
+            "eventlog.parse",
+            Aspect::Executables,
+            format!("{source}: {}", plinth_toolbox::error_chain(&err)),
+        )],
+    }
+}
+
 /// Compares replayed values with quoted (or recorded) PCR values, one check
 /// per bank; a mismatch names the events extended into each differing PCR.
 /// Only PCRs that the log extends are compared.

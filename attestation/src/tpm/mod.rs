@@ -3,6 +3,7 @@
 //! Structures are parsed from their TPM wire encoding (big-endian, TPM2B
 //! size-prefixed) by hand, without libtss2; every parser has a fuzz target.
 
+pub mod credential;
 pub mod eventlog;
 pub mod pcrs;
 pub mod public;

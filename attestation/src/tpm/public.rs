@@ -44,6 +44,57 @@ pub struct TpmPublic {
     pub scheme_hash: Option<HashAlg>,
     /// The marshalled TPMT_PUBLIC (for computing the key's Name).
     pub tpmt_bytes: Vec<u8>,
+    /// parameters.symmetric of a storage key (an EK's is AES-128-CFB), when not TPM_ALG_NULL.
+    pub symmetric: Option<SymmetricDef>,
+}
+
+/// A TPMT_SYM_DEF_OBJECT that is not TPM_ALG_NULL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SymmetricDef {
+    /// The algorithm (TPM_ALG_AES is 0x0006).
+    pub algorithm: u16,
+    /// Key size in bits.
+    pub key_bits: u16,
+    /// The mode (TPM_ALG_CFB is 0x0043).
+    pub mode: u16,
+}
+
+/// TPMA_OBJECT bits.
+pub mod attributes {
+    /// fixedTPM: the key cannot be duplicated off this TPM.
+    pub const FIXED_TPM: u32 = 1 << 1;
+    /// fixedParent: the key cannot be duplicated to another parent.
+    pub const FIXED_PARENT: u32 = 1 << 4;
+    /// sensitiveDataOrigin: the TPM generated the key.
+    pub const SENSITIVE_DATA_ORIGIN: u32 = 1 << 5;
+    /// userWithAuth.
+    pub const USER_WITH_AUTH: u32 = 1 << 6;
+    /// adminWithPolicy.
+    pub const ADMIN_WITH_POLICY: u32 = 1 << 7;
+    /// restricted: signs only TPM-generated structures (or decrypts only TPM formats).
+    pub const RESTRICTED: u32 = 1 << 16;
+    /// decrypt.
+    pub const DECRYPT: u32 = 1 << 17;
+    /// sign (signEncrypt).
+    pub const SIGN: u32 = 1 << 18;
+
+    /// The names of the bits set in `attributes` that this module knows.
+    pub fn names(attributes: u32) -> Vec<&'static str> {
+        [
+            (FIXED_TPM, "fixedTPM"),
+            (FIXED_PARENT, "fixedParent"),
+            (SENSITIVE_DATA_ORIGIN, "sensitiveDataOrigin"),
+            (USER_WITH_AUTH, "userWithAuth"),
+            (ADMIN_WITH_POLICY, "adminWithPolicy"),
+            (RESTRICTED, "restricted"),
+            (DECRYPT, "decrypt"),
+            (SIGN, "sign"),
+        ]
+        .into_iter()
+        .filter(|(bit, _)| attributes & bit != 0)
+        .map(|(_, name)| name)
+        .collect()
+    }
 }
 
 const ALG_RSA: u16 = 0x0001;
@@ -73,11 +124,16 @@ impl TpmPublic {
         let name_alg = r.u16_be("nameAlg")?;
         let attributes = r.u32_be("objectAttributes")?;
         let _auth_policy = r.tpm2b("authPolicy")?;
-        let symmetric = r.u16_be("parameters.symmetric.algorithm")?;
-        if symmetric != ALG_NULL {
-            r.u16_be("parameters.symmetric.keyBits")?;
-            r.u16_be("parameters.symmetric.mode")?;
-        }
+        let symmetric_alg = r.u16_be("parameters.symmetric.algorithm")?;
+        let symmetric = if symmetric_alg != ALG_NULL {
+            Some(SymmetricDef {
+                algorithm: symmetric_alg,
+                key_bits: r.u16_be("parameters.symmetric.keyBits")?,
+                mode: r.u16_be("parameters.symmetric.mode")?,
+            })
+        } else {
+            None
+        };
         let scheme = r.u16_be("parameters.scheme")?;
         let scheme_hash = if scheme != ALG_NULL {
             HashAlg::from_id(r.u16_be("parameters.scheme.hashAlg")?)
@@ -140,6 +196,7 @@ impl TpmPublic {
             attributes,
             scheme_hash,
             tpmt_bytes: bytes.to_vec(),
+            symmetric,
         })
     }
 }

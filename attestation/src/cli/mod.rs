@@ -1,8 +1,9 @@
 //! The `plinth-verify` command line: argument definitions and the commands.
 //!
 //! `main.rs` only parses arguments with [`Cli`], calls [`run`] and maps the
-//! outcome to an exit code: 0 verified, 1 evidence rejected, 2 bad usage. New
-//! subcommands (`bundle`, `batch`, `receipts`) slot into [`Command`].
+//! outcome to an exit code: 0 verified, 1 evidence rejected, 2 bad usage.
+//! Evidence bundles (`bundle`, `batch`) are in [`bundle`], AK enrollment
+//! (`enroll challenge|finish`) in [`enroll`].
 //!
 //! Evidence that does not parse (a truncated report, a quote with trailing
 //! bytes, a VCEK that is not X.509) is a verdict, not a usage error: the
@@ -17,6 +18,12 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use thiserror::Error;
+
+mod bundle;
+mod enroll;
+
+pub use bundle::{BatchArgs, BundleArgs};
+pub use enroll::{EnrollArgs, EnrollCommand};
 
 use crate::check::{Appraisal, Aspect, Check};
 use crate::ear::{self, EarError, EarSigner};
@@ -111,8 +118,12 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// Verify a usage receipt ledger (JSON lines from `plinthctl receipts export`).
     Receipts(ReceiptsArgs),
-    // Reserved: `bundle` (evidence bundles) and `batch` (directories of
-    // bundles) are added by later issues.
+    /// Verify an evidence bundle (`plinthctl attest`): every piece, bound to one nonce.
+    Bundle(BundleArgs),
+    /// Verify every bundle in a directory on all cores; print a summary.
+    Batch(BatchArgs),
+    /// Enroll an AK: issue a credential challenge, then check the answer.
+    Enroll(EnrollArgs),
 }
 
 /// Arguments of `receipts`.
@@ -196,6 +207,9 @@ pub struct TpmQuoteArgs {
     /// CA bundle (PEM) for the EK certificate: intermediates and roots.
     #[arg(long, value_name = "FILE", requires = "ek_cert")]
     pub ek_ca: Option<PathBuf>,
+    /// AK record (`plinth-verify enroll finish -o`): proves the AK lives beside an EK.
+    #[arg(long, value_name = "FILE")]
+    pub ak_record: Option<PathBuf>,
 }
 
 /// Arguments of `eventlog`.
@@ -229,14 +243,14 @@ impl Outcome {
     }
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, CliError> {
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>, CliError> {
     std::fs::read(path).map_err(|source| CliError::Read {
         path: path.display().to_string(),
         source,
     })
 }
 
-fn parse_err(path: &Path, err: &dyn std::error::Error) -> CliError {
+pub(crate) fn parse_err(path: &Path, err: &dyn std::error::Error) -> CliError {
     CliError::Parse {
         path: path.display().to_string(),
         reason: plinth_toolbox::error_chain(err),
@@ -263,7 +277,7 @@ fn parse_evidence<T, E: std::error::Error>(
     parsed.map_err(|e| unparseable(subject, check, &parse_err(path, &e)))
 }
 
-fn hex_arg(name: &str, value: &str) -> Result<Vec<u8>, CliError> {
+pub(crate) fn hex_arg(name: &str, value: &str) -> Result<Vec<u8>, CliError> {
     crate::bytes::decode_hex_text(value)
         .map_err(|err| CliError::Usage(format!("--{name} '{value}' is not hex: {err}")))
 }
@@ -293,6 +307,18 @@ pub fn run(cli: &Cli) -> Result<Outcome, CliError> {
         Command::TpmQuote(args) => vec![run_tpm_quote(args, &policy, at)?],
         Command::Eventlog(args) => vec![run_eventlog(args)?],
         Command::Receipts(args) => vec![run_receipts(args)?],
+        Command::Bundle(args) => bundle::run_bundle(args, &policy, at)?,
+        Command::Batch(args) => {
+            if cli.ear.is_some() {
+                return Err(CliError::Usage(
+                    "--ear is for one piece of evidence or one bundle, not a batch".to_owned(),
+                ));
+            }
+            return bundle::run_batch(args, &policy, at, cli.json);
+        }
+        Command::Enroll(args) => {
+            return enroll::run(args, &policy, cli.policy.as_deref(), at, cli.json);
+        }
     };
     if let Some(ear_path) = &cli.ear {
         let key_path = cli.ear_key.as_ref().ok_or_else(|| {
@@ -328,7 +354,7 @@ pub fn run(cli: &Cli) -> Result<Outcome, CliError> {
     Ok(Outcome { appraisals, output })
 }
 
-fn human(appraisal: &Appraisal) -> String {
+pub(crate) fn human(appraisal: &Appraisal) -> String {
     let mut out = appraisal.to_human();
     // Scalar claims worth showing an auditor, then the GPU measurement list.
     for key in [
@@ -621,18 +647,9 @@ fn run_tpm_quote(args: &TpmQuoteArgs, policy: &Policy, at: i64) -> Result<Apprai
                 "--eventlog needs --pcrs to compare against".to_owned(),
             ));
         };
-        match EventLog::parse(&read(log_path)?) {
-            Ok(log) => {
-                let replayed = log.replay();
-                for check in eventlog::compare(&log, &replayed, values) {
-                    appraisal.push(check);
-                }
-            }
-            Err(err) => appraisal.push(Check::fail(
-                "eventlog.parse",
-                Aspect::Executables,
-                parse_err(log_path, &err).to_string(),
-            )),
+        let log = read(log_path)?;
+        for check in eventlog::appraise_against(&log, values, &log_path.display().to_string()) {
+            appraisal.push(check);
         }
     }
     if let (Some(ek_path), Some(ca_path)) = (&args.ek_cert, &args.ek_ca) {
@@ -642,52 +659,34 @@ fn run_tpm_quote(args: &TpmQuoteArgs, policy: &Policy, at: i64) -> Result<Apprai
             .map_err(|e| parse_err(ca_path, &e))?;
         let ek_result = x509chain::parse_bundle(&ek_bytes, &ek_path.display().to_string())
             .map_err(|e| parse_err(ek_path, &e).to_string())
-            .and_then(|ek| verify_ek_chain(&ek, &cas, at));
+            .and_then(|ek| {
+                let leaf = ek.first().map(Vec::as_slice).unwrap_or_default();
+                x509chain::verify_with_ca_bundle(leaf, &[], &cas, at)
+                    .map(|summary| summary.subjects.join(" -> "))
+                    .map_err(|e| e.to_string())
+            });
         appraisal.push(Check::from_result(
             "tpm.ek_chain",
             Aspect::Hardware,
             ek_result,
         ));
-        appraisal.push(Check::skip(
+        if args.ak_record.is_none() {
+            appraisal.push(Check::skip(
+                "tpm.ak_binding",
+                Aspect::Hardware,
+                "a quote does not prove that the AK lives in the TPM holding this EK; that is established at enrollment (give --ak-record)",
+            ));
+        }
+    }
+    if let Some(record_path) = &args.ak_record {
+        let record = enroll::read_ak_record(record_path)?;
+        appraisal.push(Check::from_result(
             "tpm.ak_binding",
             Aspect::Hardware,
-            "a quote does not prove that the AK lives in the TPM holding this EK; that is established at enrollment (credential activation)",
+            enroll::ak_binding(&record, &ak_bytes),
         ));
     }
     Ok(appraisal)
-}
-
-/// Verifies an EK certificate against a CA bundle: intermediates are taken
-/// from the bundle as needed; self-signed certificates in it are the roots.
-pub fn verify_ek_chain(ek: &[Vec<u8>], cas: &[Vec<u8>], at: i64) -> Result<String, String> {
-    let mut roots = Vec::new();
-    let mut intermediates = Vec::new();
-    for der in cas {
-        let cert = x509chain::parse_cert(der, "ca bundle", 0).map_err(|e| e.to_string())?;
-        if cert.subject() == cert.issuer() {
-            roots.push(der.clone());
-        } else {
-            intermediates.push(der.clone());
-        }
-    }
-    let mut chain: Vec<Vec<u8>> = ek.iter().take(1).cloned().collect();
-    // Walk up through intermediates by issuer name (bounded).
-    for _ in 0..8 {
-        let Some(last) = chain.last() else { break };
-        let last_cert = x509chain::parse_cert(last, "chain", 0).map_err(|e| e.to_string())?;
-        let next = intermediates.iter().find(|der| {
-            x509chain::parse_cert(der, "ca bundle", 0)
-                .map(|c| c.subject() == last_cert.issuer() && !chain.contains(der))
-                .unwrap_or(false)
-        });
-        match next {
-            Some(der) => chain.push(der.clone()),
-            None => break,
-        }
-    }
-    x509chain::verify_chain(&chain, &roots, at)
-        .map(|s| s.subjects.join(" -> "))
-        .map_err(|e| e.to_string())
 }
 
 fn run_eventlog(args: &EventlogArgs) -> Result<Appraisal, CliError> {
