@@ -77,6 +77,9 @@ pub enum CtlCommand {
         #[command(subcommand)]
         command: crate::ctl::plugin::PluginCommand,
     },
+    /// Attestation: a signed evidence bundle for a verifier's nonce (`--nonce HEX`),
+    /// and AK enrollment (`enroll`, `activate`).
+    Attest(crate::ctl::attest::AttestArgs),
     /// Print shell completions for plinthctl.
     Completions {
         /// The shell.
