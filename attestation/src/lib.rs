@@ -1,6 +1,7 @@
 //! plinth-attestation: the offline verifier behind `plinth-verify`.
 //!
-//! Everything in this crate is pure Rust: signatures are checked with `ring`,
+//! Everything in this crate is pure Rust but its crypto backends: signatures
+//! are checked with aws-lc-rs ([`crypto`]), digests and Ed25519 with `ring`;
 //! certificates are parsed with `x509-parser`, and no module does network I/O.
 //! Each kind of evidence has its own module with a parser (fuzzed, see `fuzz/`)
 //! and a verifier that reports every check by name:
@@ -26,6 +27,7 @@ pub mod canonical;
 pub mod check;
 pub mod cli;
 pub mod collect;
+pub mod crypto;
 pub mod ear;
 pub mod enroll;
 pub mod gpu;

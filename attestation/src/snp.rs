@@ -625,8 +625,8 @@ impl SnpReport {
         let mut sig = [0u8; 96];
         sig[..48].copy_from_slice(&self.sig_r);
         sig[48..].copy_from_slice(&self.sig_s);
-        ring::signature::UnparsedPublicKey::new(
-            &ring::signature::ECDSA_P384_SHA384_FIXED,
+        crate::crypto::signature::UnparsedPublicKey::new(
+            &crate::crypto::signature::ECDSA_P384_SHA384_FIXED,
             public_point,
         )
         .verify(self.signed_bytes(), &sig)

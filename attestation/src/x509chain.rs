@@ -255,14 +255,15 @@ pub fn verify_signed_by(
     let algorithm = SignatureAlgorithm::try_from(&child.signature_algorithm)
         .map_err(|_| unsupported(sig_alg_oid.clone()))?;
     let spki = issuer.public_key();
-    let verification: &'static dyn ring::signature::VerificationAlgorithm = match algorithm {
+    let verification: &'static dyn crate::crypto::signature::VerificationAlgorithm = match algorithm
+    {
         SignatureAlgorithm::RSA => match sig_alg_oid.as_str() {
             "1.2.840.113549.1.1.5" => {
-                &ring::signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY
+                &crate::crypto::signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY
             }
-            "1.2.840.113549.1.1.11" => &ring::signature::RSA_PKCS1_2048_8192_SHA256,
-            "1.2.840.113549.1.1.12" => &ring::signature::RSA_PKCS1_2048_8192_SHA384,
-            "1.2.840.113549.1.1.13" => &ring::signature::RSA_PKCS1_2048_8192_SHA512,
+            "1.2.840.113549.1.1.11" => &crate::crypto::signature::RSA_PKCS1_2048_8192_SHA256,
+            "1.2.840.113549.1.1.12" => &crate::crypto::signature::RSA_PKCS1_2048_8192_SHA384,
+            "1.2.840.113549.1.1.13" => &crate::crypto::signature::RSA_PKCS1_2048_8192_SHA512,
             other => return Err(unsupported(other.to_owned())),
         },
         SignatureAlgorithm::RSASSA_PSS(params) => {
@@ -276,32 +277,43 @@ pub fn verify_signed_by(
                 )));
             }
             match hash.as_str() {
-                OID_SHA256 => &ring::signature::RSA_PSS_2048_8192_SHA256,
-                OID_SHA384 => &ring::signature::RSA_PSS_2048_8192_SHA384,
-                OID_SHA512 => &ring::signature::RSA_PSS_2048_8192_SHA512,
+                OID_SHA256 => &crate::crypto::signature::RSA_PSS_2048_8192_SHA256,
+                OID_SHA384 => &crate::crypto::signature::RSA_PSS_2048_8192_SHA384,
+                OID_SHA512 => &crate::crypto::signature::RSA_PSS_2048_8192_SHA512,
                 other => return Err(unsupported(format!("RSA-PSS with hash {other}"))),
             }
         }
         SignatureAlgorithm::ECDSA => {
             let curve = ec_curve(spki).unwrap_or_default();
             match (sig_alg_oid.as_str(), curve.as_str()) {
-                ("1.2.840.10045.4.3.2", OID_P256) => &ring::signature::ECDSA_P256_SHA256_ASN1,
-                ("1.2.840.10045.4.3.3", OID_P256) => &ring::signature::ECDSA_P256_SHA384_ASN1,
-                ("1.2.840.10045.4.3.2", OID_P384) => &ring::signature::ECDSA_P384_SHA256_ASN1,
-                ("1.2.840.10045.4.3.3", OID_P384) => &ring::signature::ECDSA_P384_SHA384_ASN1,
+                ("1.2.840.10045.4.3.2", OID_P256) => {
+                    &crate::crypto::signature::ECDSA_P256_SHA256_ASN1
+                }
+                ("1.2.840.10045.4.3.3", OID_P256) => {
+                    &crate::crypto::signature::ECDSA_P256_SHA384_ASN1
+                }
+                ("1.2.840.10045.4.3.2", OID_P384) => {
+                    &crate::crypto::signature::ECDSA_P384_SHA256_ASN1
+                }
+                ("1.2.840.10045.4.3.3", OID_P384) => {
+                    &crate::crypto::signature::ECDSA_P384_SHA384_ASN1
+                }
                 (alg, curve) => {
                     return Err(unsupported(format!("ECDSA {alg} on curve {curve}")));
                 }
             }
         }
-        SignatureAlgorithm::ED25519 => &ring::signature::ED25519,
+        SignatureAlgorithm::ED25519 => &crate::crypto::signature::ED25519,
         _ => return Err(unsupported(sig_alg_oid)),
     };
     let cache_key = signature_cache_key(child, spki);
     if signature_cache_contains(&cache_key) {
         return Ok(());
     }
-    let key = ring::signature::UnparsedPublicKey::new(verification, &spki.subject_public_key.data);
+    let key = crate::crypto::signature::UnparsedPublicKey::new(
+        verification,
+        &spki.subject_public_key.data,
+    );
     key.verify(child.tbs_certificate.as_ref(), &child.signature_value.data)
         .map_err(|_| X509ChainError::BadSignature {
             subject,

@@ -140,11 +140,20 @@ pub fn verify(bundle: &EvidenceBundle, context: &BundleContext<'_>) -> BundleRep
     policy_checks(&mut head, bundle, context.policy);
 
     let binding = bundle.binding.0;
-    let mut appraisals = vec![head];
-    appraisals.extend(tpm_appraisal(bundle, &binding, context));
-    appraisals.extend(snp_appraisal(bundle, &binding, context));
+    let mut pieces = Vec::new();
+    pieces.push(tpm_appraisal(bundle, &binding, context));
+    pieces.push(snp_appraisal(bundle, &binding, context));
     for (index, piece) in bundle.evidence.gpus.iter().enumerate() {
-        appraisals.extend(gpu_appraisal(bundle, index, piece, &binding, context));
+        pieces.push(gpu_appraisal(bundle, index, piece, &binding, context));
+    }
+    let mut appraisals = vec![head];
+    for piece in pieces {
+        match piece {
+            Appraised::Present(appraisal) => appraisals.push(appraisal),
+            // An absent piece has nothing to appraise: its skip goes with the
+            // bundle's checks.
+            Appraised::Absent(check) => appraisals[0].push(check),
+        }
     }
     BundleReport { appraisals }
 }
@@ -269,13 +278,20 @@ fn single(subject: &str, check: Check) -> Appraisal {
     appraisal
 }
 
-/// The appraisal of an absent piece: a skip naming the collector's reason
-/// (whether the policy required it is `policy.required_evidence`).
-fn absent(subject: &str, check: &str, reason: &str) -> Appraisal {
-    single(
-        subject,
-        Check::skip(check, Aspect::Hardware, format!("absent: {reason}")),
-    )
+/// What a piece yields: its appraisal, or for an absent piece one skip
+/// naming the collector's reason (whether the policy required the piece is
+/// `policy.required_evidence`).
+enum Appraised {
+    Present(Appraisal),
+    Absent(Check),
+}
+
+fn absent(check: &str, reason: &str) -> Appraised {
+    Appraised::Absent(Check::skip(
+        check,
+        Aspect::Hardware,
+        format!("absent: {reason}"),
+    ))
 }
 
 fn rename(appraisal: &mut Appraisal, from: &str, to: &str) {
@@ -290,11 +306,11 @@ fn tpm_appraisal(
     bundle: &EvidenceBundle,
     binding: &[u8; 32],
     context: &BundleContext<'_>,
-) -> Option<Appraisal> {
+) -> Appraised {
     const SUBJECT: &str = "tpm-quote";
     let tpm = match &bundle.evidence.tpm {
         Piece::Present(tpm) => tpm,
-        Piece::Absent { reason } => return Some(absent(SUBJECT, "tpm.present", reason)),
+        Piece::Absent { reason } => return absent("tpm.present", reason),
     };
     let parse_failure = |what: &str, err: &dyn std::error::Error| -> Appraisal {
         single(
@@ -308,19 +324,19 @@ fn tpm_appraisal(
     };
     let ak = match TpmPublic::parse(&tpm.ak_public.0) {
         Ok(ak) => ak,
-        Err(err) => return Some(parse_failure("ak_public", &err)),
+        Err(err) => return Appraised::Present(parse_failure("ak_public", &err)),
     };
     let attest = match Attest::parse(&tpm.quote.0) {
         Ok(attest) => attest,
-        Err(err) => return Some(parse_failure("quote", &err)),
+        Err(err) => return Appraised::Present(parse_failure("quote", &err)),
     };
     let signature = match TpmSignature::parse(&tpm.signature.0) {
         Ok(signature) => signature,
-        Err(err) => return Some(parse_failure("signature", &err)),
+        Err(err) => return Appraised::Present(parse_failure("signature", &err)),
     };
     let pcrs = match tpm.pcr_values() {
         Ok(pcrs) => pcrs,
-        Err(err) => return Some(parse_failure("pcrs", &err)),
+        Err(err) => return Appraised::Present(parse_failure("pcrs", &err)),
     };
     let evidence = QuoteEvidence {
         ak: ak.key.clone(),
@@ -344,7 +360,7 @@ fn tpm_appraisal(
         )),
     }
     appraisal.push(ak_enrolled(bundle, &ak, context));
-    Some(appraisal)
+    Appraised::Present(appraisal)
 }
 
 /// `tpm.ak_enrolled`: an AK record for this AK's Name exists, holds the same
@@ -416,11 +432,11 @@ fn snp_appraisal(
     bundle: &EvidenceBundle,
     binding: &[u8; 32],
     context: &BundleContext<'_>,
-) -> Option<Appraisal> {
+) -> Appraised {
     const SUBJECT: &str = "snp";
     let piece = match &bundle.evidence.snp {
         Piece::Present(snp) => snp,
-        Piece::Absent { reason } => return Some(absent(SUBJECT, "snp.present", reason)),
+        Piece::Absent { reason } => return absent("snp.present", reason),
     };
     let fail = |what: &str, detail: String| {
         single(
@@ -434,7 +450,7 @@ fn snp_appraisal(
     };
     let report = match SnpReport::parse(&piece.report.0) {
         Ok(report) => report,
-        Err(err) => return Some(fail("report", plinth_toolbox::error_chain(&err))),
+        Err(err) => return Appraised::Present(fail("report", plinth_toolbox::error_chain(&err))),
     };
     let chain = if piece.chain.is_empty() {
         report.table_chain()
@@ -451,9 +467,9 @@ fn snp_appraisal(
     match snp::verify(&evidence, &policy, context.at) {
         Ok(mut appraisal) => {
             rename(&mut appraisal, "snp.policy.report_data", "snp.report_data");
-            Some(appraisal)
+            Appraised::Present(appraisal)
         }
-        Err(err) => Some(fail("vcek", plinth_toolbox::error_chain(&err))),
+        Err(err) => Appraised::Present(fail("vcek", plinth_toolbox::error_chain(&err))),
     }
 }
 
@@ -463,13 +479,13 @@ fn gpu_appraisal(
     piece: &Piece<model::GpuEvidence>,
     binding: &[u8; 32],
     context: &BundleContext<'_>,
-) -> Option<Appraisal> {
+) -> Appraised {
     let subject = format!("gpu[{index}]");
     let prefix = format!("gpu[{index}].");
     let gpu = match piece {
         Piece::Present(gpu) => gpu,
         Piece::Absent { reason } => {
-            return Some(absent(&subject, &format!("{prefix}present"), reason));
+            return absent(&format!("{prefix}present"), reason);
         }
     };
     let fail = |what: &str, detail: String| {
@@ -484,7 +500,7 @@ fn gpu_appraisal(
     };
     let report = match SpdmReport::parse(&gpu.report.0) {
         Ok(report) => report,
-        Err(err) => return Some(fail("report", plinth_toolbox::error_chain(&err))),
+        Err(err) => return Appraised::Present(fail("report", plinth_toolbox::error_chain(&err))),
     };
     let identity = identity_check(bundle, index, gpu, &report);
     let evidence = spdm::GpuEvidence {
@@ -495,7 +511,9 @@ fn gpu_appraisal(
     let mut appraisal =
         match spdm::verify(&evidence, Some(binding), &context.policy.gpu, context.at) {
             Ok(appraisal) => appraisal,
-            Err(err) => return Some(fail("certificates", plinth_toolbox::error_chain(&err))),
+            Err(err) => {
+                return Appraised::Present(fail("certificates", plinth_toolbox::error_chain(&err)));
+            }
         };
     appraisal.subject = subject;
     for check in &mut appraisal.checks {
@@ -504,7 +522,7 @@ fn gpu_appraisal(
         }
     }
     appraisal.checks.insert(0, identity);
-    Some(appraisal)
+    Appraised::Present(appraisal)
 }
 
 /// `gpu[N].identity`: the entry is the claimed GPU, and the claimed driver

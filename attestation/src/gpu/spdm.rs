@@ -372,8 +372,8 @@ pub fn verify_report_signature(
     leaf_key: &x509chain::RawPublicKey,
 ) -> Result<String, String> {
     match leaf_key {
-        x509chain::RawPublicKey::P384(point) => ring::signature::UnparsedPublicKey::new(
-            &ring::signature::ECDSA_P384_SHA384_FIXED,
+        x509chain::RawPublicKey::P384(point) => crate::crypto::signature::UnparsedPublicKey::new(
+            &crate::crypto::signature::ECDSA_P384_SHA384_FIXED,
             point,
         )
         .verify(report.signed_bytes(), &report.signature)

@@ -223,7 +223,7 @@ impl TpmSignature {
 
     /// Verifies this signature over `message` with `key`.
     pub fn verify(&self, key: &RawPublicKey, message: &[u8]) -> Result<(), String> {
-        use ring::signature as sig;
+        use crate::crypto::signature as sig;
         let hash = HashAlg::from_id(self.hash_id());
         match (self, key) {
             (

@@ -2,14 +2,19 @@
 //! (../shared/vectors, or $PLINTH_VECTORS) and against swtpm.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod bundle;
 mod certgen;
 mod chain;
 mod cli;
+mod cli_bundle;
 #[cfg(feature = "collect-tpm")]
 mod collect_tpm;
 mod common;
+mod enroll;
 mod eventlog;
 mod gpu;
+mod host;
 mod snp;
 mod swtpm;
 mod tpm;
+mod vectors;
