@@ -29,7 +29,7 @@ fn collect(c: &mut Criterion) {
     // A 64-event log, about the size of a small firmware log.
     let mut builder = LogBuilder::new(&[HashAlg::Sha256]).unwrap();
     for event in 0..64u32 {
-        builder.measure(event % 8, 0x0d, &vec![event as u8; 200]);
+        builder.measure(event % 8, 0x0d, &[event as u8; 200]);
     }
     let log_path = work.path().join("binary_bios_measurements");
     std::fs::write(&log_path, builder.to_bytes()).unwrap();
@@ -40,10 +40,15 @@ fn collect(c: &mut Criterion) {
     };
     let binding = [7u8; 32];
     // Create and persist the AK once, outside the measurements.
-    TpmSession::open(&settings).unwrap().attestation_key().unwrap();
+    TpmSession::open(&settings)
+        .unwrap()
+        .attestation_key()
+        .unwrap();
 
     let mut group = c.benchmark_group("collect_tpm");
-    group.sample_size(20).measurement_time(Duration::from_secs(5));
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(5));
     group.bench_function("open", |b| b.iter(|| TpmSession::open(&settings).unwrap()));
     let mut session = TpmSession::open(&settings).unwrap();
     group.bench_function("ek_certificate_nv_read", |b| {
