@@ -83,6 +83,9 @@ pub enum CtlCommand {
         #[command(subcommand)]
         command: crate::ctl::images::ImagesCommand,
     },
+    /// Attestation: a signed evidence bundle for a verifier's nonce (`--nonce HEX`),
+    /// and AK enrollment (`enroll`, `activate`).
+    Attest(crate::ctl::attest::AttestArgs),
     /// Print shell completions for plinthctl.
     Completions {
         /// The shell.

@@ -93,6 +93,8 @@ pub struct AgentConfig {
     pub jobs: JobsSection,
     /// Images: registries, signature policy, pull limits, the cache bound.
     pub images: ImagesSection,
+    /// Attestation evidence: the TPM, the SEV-SNP guest device, NVIDIA GPUs.
+    pub attestation: AttestationSection,
 }
 
 /// The `[images]` section: where registry images come from, who must have signed them,
@@ -149,6 +151,42 @@ impl Default for ImagesSection {
             registries: Vec::new(),
             keys: BTreeMap::new(),
             tenants: BTreeMap::new(),
+        }
+    }
+}
+
+/// The `[attestation]` section: where the evidence collectors find the hardware.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AttestationSection {
+    /// The TPM's TCTI (`device:/dev/tpmrm0`; tests `swtpm:host=127.0.0.1,port=N`); an
+    /// empty string turns the TPM collector off.
+    pub tpm_tcti: String,
+    /// The persistent handle of the attestation key (created there, under the EK, on
+    /// first use).
+    pub ak_handle: u32,
+    /// The EK's (and so the AK's) algorithm: `rsa2048`, `ecc-p256` or `ecc-p384`.
+    pub ek_algorithm: plinth_attestation::collect::EkAlgorithm,
+    /// The PCRs to quote, as tpm2-tools writes them (`sha256:0-9,14`, banks joined by `+`).
+    pub pcrs: plinth_attestation::collect::PcrSpec,
+    /// The TCG event log the kernel exposes.
+    pub event_log: PathBuf,
+    /// The SEV-SNP guest device: `/dev/sev-guest`, or empty to turn SNP collection off.
+    pub sev_device: PathBuf,
+    /// Collect NVIDIA GPU inventory and CC attestation reports through NVML.
+    pub nvidia: bool,
+}
+
+impl Default for AttestationSection {
+    fn default() -> Self {
+        Self {
+            tpm_tcti: "device:/dev/tpmrm0".to_owned(),
+            ak_handle: 0x8101_0002,
+            ek_algorithm: plinth_attestation::collect::EkAlgorithm::default(),
+            pcrs: plinth_attestation::collect::PcrSpec::default(),
+            event_log: PathBuf::from("/sys/kernel/security/tpm0/binary_bios_measurements"),
+            sev_device: PathBuf::from("/dev/sev-guest"),
+            nvidia: true,
         }
     }
 }
@@ -275,6 +313,45 @@ impl ImagesSection {
                     format!("{} is not an absolute path", path.display()),
                 ));
             }
+        }
+        Ok(())
+    }
+}
+
+/// The TCTI names libtss2 ships loaders for.
+const TCTI_NAMES: &[&str] = &["device", "swtpm", "mssim", "tabrmd"];
+
+impl AttestationSection {
+    /// Checks what the schema alone cannot: the AK handle's range, the TCTI's name and
+    /// the SNP device.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let refuse = |key: &str, message: String| ConfigError::Validate {
+            key: format!("attestation.{key}"),
+            message,
+        };
+        plinth_attestation::collect::check_ak_handle(self.ak_handle)
+            .map_err(|message| refuse("ak_handle", message))?;
+        let tcti_name = self.tpm_tcti.split(':').next().unwrap_or_default();
+        if !self.tpm_tcti.is_empty() && !TCTI_NAMES.contains(&tcti_name) {
+            return Err(refuse(
+                "tpm_tcti",
+                format!(
+                    "{:?} names no TCTI; use one of {} (e.g. device:/dev/tpmrm0), or \"\" to turn the TPM off",
+                    self.tpm_tcti,
+                    TCTI_NAMES.join(", ")
+                ),
+            ));
+        }
+        let sev_guest = Path::new(plinth_attestation::collect::snp::SEV_GUEST_DEVICE);
+        if !self.sev_device.as_os_str().is_empty() && self.sev_device != sev_guest {
+            return Err(refuse(
+                "sev_device",
+                format!(
+                    "{} is not supported: the SEV-SNP guest driver is opened as {} (or set \"\" to turn SNP off)",
+                    self.sev_device.display(),
+                    sev_guest.display()
+                ),
+            ));
         }
         Ok(())
     }
@@ -478,6 +555,7 @@ impl AgentConfig {
             });
         }
         self.images.validate()?;
+        self.attestation.validate()?;
         tracing_subscriber::EnvFilter::try_new(&self.agent.log_level).map_err(|err| {
             ConfigError::Validate {
                 key: "agent.log_level".to_owned(),
@@ -772,7 +850,7 @@ mod tests {
         let built_in = AgentConfig::default();
         let mut texts = vec![
             String::new(),
-            "[agent]\n[api]\n[plugins]\n[plugins.fallback]\n[plugins.config]\n[jobs]\n[images]\n[images.keys]\n[images.tenants]\n".to_owned(),
+            "[agent]\n[api]\n[plugins]\n[plugins.fallback]\n[plugins.config]\n[jobs]\n[images]\n[images.keys]\n[images.tenants]\n[attestation]\n".to_owned(),
         ];
         for section in [
             "agent",
@@ -781,6 +859,7 @@ mod tests {
             "plugins.fallback",
             "jobs",
             "images",
+            "attestation",
         ] {
             texts.push(format!("[{section}]\n"));
         }
@@ -1037,6 +1116,58 @@ mod tests {
             err.to_string().contains("jobs.receipt_interval_seconds"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn attestation_section_layers_and_is_checked() {
+        let fixture = Fixture::new();
+        fixture.write(
+            "agent.toml",
+            "[attestation]\nak_handle = 0x81010005\npcrs = \"sha1:0-7+sha256:0-9,14\"\nnvidia = false\n",
+        );
+        let loaded = load(&fixture.sources(&[(
+            "PLINTH_ATTESTATION_TPM_TCTI",
+            "swtpm:host=127.0.0.1,port=2321",
+        )]))
+        .unwrap();
+        let attestation = &loaded.config.attestation;
+        assert_eq!(attestation.tpm_tcti, "swtpm:host=127.0.0.1,port=2321");
+        assert_eq!(attestation.ak_handle, 0x8101_0005);
+        assert_eq!(attestation.pcrs.to_string(), "sha1:0-7+sha256:0-9,14");
+        assert!(!attestation.nvidia);
+        let loaded =
+            load(&fixture.sources(&[("PLINTH_ATTESTATION_AK_HANDLE", "0x81010009")])).unwrap();
+        assert_eq!(loaded.config.attestation.ak_handle, 0x8101_0009);
+        let cases: &[(&str, &str)] = &[
+            (
+                "[attestation]\npcrs = \"sha256:0-99\"\n",
+                "\"0-99\" in bank sha256",
+            ),
+            (
+                "[attestation]\nak_handle = 0x80000001\n",
+                "attestation.ak_handle",
+            ),
+            (
+                "[attestation]\ntpm_tcti = \"pigeon:x\"\n",
+                "attestation.tpm_tcti",
+            ),
+            (
+                "[attestation]\nsev_device = \"/dev/other\"\n",
+                "attestation.sev_device",
+            ),
+            ("[attestation]\nek_algorithm = \"rsa1024\"\n", "\"rsa1024\""),
+            ("[attestation]\ntpm = 1\n", "tpm"),
+        ];
+        for (text, expected) in cases {
+            fixture.write("agent.toml", text);
+            let err = crate::error_chain(&load(&fixture.sources(&[])).unwrap_err());
+            assert!(err.contains(expected), "{text}: {err}");
+        }
+        fixture.write(
+            "agent.toml",
+            "[attestation]\ntpm_tcti = \"\"\nsev_device = \"\"\n",
+        );
+        assert!(load(&fixture.sources(&[])).is_ok());
     }
 
     #[test]

@@ -136,6 +136,15 @@ pub async fn run(loaded: LoadedConfig, options: RunOptions) -> Result<(), Daemon
     let plugins = crate::plugins::start(&config);
     let hardware = Hardware::detect();
     tracing::info!(summary = %hardware.summary, "hardware detected");
+    // Devices are opened once, here, before the socket serves anyone.
+    let attestation = Arc::new(crate::attestation::AttestationService::new(
+        &config.attestation,
+        crate::attestation::Sources::detect(&config.attestation),
+        identity.clone(),
+        &loaded.sha256,
+        plugins.clone(),
+    ));
+    tracing::info!(collectors = %attestation.summary(), "attestation collectors");
 
     let socket_path = config.socket_path();
     // Held until `run` returns: its lock keeps other agents off this socket.
@@ -159,6 +168,7 @@ pub async fn run(loaded: LoadedConfig, options: RunOptions) -> Result<(), Daemon
         previous_run,
         jobs: jobs.as_ref().map(|jobs| jobs.manager.clone()),
         plugins: plugins.clone(),
+        attestation,
     });
     let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;

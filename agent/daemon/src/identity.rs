@@ -195,6 +195,11 @@ impl NodeIdentity {
         signature
     }
 
+    /// The key pair, for signers that take one (the evidence bundle).
+    pub fn key_pair(&self) -> &Ed25519KeyPair {
+        &self.key_pair
+    }
+
     /// The key file.
     pub fn path(&self) -> &Path {
         &self.path

@@ -5,6 +5,7 @@
 //! `docs/ARCHITECTURE.md` for the map.
 
 pub mod api;
+pub mod attestation;
 pub mod cli;
 pub mod client;
 pub mod config;

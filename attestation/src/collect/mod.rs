@@ -163,6 +163,29 @@ pub fn check_ak_handle(handle: u32) -> Result<(), String> {
     }
 }
 
+/// The DER SEQUENCE at the start of `bytes` (definite lengths of up to four bytes):
+/// certificates from NV indices, certificate tables and driver buffers arrive padded.
+pub(crate) fn der_prefix(bytes: &[u8]) -> Option<&[u8]> {
+    let (&tag, rest) = bytes.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (len, header) = if first < 0x80 {
+        (usize::from(first), 2)
+    } else {
+        let n_len_bytes = usize::from(first & 0x7f);
+        if n_len_bytes == 0 || n_len_bytes > 4 || rest.len() < n_len_bytes {
+            return None;
+        }
+        let len = rest[..n_len_bytes]
+            .iter()
+            .fold(0usize, |acc, byte| (acc << 8) | usize::from(*byte));
+        (len, 2 + n_len_bytes)
+    };
+    bytes.get(..header.checked_add(len)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +207,19 @@ mod tests {
             let err = check_ak_handle(bad).unwrap_err();
             assert!(err.contains(&format!("{bad:#010x}")), "{err}");
         }
+    }
+
+    #[test]
+    fn der_prefix_reads_long_and_short_lengths() {
+        assert_eq!(
+            der_prefix(&[0x30, 2, 1, 2, 0, 0]),
+            Some(&[0x30, 2, 1, 2][..])
+        );
+        let long = [vec![0x30, 0x82, 0x01, 0x00], vec![7; 0x100], vec![0; 3]].concat();
+        assert_eq!(der_prefix(&long).map(<[u8]>::len), Some(0x104));
+        assert_eq!(der_prefix(&[0x30, 0x85, 1, 1, 1, 1, 1]), None);
+        assert_eq!(der_prefix(&[0x31, 0]), None);
+        assert_eq!(der_prefix(&[0x30, 5, 1]), None);
     }
 
     #[test]

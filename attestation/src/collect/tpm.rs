@@ -844,13 +844,7 @@ fn tpm2b_public(public: &Public, what: &str) -> Result<Vec<u8>, TpmCollectError>
 /// EK certificates are stored in NV indices sized by the manufacturer; some pad the DER
 /// with zeros or 0xff. Keep exactly the outer DER SEQUENCE when its length is readable.
 fn strip_nv_padding(mut bytes: Vec<u8>) -> Vec<u8> {
-    let der_len = match bytes.as_slice() {
-        [0x30, 0x82, high, low, ..] => Some(4 + usize::from(u16::from_be_bytes([*high, *low]))),
-        [0x30, 0x81, len, ..] => Some(3 + usize::from(*len)),
-        [0x30, len, ..] if *len < 0x80 => Some(2 + usize::from(*len)),
-        _ => None,
-    };
-    if let Some(len) = der_len.filter(|len| *len <= bytes.len()) {
+    if let Some(len) = crate::collect::der_prefix(&bytes).map(<[u8]>::len) {
         bytes.truncate(len);
     }
     bytes
@@ -884,7 +878,8 @@ pub fn read_event_log(path: &Path) -> Result<Vec<u8>, TpmCollectError> {
 pub struct TpmTimings {
     /// Opening the TCTI and the ESAPI context.
     pub open: Duration,
-    /// Reading the EK certificate from NV.
+    /// Reading the EK certificate from NV (and, the first time, creating the EK for its
+    /// public area).
     pub ek: Duration,
     /// Loading (or, the first time, creating) the AK.
     pub ak: Duration,
@@ -903,43 +898,129 @@ pub struct TpmCollection {
     pub quote: TpmQuote,
     /// The EK certificate, when the TPM holds one.
     pub ek_certificate: Option<Vec<u8>>,
+    /// The EK's public area (TPM2B_PUBLIC), when asked for.
+    pub ek_public: Option<Vec<u8>>,
     /// The event log, or why it could not be read.
     pub event_log: crate::collect::Gathered<Vec<u8>>,
     /// Step timings.
     pub timings: TpmTimings,
 }
 
-/// One whole collection: open, EK certificate, AK, quote with `qualifying_data`, event
-/// log. An unreadable event log does not fail the collection (the verifier then reports
-/// the replay as missing); everything else does.
+/// One whole collection with a fresh collector (no cached EK public area): open, EK
+/// certificate, AK, quote with `qualifying_data`, event log.
 pub fn collect(
     settings: &TpmSettings,
     qualifying_data: &[u8],
 ) -> Result<TpmCollection, TpmCollectError> {
-    let mut timings = TpmTimings::default();
-    let started = Instant::now();
-    let mut session = TpmSession::open(settings)?;
-    timings.open = started.elapsed();
-    let started = Instant::now();
-    let ek_certificate = session.ek_certificate()?;
-    timings.ek = started.elapsed();
-    let started = Instant::now();
-    let ak = session.attestation_key()?;
-    timings.ak = started.elapsed();
-    let started = Instant::now();
-    let quote = session.quote(qualifying_data)?;
-    timings.quote = started.elapsed();
-    drop(session);
-    let started = Instant::now();
-    let event_log = crate::collect::Gathered::from_result(read_event_log(&settings.event_log));
-    timings.event_log = started.elapsed();
-    Ok(TpmCollection {
-        ak,
-        quote,
-        ek_certificate,
-        event_log,
-        timings,
-    })
+    TpmCollector::new(settings.clone()).collect(qualifying_data, false)
+}
+
+/// The agent's TPM: its settings and what never changes (the EK's public area), used by
+/// one caller at a time (each call opens its own context, so tools can use the TPM in
+/// between).
+#[derive(Debug, Clone)]
+pub struct TpmCollector {
+    settings: TpmSettings,
+    endorsement_key: Option<EndorsementKey>,
+}
+
+impl TpmCollector {
+    /// A collector for `settings`; nothing is opened yet.
+    pub fn new(settings: TpmSettings) -> Self {
+        Self {
+            settings,
+            endorsement_key: None,
+        }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &TpmSettings {
+        &self.settings
+    }
+
+    fn cached_ek(&mut self, session: &mut TpmSession) -> Result<EndorsementKey, TpmCollectError> {
+        if let Some(ek) = &self.endorsement_key {
+            return Ok(ek.clone());
+        }
+        let ek = session.endorsement_key()?;
+        self.endorsement_key = Some(ek.clone());
+        Ok(ek)
+    }
+
+    /// One collection: open, EK certificate (and the EK public area when
+    /// `with_ek_public`, created once and cached), AK, quote with `qualifying_data`,
+    /// event log. An unreadable event log does not fail the collection (the verifier
+    /// then reports the replay as missing); everything else does.
+    pub fn collect(
+        &mut self,
+        qualifying_data: &[u8],
+        with_ek_public: bool,
+    ) -> Result<TpmCollection, TpmCollectError> {
+        let mut timings = TpmTimings::default();
+        let started = Instant::now();
+        let mut session = TpmSession::open(&self.settings)?;
+        timings.open = started.elapsed();
+        let started = Instant::now();
+        let ek_certificate = session.ek_certificate()?;
+        let ek_public = match with_ek_public {
+            true => Some(self.cached_ek(&mut session)?.public),
+            false => None,
+        };
+        timings.ek = started.elapsed();
+        let started = Instant::now();
+        let ak = session.attestation_key()?;
+        timings.ak = started.elapsed();
+        let started = Instant::now();
+        let quote = session.quote(qualifying_data)?;
+        timings.quote = started.elapsed();
+        drop(session);
+        let started = Instant::now();
+        let event_log =
+            crate::collect::Gathered::from_result(read_event_log(&self.settings.event_log));
+        timings.event_log = started.elapsed();
+        Ok(TpmCollection {
+            ak,
+            quote,
+            ek_certificate,
+            ek_public,
+            event_log,
+            timings,
+        })
+    }
+
+    /// What an enrollment request needs: the EK, its certificate, and the AK (created
+    /// and persisted when the handle is empty).
+    pub fn identity(&mut self) -> Result<TpmIdentity, TpmCollectError> {
+        let mut session = TpmSession::open(&self.settings)?;
+        let endorsement_key = self.cached_ek(&mut session)?;
+        let ek_certificate = session.ek_certificate()?;
+        let attestation_key = session.attestation_key()?;
+        Ok(TpmIdentity {
+            endorsement_key,
+            ek_certificate,
+            attestation_key,
+        })
+    }
+
+    /// TPM2_ActivateCredential (see [`TpmSession::activate_credential`]).
+    pub fn activate_credential(
+        &mut self,
+        credential_blob: &[u8],
+        encrypted_secret: &[u8],
+    ) -> Result<Vec<u8>, TpmCollectError> {
+        TpmSession::open(&self.settings)?.activate_credential(credential_blob, encrypted_secret)
+    }
+}
+
+/// The TPM's identity for enrollment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TpmIdentity {
+    /// The EK.
+    pub endorsement_key: EndorsementKey,
+    /// Its certificate, when the TPM holds one.
+    pub ek_certificate: Option<Vec<u8>>,
+    /// The AK.
+    pub attestation_key: AttestationKey,
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ use crate::hardware::Hardware;
 use crate::identity::NodeIdentity;
 use crate::store::{PreviousRun, Store};
 
+pub mod attestation;
 pub mod images;
 pub mod jobs;
 pub mod plugins;
@@ -92,6 +93,8 @@ pub struct AgentState {
     pub jobs: Option<Arc<crate::jobs::JobManager>>,
     /// Policy plugins; `None` when the plugin host could not start.
     pub plugins: Option<Arc<crate::plugins::PluginService>>,
+    /// Attestation: claims, collectors, bundles, enrollment.
+    pub attestation: Arc<crate::attestation::AttestationService>,
 }
 
 /// Shared handler state.
@@ -104,6 +107,7 @@ pub fn router(state: SharedState) -> Router {
         .merge(jobs::routes())
         .merge(images::routes())
         .merge(plugins::routes())
+        .merge(attestation::routes())
         .fallback(not_found)
         .with_state(state)
 }

@@ -8,6 +8,7 @@ use crate::cli::{CtlCli, CtlCommand};
 use crate::client::{AdminClient, ClientError};
 use crate::config::{self, ConfigSources};
 
+pub mod attest;
 pub mod images;
 pub mod jobs;
 pub mod plugin;
@@ -34,6 +35,9 @@ pub enum CtlError {
     /// A `plinthctl plugin` tool failed.
     #[error(transparent)]
     Plugin(#[from] plugin::PluginCtlError),
+    /// A `plinthctl attest` argument or file is wrong.
+    #[error(transparent)]
+    Attest(#[from] attest::AttestCtlError),
 }
 
 impl CtlError {
@@ -73,6 +77,7 @@ pub async fn run(cli: CtlCli) -> Result<(), CtlError> {
         CtlCommand::Receipts { command } => jobs::run_receipts(&client, command).await,
         CtlCommand::Plugin { command } => plugin::dispatch(&client, command).await,
         CtlCommand::Images { command } => images::run(&client, command).await,
+        CtlCommand::Attest(args) => attest::run(&client, args).await,
         CtlCommand::Completions { shell } => {
             let mut command = CtlCli::command();
             clap_complete::generate(shell, &mut command, "plinthctl", &mut std::io::stdout());

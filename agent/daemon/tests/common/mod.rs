@@ -73,6 +73,12 @@ impl Node {
     /// appended to `agent.log` in the node (a file, never a pipe nobody drains: a full
     /// pipe would stall the agent), and its tail is shown when the agent fails.
     pub fn start(&self) -> Agent {
+        self.start_with_env(&[])
+    }
+
+    /// [`Node::start`] with extra environment variables for the agent (for example
+    /// `PLINTH_ATTESTATION_TPM_TCTI`).
+    pub fn start_with_env(&self, env: &[(&str, &str)]) -> Agent {
         let notify_path = self.path("notify.sock");
         let _ = std::fs::remove_file(&notify_path);
         let notify = UnixDatagram::bind(&notify_path).unwrap();
@@ -92,6 +98,7 @@ impl Node {
             .arg(self.config())
             .env("NOTIFY_SOCKET", &notify_path)
             .env("WATCHDOG_USEC", "2000000")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()

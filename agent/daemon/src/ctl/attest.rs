@@ -1,0 +1,134 @@
+//! `plinthctl attest`: fetch a signed evidence bundle for a verifier's nonce, and the
+//! agent's side of AK enrollment (`attest enroll`, `attest activate`).
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand};
+use plinth_attestation::bundle::EvidenceBundle;
+use plinth_attestation::enroll::{EnrollmentChallenge, EnrollmentRequest, EnrollmentResponse};
+
+use super::CtlError;
+use crate::api::attestation::AttestRequest;
+use crate::client::AdminClient;
+
+/// Arguments of `plinthctl attest`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct AttestArgs {
+    /// Enrollment steps; without one, fetch a bundle.
+    #[command(subcommand)]
+    pub command: Option<AttestCommand>,
+    /// The verifier's nonce, 16 to 64 bytes as hex.
+    #[arg(long, value_name = "HEX")]
+    pub nonce: Option<String>,
+    /// Write the bundle here instead of standard output.
+    #[arg(short = 'o', long = "out", value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+/// The agent's half of AK enrollment.
+#[derive(Debug, Subcommand)]
+pub enum AttestCommand {
+    /// Print (or write) the enrollment request for `plinth-verify enroll challenge`
+    /// (creates the AK at attestation.ak_handle when there is none).
+    Enroll {
+        /// Write the request here instead of standard output.
+        #[arg(short = 'o', long = "out", value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Answer a verifier's challenge (TPM2_ActivateCredential) for
+    /// `plinth-verify enroll finish`.
+    Activate {
+        /// The challenge written by `plinth-verify enroll challenge`.
+        #[arg(long, value_name = "FILE")]
+        challenge: PathBuf,
+        /// Write the response here instead of standard output.
+        #[arg(short = 'o', long = "out", value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
+/// Errors of `plinthctl attest` before the agent is asked.
+#[derive(Debug, thiserror::Error)]
+pub enum AttestCtlError {
+    /// No nonce.
+    #[error("--nonce HEX is required: the verifier's nonce (16 to 64 bytes) binds the bundle")]
+    NoNonce,
+    /// The challenge file cannot be read.
+    #[error("cannot read the challenge {path}")]
+    ReadChallenge {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The challenge file is not a challenge.
+    #[error("{path} is not an enrollment challenge")]
+    BadChallenge {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: plinth_attestation::enroll::EnrollError,
+    },
+}
+
+fn emit(value: &impl serde::Serialize, out: Option<&Path>) -> Result<(), CtlError> {
+    let mut text = serde_json::to_vec_pretty(value)?;
+    text.push(b'\n');
+    match out {
+        Some(path) => {
+            std::fs::write(path, &text).map_err(|source| CtlError::Output {
+                what: path.display().to_string(),
+                source,
+            })?;
+            eprintln!("wrote {}", path.display());
+            Ok(())
+        }
+        None => {
+            use std::io::Write;
+            std::io::stdout()
+                .write_all(&text)
+                .map_err(|source| CtlError::Output {
+                    what: "standard output".to_owned(),
+                    source,
+                })
+        }
+    }
+}
+
+/// Runs `plinthctl attest ...`.
+pub async fn run(client: &AdminClient, args: AttestArgs) -> Result<(), CtlError> {
+    match args.command {
+        None => {
+            let nonce = args.nonce.ok_or(AttestCtlError::NoNonce)?;
+            let bundle: EvidenceBundle = client
+                .post("/v1/attestation", &AttestRequest { nonce })
+                .await?;
+            emit(&bundle, args.out.as_deref())
+        }
+        Some(AttestCommand::Enroll { out }) => {
+            let request: EnrollmentRequest = client
+                .post("/v1/attestation/enrollment", &serde_json::json!({}))
+                .await?;
+            emit(&request, out.as_deref())
+        }
+        Some(AttestCommand::Activate { challenge, out }) => {
+            let bytes =
+                std::fs::read(&challenge).map_err(|source| AttestCtlError::ReadChallenge {
+                    path: challenge.clone(),
+                    source,
+                })?;
+            let parsed = EnrollmentChallenge::parse(&bytes).map_err(|source| {
+                AttestCtlError::BadChallenge {
+                    path: challenge.clone(),
+                    source,
+                }
+            })?;
+            let response: EnrollmentResponse =
+                client.post("/v1/attestation/activation", &parsed).await?;
+            emit(&response, out.as_deref())
+        }
+    }
+}
