@@ -957,7 +957,7 @@ impl ImageStore {
             let digest = layer.digest().to_string();
             let hex_part = sha256_hex(&digest)?.to_string();
             let what = layer_what(layer_idx, n_layers, &source.name);
-            check_layer_media_type(&layer.media_type().to_string(), &digest, &what)?;
+            check_layer_media_type(layer.media_type().as_ref(), &digest, &what)?;
             layers.push(LayerPlan {
                 path: blob_path(&hex_part),
                 label: digest,

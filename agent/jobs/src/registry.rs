@@ -401,7 +401,8 @@ struct Endpoint {
 struct Failure {
     reason: String,
     retryable: bool,
-    error: Option<RegistryError>,
+    /// The error to report as is (no failover, no retry), boxed to keep results small.
+    error: Option<Box<RegistryError>>,
 }
 
 impl Failure {
@@ -417,7 +418,7 @@ impl Failure {
         Failure {
             reason: error.to_string(),
             retryable: false,
-            error: Some(error),
+            error: Some(Box::new(error)),
         }
     }
 
@@ -579,9 +580,7 @@ impl Puller {
             &resolved.manifest_bytes,
         )?;
         write_file(
-            &blobs.join(sha256_hex(
-                &resolved.manifest.config().digest().to_string(),
-            )?),
+            &blobs.join(sha256_hex(resolved.manifest.config().digest().as_ref())?),
             &resolved.config_bytes,
         )?;
         let index = serde_json::json!({
@@ -780,7 +779,7 @@ impl Puller {
                     return Ok(resolved);
                 }
                 Err(failure) => match failure.error {
-                    Some(error) => return Err(error),
+                    Some(error) => return Err(*error),
                     None => attempts.push(format!("{}: {}", endpoint.name, failure.reason)),
                 },
             }
@@ -978,12 +977,12 @@ impl Puller {
                 key: "images.max_image_bytes",
             });
         }
-        sha256_hex(&manifest.config().digest().to_string())?;
+        sha256_hex(manifest.config().digest().as_ref())?;
         for (idx, layer) in layers.iter().enumerate() {
             let digest = layer.digest().to_string();
             let what = format!("layer {} of {} of {image_name}", idx + 1, layers.len());
             sha256_hex(&digest)?;
-            image::check_layer_media_type(&layer.media_type().to_string(), &digest, &what)?;
+            image::check_layer_media_type(layer.media_type().as_ref(), &digest, &what)?;
         }
         Ok(())
     }
@@ -1535,14 +1534,16 @@ impl Puller {
                     tokio::time::sleep(backoff(attempt)).await;
                 }
                 Err(failure) => {
-                    return Err(failure.error.unwrap_or_else(|| RegistryError::Transfer {
-                        what: what.to_owned(),
-                        endpoint: endpoint.name.clone(),
-                        reason: if attempt > 0 {
-                            format!("{} (after {attempt} retries)", failure.reason)
-                        } else {
-                            failure.reason
-                        },
+                    return Err(failure.error.map(|e| *e).unwrap_or_else(|| {
+                        RegistryError::Transfer {
+                            what: what.to_owned(),
+                            endpoint: endpoint.name.clone(),
+                            reason: if attempt > 0 {
+                                format!("{} (after {attempt} retries)", failure.reason)
+                            } else {
+                                failure.reason
+                            },
+                        }
                     }));
                 }
             }
@@ -1612,10 +1613,15 @@ pub fn parse_document(bytes: &[u8], settings: &RegistrySettings) -> Result<usize
                 })?;
             match puller.choose_platform(bytes, "fuzz") {
                 Ok(_) => Ok(index.manifests().len()),
-                Err(failure) => Err(failure.error.unwrap_or(RegistryError::Unsupported {
-                    what: "image index".to_owned(),
-                    reason: failure.reason,
-                })),
+                Err(failure) => {
+                    Err(failure
+                        .error
+                        .map(|e| *e)
+                        .unwrap_or(RegistryError::Unsupported {
+                            what: "image index".to_owned(),
+                            reason: failure.reason,
+                        }))
+                }
             }
         }
         _ => {

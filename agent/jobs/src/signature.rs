@@ -431,7 +431,8 @@ mod tests {
         let unknown = check_signature(&layer, &bytes, &[other], &[&digest]).unwrap_err();
         assert!(unknown.contains("unknown key"), "{unknown}");
         let another = format!("sha256:{}", "b".repeat(64));
-        let wrong = check_signature(&layer, &bytes, &[key.clone()], &[&another]).unwrap_err();
+        let wrong =
+            check_signature(&layer, &bytes, std::slice::from_ref(&key), &[&another]).unwrap_err();
         assert!(wrong.contains("for another image"), "{wrong}");
         let mut tampered = bytes.clone();
         tampered[5] ^= 1;

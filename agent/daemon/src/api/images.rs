@@ -11,7 +11,7 @@
 //! - `POST /v1/images/prune`: remove every image no job uses.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -77,13 +77,11 @@ fn in_flight() -> &'static Mutex<BTreeMap<String, String>> {
     PULLS.get_or_init(Default::default)
 }
 
-fn jobs_of(state: &SharedState) -> Result<Arc<JobManager>, Response> {
-    state.jobs.clone().ok_or_else(|| {
-        error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "jobs are disabled on this agent, so it keeps no image cache",
-        )
-    })
+fn disabled() -> Response {
+    error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "jobs are disabled on this agent, so it keeps no image cache",
+    )
 }
 
 fn in_use(jobs: &JobManager) -> HashSet<String> {
@@ -100,9 +98,8 @@ fn image_error(error: &ImageError) -> Response {
 }
 
 async fn list(State(state): State<SharedState>) -> Response {
-    let jobs = match jobs_of(&state) {
-        Ok(jobs) => jobs,
-        Err(response) => return response,
+    let Some(jobs) = state.jobs.clone() else {
+        return disabled();
     };
     let listed: Result<Vec<CachedImage>, ImageError> = jobs.engine().images().list(&in_use(&jobs));
     match listed {
@@ -112,9 +109,8 @@ async fn list(State(state): State<SharedState>) -> Response {
 }
 
 async fn pull(State(state): State<SharedState>, Json(request): Json<PullRequest>) -> Response {
-    let jobs = match jobs_of(&state) {
-        Ok(jobs) => jobs,
-        Err(response) => return response,
+    let Some(jobs) = state.jobs.clone() else {
+        return disabled();
     };
     let key = request.reference.clone();
     // The pull blocks (its own small runtime, the unpacker): keep it off the API's workers.
@@ -167,9 +163,8 @@ async fn pulls() -> Response {
 }
 
 async fn remove(State(state): State<SharedState>, Path(image_id): Path<String>) -> Response {
-    let jobs = match jobs_of(&state) {
-        Ok(jobs) => jobs,
-        Err(response) => return response,
+    let Some(jobs) = state.jobs.clone() else {
+        return disabled();
     };
     match jobs.engine().images().remove(&image_id, &in_use(&jobs)) {
         Ok(true) => Json(RemovedAnswer {
@@ -185,9 +180,8 @@ async fn remove(State(state): State<SharedState>, Path(image_id): Path<String>) 
 }
 
 async fn prune(State(state): State<SharedState>) -> Response {
-    let jobs = match jobs_of(&state) {
-        Ok(jobs) => jobs,
-        Err(response) => return response,
+    let Some(jobs) = state.jobs.clone() else {
+        return disabled();
     };
     match jobs.engine().images().prune(&in_use(&jobs)) {
         Ok(removed) => Json(RemovedAnswer { removed }).into_response(),
