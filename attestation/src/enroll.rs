@@ -463,7 +463,7 @@ fn ek_trust(
         }
         Some(der) => certificate_trust(&der.0, request, ek, anchors, at),
     };
-    let pinned = anchors.pinned_names.iter().any(|pin| *pin == ek_name);
+    let pinned = anchors.pinned_names.contains(&ek_name);
     match certificate {
         Ok((ca, detail)) => Ok((
             EkIdentity {

@@ -668,14 +668,27 @@ const PINNED: &[(Product, bool, &str)] = &[
     ),
 ];
 
+/// The pinned chains decoded from PEM, once per process: (product, is_vlek,
+/// ASK or ASVK DER, ARK DER).
+type PinnedDer = (Product, bool, Vec<u8>, Vec<u8>);
+static PINNED_DER: std::sync::OnceLock<Vec<PinnedDer>> = std::sync::OnceLock::new();
+
 /// The pinned (ASK or ASVK, ARK) DER pair for a product and key kind.
 pub fn pinned_chain(product: Product, vlek: bool) -> Option<(Vec<u8>, Vec<u8>)> {
-    let (_, _, pem) = PINNED
+    let decoded = PINNED_DER.get_or_init(|| {
+        PINNED
+            .iter()
+            .filter_map(|(p, v, pem)| {
+                let ders = x509chain::parse_bundle(pem.as_bytes(), "pinned amd chain").ok()?;
+                let mut iter = ders.into_iter();
+                Some((*p, *v, iter.next()?, iter.next()?))
+            })
+            .collect()
+    });
+    decoded
         .iter()
-        .find(|(p, v, _)| *p == product && *v == vlek)?;
-    let ders = x509chain::parse_bundle(pem.as_bytes(), "pinned amd chain").ok()?;
-    let mut iter = ders.into_iter();
-    Some((iter.next()?, iter.next()?))
+        .find(|(p, v, _, _)| *p == product && *v == vlek)
+        .map(|(_, _, ask, ark)| (ask.clone(), ark.clone()))
 }
 
 /// Everything needed to verify one report.

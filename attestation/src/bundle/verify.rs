@@ -353,8 +353,9 @@ fn tpm_appraisal(
     rename(&mut appraisal, "tpm.nonce", "tpm.qualifying_data");
     match &tpm.event_log {
         Some(log) => {
-            let values = evidence.pcrs.as_ref().map(Clone::clone).unwrap_or_default();
-            for check in eventlog::appraise_against(&log.0, &values, "evidence.tpm.event_log") {
+            let none = crate::tpm::pcrs::PcrValues::new();
+            let values = evidence.pcrs.as_ref().unwrap_or(&none);
+            for check in eventlog::appraise_against(&log.0, values, "evidence.tpm.event_log") {
                 appraisal.push(check);
             }
         }

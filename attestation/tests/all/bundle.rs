@@ -133,7 +133,7 @@ fn a_pcr_extended_after_the_quote_and_a_log_that_does_not_replay_are_rejected() 
     let evidence = host.tpm_evidence(quote.clone(), signature.clone(), &now);
     let report = run(
         &host.sign(&NONCE, claims.clone(), evidence),
-        &[record.clone()],
+        std::slice::from_ref(&record),
         &Policy::default(),
         &NONCE,
     );
@@ -144,7 +144,7 @@ fn a_pcr_extended_after_the_quote_and_a_log_that_does_not_replay_are_rejected() 
     let evidence = host.tpm_evidence(quote, signature, &quoted);
     let report = run(
         &host.sign(&NONCE, claims.clone(), evidence),
-        &[record.clone()],
+        std::slice::from_ref(&record),
         &Policy::default(),
         &NONCE,
     );
@@ -217,7 +217,7 @@ fn a_quote_from_a_second_tpm_is_rejected() {
     // The intruder's own AK: not enrolled.
     let report = run(
         &intruder.bundle(&NONCE),
-        &[record.clone()],
+        std::slice::from_ref(&record),
         &Policy::default(),
         &NONCE,
     );

@@ -149,6 +149,39 @@ fn enroll_then_bundle_and_batch_through_the_binary() {
     assert!(text.contains("[FAIL] bundle.nonce"), "{text}");
     let (code, text) = verify_cli(dir, &["bundle", "fleet/a.json", "--nonce", "xyz"]);
     assert_eq!(code, 2, "{text}");
+    // An EAR token for the bundle: one submodule per appraised subject.
+    let (code, text) = verify_cli(dir, &["keygen", "--out", "ear.key"]);
+    assert_eq!(code, 0, "{text}");
+    let (code, text) = verify_cli(
+        dir,
+        &[
+            "--ear",
+            "ear.jwt",
+            "--ear-key",
+            "ear.key",
+            "bundle",
+            "fleet/a.json",
+            "--nonce",
+            &nonce_hex,
+            "--ak-record",
+            "ak.json",
+        ],
+    );
+    assert_eq!(code, 0, "{text}");
+    let token = std::fs::read_to_string(dir.join("ear.jwt")).unwrap();
+    let payload = token.split('.').nth(1).unwrap();
+    use base64::Engine as _;
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    let submods = claims["submods"].as_object().unwrap();
+    assert!(
+        submods.contains_key("bundle") && submods.contains_key("tpm-quote"),
+        "{claims}"
+    );
 
     // The AK record also closes tpm-quote's AK<->EK gap.
     std::fs::copy(dir.join("ak.json"), host.path("ak.json")).unwrap();
