@@ -922,6 +922,7 @@ pub fn collect(
 pub struct TpmCollector {
     settings: TpmSettings,
     endorsement_key: Option<EndorsementKey>,
+    ek_certificate: Option<Option<Vec<u8>>>,
 }
 
 impl TpmCollector {
@@ -930,6 +931,7 @@ impl TpmCollector {
         Self {
             settings,
             endorsement_key: None,
+            ek_certificate: None,
         }
     }
 
@@ -947,8 +949,22 @@ impl TpmCollector {
         Ok(ek)
     }
 
-    /// One collection: open, EK certificate (and the EK public area when
-    /// `with_ek_public`, created once and cached), AK, quote with `qualifying_data`,
+    /// The EK certificate, read from NV once (an HMAC session and an NV read cost more
+    /// than the quote) and cached: the manufacturer's certificate does not change.
+    fn cached_ek_certificate(
+        &mut self,
+        session: &mut TpmSession,
+    ) -> Result<Option<Vec<u8>>, TpmCollectError> {
+        if let Some(certificate) = &self.ek_certificate {
+            return Ok(certificate.clone());
+        }
+        let certificate = session.ek_certificate()?;
+        self.ek_certificate = Some(certificate.clone());
+        Ok(certificate)
+    }
+
+    /// One collection: open, EK certificate (read once, cached), the EK public area when
+    /// `with_ek_public` (created once, cached), AK, quote with `qualifying_data`,
     /// event log. An unreadable event log does not fail the collection (the verifier
     /// then reports the replay as missing); everything else does.
     pub fn collect(
@@ -961,7 +977,7 @@ impl TpmCollector {
         let mut session = TpmSession::open(&self.settings)?;
         timings.open = started.elapsed();
         let started = Instant::now();
-        let ek_certificate = session.ek_certificate()?;
+        let ek_certificate = self.cached_ek_certificate(&mut session)?;
         let ek_public = match with_ek_public {
             true => Some(self.cached_ek(&mut session)?.public),
             false => None,
@@ -993,7 +1009,7 @@ impl TpmCollector {
     pub fn identity(&mut self) -> Result<TpmIdentity, TpmCollectError> {
         let mut session = TpmSession::open(&self.settings)?;
         let endorsement_key = self.cached_ek(&mut session)?;
-        let ek_certificate = session.ek_certificate()?;
+        let ek_certificate = self.cached_ek_certificate(&mut session)?;
         let attestation_key = session.attestation_key()?;
         Ok(TpmIdentity {
             endorsement_key,
