@@ -489,8 +489,9 @@ fn print_fixture_report(report: &tools::FixtureReport) {
         }
     }
     let failed = report.cases.iter().filter(|case| !case.passed).count();
-    println!(
-        "{} passed, {failed} failed",
-        report.cases.len() - failed
+    eprintln!(
+        "{} of {} fixtures passed",
+        report.cases.len() - failed,
+        report.cases.len()
     );
 }
