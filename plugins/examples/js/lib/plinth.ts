@@ -113,9 +113,21 @@ export function configBool(key: string, fallback: boolean): boolean {
   }
 }
 
-/** Lower-case ASCII letters only, as Rust's `to_ascii_lowercase`. */
+// Model names and settings repeat from call to call: lowering each once saves the
+// interpreter a regular-expression pass per comparison (most of a quote's time).
+const lowered = new Map<string, string>();
+
+/** Lower-case ASCII letters only, as Rust's `to_ascii_lowercase` (memoised). */
 export function asciiLower(text: string): string {
-  return text.replace(/[A-Z]/g, (letter) => String.fromCharCode(letter.charCodeAt(0) + 32));
+  let found = lowered.get(text);
+  if (found === undefined) {
+    found = text.replace(/[A-Z]/g, (letter) => String.fromCharCode(letter.charCodeAt(0) + 32));
+    if (lowered.size >= 256) {
+      lowered.clear();
+    }
+    lowered.set(text, found);
+  }
+  return found;
 }
 
 /** Whether `haystack` contains `needle`, ignoring ASCII case. */
