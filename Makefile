@@ -17,7 +17,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := build-essential pkg-config libtss2-dev swtpm swtpm-tools tpm2-tools gnutls-bin \
 	runc busybox-static sqlite3 debootstrap systemd-container docker-registry skopeo openssl
 
-.PHONY: demo test deps fmt clippy unit build fuzz-check bench-idle
+.PHONY: demo test deps js-deps fmt clippy unit build fuzz-check bench-idle
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
@@ -28,6 +28,20 @@ deps:
 	fi
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy rustfmt
+
+# Node.js (>= 18) and npm for the JavaScript plugins, installed from Debian when absent,
+# then the pinned packages of plugins/examples/js (componentize-js, jco, typescript) from
+# its package-lock.json; the tests build the JS example plugins with them.
+js-deps:
+	@major=$$(node --version 2>/dev/null | sed -E 's/^v([0-9]+).*/\1/'); \
+	if [ -z "$$major" ] || [ "$$major" -lt 18 ] || ! command -v npm >/dev/null; then \
+		echo "installing: nodejs npm"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null; \
+	fi
+	@major=$$(node --version | sed -E 's/^v([0-9]+).*/\1/'); \
+	[ "$$major" -ge 18 ] || { echo "Node.js $$(node --version) is older than 18"; exit 1; }
+	cd plugins/examples/js && npm ci --no-audit --no-fund --prefer-offline
 
 build: deps
 	$(CARGO) build --workspace --bins
@@ -52,7 +66,7 @@ clippy:
 unit:
 	$(CARGO) test --workspace --no-fail-fast
 
-test: deps fmt clippy unit fuzz-check
+test: deps js-deps fmt clippy unit fuzz-check
 
 # What an idle agent costs (CPU, wake-ups, RSS, fds over 60 s; see docs/ARCHITECTURE.md).
 bench-idle: deps

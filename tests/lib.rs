@@ -105,6 +105,90 @@ fn build_example_plugins() -> Result<Option<PathBuf>, String> {
     Ok(Some(target_dir.join("wasm32-wasip2/release")))
 }
 
+/// The JavaScript (TypeScript) example plugins (`plugins/examples/js`), built from source
+/// into `target/js-examples` once per test process: `npm ci` when its `node_modules` is
+/// missing (`make test` installs it beforehand: `make js-deps`), then `node build.mjs`.
+/// `None`, with the reason printed, only when Node.js >= 18 or npm is not installed.
+pub fn js_example_plugins() -> Result<Option<PathBuf>, String> {
+    static BUILT: OnceLock<Result<Option<PathBuf>, String>> = OnceLock::new();
+    BUILT.get_or_init(build_js_example_plugins).clone()
+}
+
+/// The built JavaScript example `name` (e.g. `plinth_js_pricing`), as its wasm path.
+pub fn js_example_plugin(name: &str) -> Result<Option<PathBuf>, String> {
+    Ok(js_example_plugins()?.map(|dir| dir.join(format!("{name}.wasm"))))
+}
+
+/// Whether Node.js >= 18 and npm are installed; prints why not, naming `what` is skipped.
+pub fn node_available(what: &str) -> bool {
+    let node_major = Command::new("node")
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .and_then(|output| {
+            let version = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+            version
+                .trim_start_matches('v')
+                .split('.')
+                .next()
+                .and_then(|major| major.parse::<u32>().ok())
+        });
+    let reason = match node_major {
+        None => Some("node (Node.js) is not installed".to_owned()),
+        Some(major) if major < 18 => Some(format!("Node.js {major} is older than 18")),
+        Some(_) if !on_path("npm") => Some("npm is not installed".to_owned()),
+        Some(_) => None,
+    };
+    match reason {
+        Some(reason) => {
+            eprintln!("SKIP {what}: {reason} (`make js-deps` installs it)");
+            false
+        }
+        None => true,
+    }
+}
+
+/// Runs `npm ci` in `project` when its `node_modules` is missing or older than its
+/// `package-lock.json`, so that the pinned packages are what builds.
+pub fn npm_ci(project: &Path) -> Result<(), String> {
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|meta| meta.modified()).ok();
+    let installed = modified(&project.join("node_modules/.package-lock.json"));
+    let locked = modified(&project.join("package-lock.json"));
+    if installed.is_some() && installed >= locked {
+        return Ok(());
+    }
+    let status = Command::new("npm")
+        .current_dir(project)
+        .args(["ci", "--no-audit", "--no-fund", "--prefer-offline"])
+        .status()
+        .map_err(|err| format!("cannot run npm: {err}"))?;
+    if !status.success() {
+        return Err(format!("npm ci in {} failed: {status}", project.display()));
+    }
+    Ok(())
+}
+
+fn build_js_example_plugins() -> Result<Option<PathBuf>, String> {
+    if !node_available("JavaScript plugins") {
+        return Ok(None);
+    }
+    let project = repo_root().join("plugins/examples/js");
+    npm_ci(&project)?;
+    let out = repo_root().join("target/js-examples");
+    let status = Command::new("node")
+        .current_dir(&project)
+        .arg("build.mjs")
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .map_err(|err| format!("cannot run node: {err}"))?;
+    if !status.success() {
+        return Err(format!("building plugins/examples/js failed: {status}"));
+    }
+    Ok(Some(out))
+}
+
 /// Writes an OCI image layout at `layout` whose one layer (made by `tar` from a rootfs
 /// under `work`) holds `/bin/busybox`, the given applets as links to it and an
 /// `/etc/passwd` with root: the image every job test runs (tagged `latest`).

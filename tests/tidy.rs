@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use plinth_tests::{repo_root, vectors_dir};
 
-/// Directories holding the project's own files (build outputs are skipped).
+/// Directories holding the project's own files (build outputs and installed npm packages
+/// are skipped).
 const SOURCE_DIRS: &[&str] = &[
     "agent",
     "attestation",
@@ -32,7 +33,12 @@ fn walk(dir: &Path, files: &mut Vec<PathBuf>) {
         let path = entry.path();
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name == "target" || name.starts_with('.') || name == "corpus" || name == "artifacts" {
+        if name == "target"
+            || name == "node_modules"
+            || name.starts_with('.')
+            || name == "corpus"
+            || name == "artifacts"
+        {
             continue;
         }
         if path.is_dir() {

@@ -70,7 +70,7 @@ pub enum CtlCommand {
         #[command(subcommand)]
         command: crate::ctl::jobs::ReceiptsCommand,
     },
-    /// Policy plugins: author tools (keygen, sign, inspect, test, bench) and the
+    /// Policy plugins: author tools (new, wit, keygen, sign, inspect, test, bench) and the
     /// agent's plugins (install, list, remove, reload).
     Plugin {
         /// What to do.

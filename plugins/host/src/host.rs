@@ -225,6 +225,29 @@ pub struct PluginInfo {
     pub config_keys: Vec<String>,
 }
 
+/// A compiled component, not yet checked or linked (see [`PluginHost::compile`]).
+#[derive(Clone)]
+pub struct CompiledComponent {
+    component: Component,
+    wasm_sha256: String,
+}
+
+impl CompiledComponent {
+    /// SHA-256 of the wasm, hex.
+    pub fn wasm_sha256(&self) -> &str {
+        &self.wasm_sha256
+    }
+}
+
+impl std::fmt::Debug for CompiledComponent {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("CompiledComponent")
+            .field("wasm_sha256", &self.wasm_sha256)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What to load, apart from the wasm.
 #[derive(Debug, Clone)]
 pub struct PluginSpec {
@@ -411,8 +434,15 @@ impl PluginHost {
         spec: PluginSpec,
         wasm: &[u8],
     ) -> Result<Arc<Plugin>, PluginLoadError> {
+        let compiled = self.compile(&spec.name, wasm)?;
+        self.load_compiled(spec, &compiled)
+    }
+
+    /// Compile a component (or fetch it from the compiled-code cache), without checking
+    /// it; `plugin` names it in errors. [`Self::load_compiled`] checks and links it, as
+    /// often as needed without compiling again.
+    pub fn compile(&self, plugin: &str, wasm: &[u8]) -> Result<CompiledComponent, PluginLoadError> {
         let shared = &self.shared;
-        let plugin = spec.name.clone();
         let wasm_sha256 = sha256_hex(wasm);
         let cached = shared
             .cache
@@ -423,7 +453,7 @@ impl PluginHost {
             None => {
                 let component = Component::new(&shared.engine, wasm).map_err(|error| {
                     PluginLoadError::Compile {
-                        plugin: plugin.clone(),
+                        plugin: plugin.to_string(),
                         reason: format!("{error:#}"),
                     }
                 })?;
@@ -433,6 +463,23 @@ impl PluginHost {
                 component
             }
         };
+        Ok(CompiledComponent {
+            component,
+            wasm_sha256,
+        })
+    }
+
+    /// Check a compiled component (WIT version, imports, exports, manifest agreement) and
+    /// pre-instantiate it as the plugin `spec` describes.
+    pub fn load_compiled(
+        &self,
+        spec: PluginSpec,
+        compiled: &CompiledComponent,
+    ) -> Result<Arc<Plugin>, PluginLoadError> {
+        let shared = &self.shared;
+        let plugin = spec.name.clone();
+        let component = &compiled.component;
+        let wasm_sha256 = compiled.wasm_sha256.clone();
         let component_type = component.component_type();
         let imports: Vec<String> = component_type
             .imports(&shared.engine)
@@ -480,7 +527,7 @@ impl PluginHost {
         };
         let instance_pre = shared
             .linker
-            .instantiate_pre(&component)
+            .instantiate_pre(component)
             .map_err(link_error)?;
         let pre = match spec.kind {
             PluginKind::Pricing => {
@@ -643,6 +690,19 @@ impl Plugin {
     /// Counters and latency percentiles.
     pub fn stats(&self) -> PluginStatsSnapshot {
         self.stats.snapshot()
+    }
+
+    /// Create one instance now and keep it warm, so that the next call does not pay for
+    /// instantiation (a JavaScript plugin's first instance costs milliseconds). Does
+    /// nothing when the warm pool is full.
+    pub fn prewarm(&self) -> Result<(), PluginCallError> {
+        let live = self.instantiate()?;
+        if let Ok(mut warm) = self.warm.lock()
+            && warm.len() < self.shared.config.warm_instances_per_plugin
+        {
+            warm.push(live);
+        }
+        Ok(())
     }
 
     fn instantiate(&self) -> Result<Live, PluginCallError> {

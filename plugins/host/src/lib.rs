@@ -10,7 +10,8 @@
 //!   limits; every failure is a [`PluginCallError`] naming the plugin and the cause.
 //! * [`PolicySet`] holds the active plugin of each kind, falls back to built-in policies
 //!   when a plugin fails, and swaps plugins only after they pass a self-test.
-//! * [`tools`] are the library side of `plinthctl plugin keygen|sign|inspect|test|bench`.
+//! * [`tools`] are the library side of `plinthctl plugin keygen|sign|inspect|test|bench`,
+//!   [`scaffold`] of `plinthctl plugin new` and [`wit`] of `plinthctl plugin wit`.
 //!
 //! The WIT lives in `plugins/wit/`; docs/plugins.md explains the versioning rule, the
 //! package format and the security model.
@@ -23,11 +24,13 @@ pub mod fallback;
 pub mod host;
 pub mod package;
 pub mod policy;
+pub mod scaffold;
 pub mod stats;
 pub mod store;
 pub mod ticker;
 pub mod tools;
 pub mod version;
+pub mod wit;
 
 pub use bindings::pricing::exports::plinth::policy::pricing::{PriceDecision, Quote};
 pub use bindings::pricing::plinth::policy::host::Level;
@@ -38,7 +41,8 @@ pub use bindings::reporting::exports::plinth::policy::reporting::{ReportRecord, 
 pub use bindings::scheduling::exports::plinth::policy::scheduling::ScheduleDecision;
 pub use config::{HostConfig, Limits, PluginKind};
 pub use host::{
-    Plugin, PluginCallError, PluginHost, PluginHostError, PluginInfo, PluginLoadError, PluginSpec,
+    CompiledComponent, Plugin, PluginCallError, PluginHost, PluginHostError, PluginInfo,
+    PluginLoadError, PluginSpec,
 };
 pub use package::{Manifest, Package, PackageError, TrustPolicy};
 

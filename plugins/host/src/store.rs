@@ -20,6 +20,9 @@ use crate::stats::{PluginStats, bump};
 const MAX_LOG_MESSAGE: usize = 2048;
 /// Most structured fields forwarded per log record.
 const MAX_LOG_FIELDS: usize = 16;
+/// Most stderr lines forwarded to the log per instance; further lines are dropped and
+/// counted.
+const MAX_STDERR_LINES: u32 = 64;
 /// Wall time reported in deterministic mode: 2026-01-01T00:00:00Z.
 const FROZEN_WALL_SECONDS: u64 = 1_767_225_600;
 /// Entropy seed in deterministic mode.
@@ -225,9 +228,10 @@ impl StoreState {
 /// environment variables, no arguments, no sockets or name lookups (the socket check
 /// denies every address and the import check refuses wasi:sockets anyway), stdin empty,
 /// stdout and stderr discarded; clocks and randomness are the host's own.
-fn deny_all_wasi(clocks: Clocks, seed: u64) -> WasiCtx {
+fn deny_all_wasi(clocks: Clocks, seed: u64, stderr: StderrToLog) -> WasiCtx {
     let mut builder = WasiCtxBuilder::new();
     builder
+        .stderr(stderr)
         .wall_clock(clocks)
         .monotonic_clock(clocks)
         .secure_random(SplitMix(seed ^ 0x5ec0_e5ec))
@@ -243,11 +247,107 @@ impl WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         let clocks = self.clocks;
         let seed = self.seed;
-        let ctx = self.wasi.get_or_insert_with(|| deny_all_wasi(clocks, seed));
+        let (plugin, stats) = (&self.plugin, &self.stats);
+        let ctx = self.wasi.get_or_insert_with(|| {
+            deny_all_wasi(clocks, seed, StderrToLog::new(plugin, stats))
+        });
         WasiCtxView {
             ctx,
             table: &mut self.table,
         }
+    }
+}
+
+/// A plugin's stderr, forwarded to the agent's log: each line becomes a `warn` record
+/// (target `plinth::plugin`, `stream="stderr"`), cut at the log message limit, at most
+/// [`MAX_STDERR_LINES`] per instance (then dropped and counted in `log_dropped`). This is
+/// where a JavaScript plugin's uncaught exception and stack trace end up. Only the p2
+/// stream is used (wasmtime-wasi is linked without p3); the p3 stream discards.
+#[derive(Clone)]
+pub(crate) struct StderrToLog {
+    state: Arc<std::sync::Mutex<StderrState>>,
+}
+
+struct StderrState {
+    plugin: Arc<str>,
+    stats: Arc<PluginStats>,
+    partial: Vec<u8>,
+    lines_left: u32,
+}
+
+impl StderrToLog {
+    fn new(plugin: &Arc<str>, stats: &Arc<PluginStats>) -> StderrToLog {
+        StderrToLog {
+            state: Arc::new(std::sync::Mutex::new(StderrState {
+                plugin: Arc::clone(plugin),
+                stats: Arc::clone(stats),
+                partial: Vec::new(),
+                lines_left: MAX_STDERR_LINES,
+            })),
+        }
+    }
+}
+
+impl StderrState {
+    fn emit(&mut self, line: &[u8]) {
+        if self.lines_left == 0 {
+            bump(&self.stats.log_dropped);
+            return;
+        }
+        self.lines_left -= 1;
+        bump(&self.stats.log_records);
+        let mut text = String::from_utf8_lossy(line).trim_end().to_string();
+        truncate(&mut text, MAX_LOG_MESSAGE);
+        let plugin = &*self.plugin;
+        tracing::warn!(target: "plinth::plugin", plugin, stream = "stderr", "{text}");
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.split_inclusive(|byte| *byte == b'\n') {
+            self.partial.extend_from_slice(chunk);
+            if chunk.ends_with(b"\n") || self.partial.len() >= MAX_LOG_MESSAGE {
+                let line = std::mem::take(&mut self.partial);
+                self.emit(&line);
+            }
+        }
+    }
+}
+
+impl wasmtime_wasi::p2::OutputStream for StderrToLog {
+    fn write(&mut self, bytes: bytes::Bytes) -> wasmtime_wasi::p2::StreamResult<()> {
+        if let Ok(mut state) = self.state.lock() {
+            state.write(&bytes);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> wasmtime_wasi::p2::StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> wasmtime_wasi::p2::StreamResult<usize> {
+        Ok(64 << 10)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl wasmtime_wasi::p2::Pollable for StderrToLog {
+    async fn ready(&mut self) {}
+}
+
+impl wasmtime_wasi::cli::IsTerminal for StderrToLog {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for StderrToLog {
+    fn p2_stream(&self) -> Box<dyn wasmtime_wasi::p2::OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        wasmtime_wasi::cli::StdoutStream::async_stream(&wasmtime_wasi::p2::pipe::SinkOutputStream)
     }
 }
 

@@ -5,12 +5,15 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::host::{Plugin, PluginCallError, PluginHost, PluginInfo, PluginLoadError, PluginSpec};
+use crate::host::{
+    CompiledComponent, Plugin, PluginCallError, PluginHost, PluginInfo, PluginLoadError, PluginSpec,
+};
 use crate::package::{self, Manifest, Package, PackageError, TrustPolicy};
 use crate::{HostState, JobRequest, Limits, PluginKind, PricingState, UsageRecord};
 
@@ -116,7 +119,7 @@ pub struct InspectReport {
     pub plugin: PluginInfo,
 }
 
-fn detect_kind(host: &PluginHost, wasm: &[u8]) -> Result<PluginKind, ToolsError> {
+fn detect_kind(host: &PluginHost, compiled: &CompiledComponent) -> Result<PluginKind, ToolsError> {
     for kind in PluginKind::ALL {
         let spec = PluginSpec {
             name: "inspect".to_string(),
@@ -127,7 +130,7 @@ fn detect_kind(host: &PluginHost, wasm: &[u8]) -> Result<PluginKind, ToolsError>
             config: BTreeMap::new(),
             signer: None,
         };
-        match host.load_component(spec, wasm) {
+        match host.load_compiled(spec, compiled) {
             Ok(_) => return Ok(kind),
             Err(PluginLoadError::MissingExport { .. }) => continue,
             Err(other) => return Err(other.into()),
@@ -136,13 +139,35 @@ fn detect_kind(host: &PluginHost, wasm: &[u8]) -> Result<PluginKind, ToolsError>
     Err(ToolsError::UnknownKind)
 }
 
+/// A plugin loaded by [`load_timed`], with what loading it cost.
+pub struct Loaded {
+    /// The loaded plugin.
+    pub plugin: Arc<Plugin>,
+    /// What `inspect` reports about it.
+    pub report: InspectReport,
+    /// Size of the wasm component, bytes.
+    pub wasm_bytes: usize,
+    /// Time spent compiling the component (or loading it from the host's cache).
+    pub compile: Duration,
+}
+
 /// Parse either a package or a raw wasm component and load it for inspection (a
 /// package's signature is checked but not required to be trusted).
 pub fn load_any(
     host: &PluginHost,
     bytes: &[u8],
     config: &BTreeMap<String, String>,
-) -> Result<(std::sync::Arc<Plugin>, InspectReport), ToolsError> {
+) -> Result<(Arc<Plugin>, InspectReport), ToolsError> {
+    load_timed(host, bytes, config).map(|loaded| (loaded.plugin, loaded.report))
+}
+
+/// [`load_any`], timing the compilation (done once, also for a raw component whose
+/// kind is found by trying each kind's exports).
+pub fn load_timed(
+    host: &PluginHost,
+    bytes: &[u8],
+    config: &BTreeMap<String, String>,
+) -> Result<Loaded, ToolsError> {
     if bytes.starts_with(package::MAGIC) {
         let parsed = Package::parse(bytes)?;
         let signature_valid = parsed.signature.as_ref().map(|(key, _)| {
@@ -172,7 +197,10 @@ pub fn load_any(
             config: merged,
             signer: parsed.signature.as_ref().map(|(key, _)| hex::encode(key)),
         };
-        let plugin = host.load_component(spec, &parsed.wasm)?;
+        let started = Instant::now();
+        let compiled = host.compile(&spec.name, &parsed.wasm)?;
+        let compile = started.elapsed();
+        let plugin = host.load_compiled(spec, &compiled)?;
         let report = InspectReport {
             signer: parsed.signature.as_ref().map(|(key, _)| hex::encode(key)),
             manifest: Some(parsed.manifest),
@@ -180,9 +208,17 @@ pub fn load_any(
             wasm_digest_matches,
             plugin: plugin.info().clone(),
         };
-        return Ok((plugin, report));
+        return Ok(Loaded {
+            plugin,
+            report,
+            wasm_bytes: parsed.wasm.len(),
+            compile,
+        });
     }
-    let kind = detect_kind(host, bytes)?;
+    let started = Instant::now();
+    let compiled = host.compile("unpackaged", bytes)?;
+    let compile = started.elapsed();
+    let kind = detect_kind(host, &compiled)?;
     let spec = PluginSpec {
         name: "unpackaged".to_string(),
         version: "0".to_string(),
@@ -192,7 +228,7 @@ pub fn load_any(
         config: config.clone(),
         signer: None,
     };
-    let plugin = host.load_component(spec, bytes)?;
+    let plugin = host.load_compiled(spec, &compiled)?;
     let report = InspectReport {
         manifest: None,
         signer: None,
@@ -200,7 +236,12 @@ pub fn load_any(
         wasm_digest_matches: None,
         plugin: plugin.info().clone(),
     };
-    Ok((plugin, report))
+    Ok(Loaded {
+        plugin,
+        report,
+        wasm_bytes: bytes.len(),
+        compile,
+    })
 }
 
 /// Inspect a package or raw component.
@@ -289,8 +330,15 @@ pub struct CaseResult {
     pub expected: Option<Value>,
     /// Actual answer, or the call error as `{"CallError": "..."}`.
     pub actual: Value,
-    /// Human-readable difference.
+    /// Every difference, one per line (`/Ok/Offer/price_micros: expected 5, got 6`), or
+    /// why the case could not be compared; `None` when it passed.
     pub diff: Option<String>,
+    /// A unified diff of the expected and actual answers, pretty-printed, when both
+    /// exist and differ.
+    pub text_diff: Option<String>,
+    /// The plugin's own log records during the call (and what it wrote to stderr),
+    /// formatted as `LEVEL message key="value"...`.
+    pub logs: Vec<String>,
 }
 
 /// Outcome of running a fixture directory.
@@ -319,36 +367,171 @@ pub fn fixture_config(dir: &Path) -> Result<BTreeMap<String, String>, ToolsError
     }
 }
 
-/// Describe where two JSON values differ (first difference, by JSON pointer).
+/// Describe where two JSON values differ: the first difference, by JSON pointer.
 pub fn json_diff(expected: &Value, actual: &Value) -> Option<String> {
-    fn walk(path: &str, expected: &Value, actual: &Value) -> Option<String> {
+    json_differences(expected, actual).into_iter().next()
+}
+
+/// Every place where two JSON values differ, by JSON pointer, in document order.
+pub fn json_differences(expected: &Value, actual: &Value) -> Vec<String> {
+    fn walk(path: &str, expected: &Value, actual: &Value, found: &mut Vec<String>) {
+        let shown = if path.is_empty() { "/" } else { path };
         match (expected, actual) {
             (Value::Object(left), Value::Object(right)) => {
                 let keys: std::collections::BTreeSet<&String> =
                     left.keys().chain(right.keys()).collect();
-                keys.into_iter().find_map(|key| {
+                for key in keys {
                     let child = format!("{path}/{key}");
                     match (left.get(key), right.get(key)) {
-                        (Some(a), Some(b)) => walk(&child, a, b),
-                        (Some(a), None) => Some(format!("{child}: expected {a}, missing")),
-                        (None, Some(b)) => Some(format!("{child}: unexpected {b}")),
-                        (None, None) => None,
+                        (Some(a), Some(b)) => walk(&child, a, b, found),
+                        (Some(a), None) => found.push(format!("{child}: expected {a}, missing")),
+                        (None, Some(b)) => found.push(format!("{child}: unexpected {b}")),
+                        (None, None) => {}
                     }
-                })
+                }
             }
-            (Value::Array(left), Value::Array(right)) if left.len() == right.len() => left
-                .iter()
-                .zip(right)
-                .enumerate()
-                .find_map(|(idx, (a, b))| walk(&format!("{path}/{idx}"), a, b)),
-            _ if expected == actual => None,
-            _ => Some(format!(
-                "{}: expected {expected}, got {actual}",
-                if path.is_empty() { "/" } else { path }
-            )),
+            (Value::Array(left), Value::Array(right)) => {
+                for (index, (a, b)) in left.iter().zip(right).enumerate() {
+                    walk(&format!("{path}/{index}"), a, b, found);
+                }
+                for (index, a) in left.iter().enumerate().skip(right.len()) {
+                    found.push(format!("{path}/{index}: expected {a}, missing"));
+                }
+                for (index, b) in right.iter().enumerate().skip(left.len()) {
+                    found.push(format!("{path}/{index}: unexpected {b}"));
+                }
+                if left.len() != right.len() {
+                    found.push(format!(
+                        "{shown}: expected {} elements, got {}",
+                        left.len(),
+                        right.len()
+                    ));
+                }
+            }
+            _ if expected == actual => {}
+            _ => found.push(format!("{shown}: expected {expected}, got {actual}")),
         }
     }
-    walk("", expected, actual)
+    let mut found = Vec::new();
+    walk("", expected, actual, &mut found);
+    found
+}
+
+/// A unified diff (`-` expected, `+` actual) of two JSON values, pretty-printed with
+/// sorted keys, with two lines of context.
+pub fn unified_json_diff(expected: &Value, actual: &Value) -> String {
+    let pretty = |value: &Value| {
+        let mut text = serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string());
+        text.push('\n');
+        text
+    };
+    let (left, right) = (pretty(expected), pretty(actual));
+    similar::TextDiff::from_lines(&left, &right)
+        .unified_diff()
+        .context_radius(2)
+        .header("expected", "actual")
+        .to_string()
+}
+
+/// Captures the `plinth::plugin` log records (the plugin's own log, and its stderr) that
+/// the host emits on this thread while `call` runs. Plugin calls run on the caller's
+/// thread, so a thread-scoped subscriber sees exactly that call's records.
+pub fn capture_plugin_logs<T>(call: impl FnOnce() -> T) -> (T, Vec<String>) {
+    let capture = log_capture::Capture::default();
+    let lines = capture.lines();
+    let answer = tracing::subscriber::with_default(capture, call);
+    let lines = lines.lock().map(|lines| lines.clone()).unwrap_or_default();
+    (answer, lines)
+}
+
+mod log_capture {
+    //! A minimal `tracing` subscriber that keeps the plugin log records it sees.
+
+    use std::fmt::Write as _;
+    use std::sync::{Arc, Mutex};
+
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id, Record};
+    use tracing::{Event, Metadata, Subscriber};
+
+    /// Keeps every `plinth::plugin` event as one formatted line.
+    #[derive(Default)]
+    pub(super) struct Capture {
+        lines: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Capture {
+        /// The captured lines, shared.
+        pub(super) fn lines(&self) -> Arc<Mutex<Vec<String>>> {
+            Arc::clone(&self.lines)
+        }
+    }
+
+    #[derive(Default)]
+    struct Line {
+        message: String,
+        fields: String,
+    }
+
+    impl Visit for Line {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            match field.name() {
+                "message" => {
+                    let _ = write!(self.message, "{value:?}");
+                }
+                "plugin" => {}
+                "fields" => {
+                    let _ = write!(self.fields, "{value:?}");
+                }
+                other => {
+                    let _ = write!(self.fields, " {other}={value:?}");
+                }
+            }
+        }
+
+        fn record_str(&mut self, field: &Field, value: &str) {
+            match field.name() {
+                "message" => self.message.push_str(value),
+                "plugin" => {}
+                "fields" => self.fields.push_str(value),
+                other => {
+                    let _ = write!(self.fields, " {other}={value:?}");
+                }
+            }
+        }
+    }
+
+    impl Subscriber for Capture {
+        fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+            metadata.target() == "plinth::plugin"
+        }
+
+        fn new_span(&self, _span: &Attributes<'_>) -> Id {
+            Id::from_u64(1)
+        }
+
+        fn record(&self, _span: &Id, _values: &Record<'_>) {}
+
+        fn record_follows_from(&self, _span: &Id, _follows: &Id) {}
+
+        fn event(&self, event: &Event<'_>) {
+            let mut line = Line::default();
+            event.record(&mut line);
+            let mut text = format!("{:<5} {}", event.metadata().level(), line.message);
+            let fields = line.fields.trim();
+            if !fields.is_empty() {
+                text.push(' ');
+                text.push_str(fields);
+            }
+            if let Ok(mut lines) = self.lines.lock() {
+                lines.push(text);
+            }
+        }
+
+        fn enter(&self, _span: &Id) {}
+
+        fn exit(&self, _span: &Id) {}
+    }
 }
 
 /// Run every `NAME.input.json` in `dir` through `plugin` (fresh instance each, so cases
@@ -373,7 +556,8 @@ pub fn run_fixtures(plugin: &Plugin, dir: &Path, bless: bool) -> Result<FixtureR
             path: input_path.clone(),
             source,
         })?;
-        let actual = match call_json(plugin, &input, true) {
+        let (answer, logs) = capture_plugin_logs(|| call_json(plugin, &input, true));
+        let actual = match answer {
             Ok(Ok(value)) => value,
             Ok(Err(call_error)) => serde_json::json!({ "CallError": call_error.to_string() }),
             Err(source) => {
@@ -410,9 +594,19 @@ pub fn run_fixtures(plugin: &Plugin, dir: &Path, bless: bool) -> Result<FixtureR
                 });
             }
         };
-        let diff = match &expected {
-            Some(expected) => json_diff(expected, &actual),
-            None => Some(format!("{} is missing", expected_path.display())),
+        let (diff, text_diff) = match &expected {
+            Some(expected) => {
+                let differences = json_differences(expected, &actual);
+                if differences.is_empty() {
+                    (None, None)
+                } else {
+                    (
+                        Some(differences.join("\n")),
+                        Some(unified_json_diff(expected, &actual)),
+                    )
+                }
+            }
+            None => (Some(format!("{} is missing", expected_path.display())), None),
         };
         cases.push(CaseResult {
             name,
@@ -420,6 +614,8 @@ pub fn run_fixtures(plugin: &Plugin, dir: &Path, bless: bool) -> Result<FixtureR
             expected,
             actual,
             diff,
+            text_diff,
+            logs,
         });
     }
     Ok(FixtureReport { cases })
@@ -469,22 +665,31 @@ impl Percentiles {
     }
 }
 
-/// What `plinthctl plugin bench` prints.
+/// What `plinthctl plugin bench` prints for one plugin.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BenchReport {
     /// Plugin name.
     pub plugin: String,
+    /// Size of the wasm component, bytes.
+    pub component_bytes: u64,
+    /// Compiling the component with Cranelift (the host's cache is not used), ms.
+    pub compile_ms: f64,
+    /// Creating the plugin's first instance (the pooling slot, memory image, start
+    /// functions) before any call, us.
+    pub first_instantiation_us: f64,
     /// Calls on a warm (reused) instance.
     pub warm: Percentiles,
     /// Calls that each create a fresh instance from the pre-instantiated component.
     pub fresh: Percentiles,
 }
 
-/// Measure warm-call and fresh-instance latency of `plugin` on one fixture input.
+/// Measure warm-call and fresh-instance latency of `plugin` on one fixture input
+/// (component size, compile and first-instantiation times are left 0: see
+/// [`bench_file`]).
 pub fn bench(plugin: &Plugin, input: &Value, iterations: usize) -> Result<BenchReport, ToolsError> {
     let iterations = iterations.max(10);
+    let typed = TypedInput::parse(plugin.kind(), input)?;
     let series = |fresh: bool| -> Result<Percentiles, ToolsError> {
-        let typed = TypedInput::parse(plugin.kind(), input)?;
         for _ in 0..iterations / 10 {
             typed.call(plugin, fresh)?;
         }
@@ -500,8 +705,34 @@ pub fn bench(plugin: &Plugin, input: &Value, iterations: usize) -> Result<BenchR
     let fresh = series(true)?;
     Ok(BenchReport {
         plugin: plugin.name().to_string(),
+        component_bytes: 0,
+        compile_ms: 0.0,
+        first_instantiation_us: 0.0,
         warm,
         fresh,
+    })
+}
+
+/// Everything `plinthctl plugin bench` measures of one package or component: its size,
+/// the compile time, the first instantiation, then [`bench`]'s warm and fresh series.
+/// Use a host without a compiled-code cache, so that the compile time is real.
+pub fn bench_file(
+    host: &PluginHost,
+    bytes: &[u8],
+    config: &BTreeMap<String, String>,
+    input: &Value,
+    iterations: usize,
+) -> Result<BenchReport, ToolsError> {
+    let loaded = load_timed(host, bytes, config)?;
+    let started = Instant::now();
+    loaded.plugin.prewarm()?;
+    let first_instantiation = started.elapsed();
+    let report = bench(&loaded.plugin, input, iterations)?;
+    Ok(BenchReport {
+        component_bytes: loaded.wasm_bytes as u64,
+        compile_ms: loaded.compile.as_secs_f64() * 1e3,
+        first_instantiation_us: first_instantiation.as_secs_f64() * 1e6,
+        ..report
     })
 }
 

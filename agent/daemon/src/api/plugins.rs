@@ -31,10 +31,27 @@ pub struct RemoveResponse {
     pub removed: Option<PluginInfo>,
 }
 
+/// Largest install request: a package of the largest wasm the package format allows
+/// (64 MiB), base64-encoded (4/3) inside the JSON body, plus the manifest and the
+/// signature. A JavaScript plugin is about 12 MB of wasm (the engine); axum's default
+/// limit of 2 MiB would refuse it.
+pub const MAX_INSTALL_BODY_BYTES: usize = ((plinth_plugin_host::package::MAX_WASM_BYTES as usize
+    + plinth_plugin_host::package::MAX_MANIFEST_BYTES
+    + 1024)
+    / 3
+    + 1)
+    * 4
+    + 1024;
+
 /// The plugin routes.
 pub fn routes() -> Router<SharedState> {
     Router::new()
-        .route("/v1/plugins", get(list).post(install))
+        .route(
+            "/v1/plugins",
+            get(list)
+                .post(install)
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_INSTALL_BODY_BYTES)),
+        )
         .route("/v1/plugins/reload", post(reload))
         .route("/v1/plugins/{kind}", delete(remove))
 }

@@ -1,11 +1,13 @@
-//! `plinthctl plugin keygen|sign|inspect|test|bench`: tools for plugin authors that work
+//! `plinthctl plugin new|wit|keygen|sign|inspect|test|bench`: tools for plugin authors that work
 //! without an agent. Thin wrappers over `plinth_plugin_host::tools`.
 
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use clap::Subcommand;
+use plinth_plugin_host::scaffold::{self, Language, ScaffoldError, ScaffoldOptions};
 use plinth_plugin_host::tools::{self, ToolsError};
+use plinth_plugin_host::wit::UnknownWitVersion;
 use plinth_plugin_host::{HostConfig, PluginHost, PluginHostError};
 
 use super::CtlError;
@@ -16,6 +18,34 @@ use crate::plugins::{LoadReport, PluginStatus};
 /// `plinthctl plugin` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
+    /// Create a plugin project (manifest, source, fixtures, README) that builds and passes
+    /// `plinthctl plugin test` as it is.
+    New {
+        /// pricing, scheduling or reporting.
+        kind: plinth_plugin_host::PluginKind,
+        /// Plugin, package and crate name: [a-z][a-z0-9-]{0,63}.
+        name: String,
+        /// rust (plinth-plugin-sdk, cargo) or js (TypeScript, componentize-js).
+        #[arg(long, value_name = "LANG")]
+        lang: Language,
+        /// Directory to create [default: ./NAME].
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// The SDK crate for a Rust plugin: <plinth checkout>/plugins/sdk [default: the
+        /// checkout this plinthctl was built from].
+        #[arg(long, value_name = "DIR")]
+        sdk_path: Option<PathBuf>,
+    },
+    /// Print the WIT of the plugin interface (the version this host serves, or a
+    /// released one).
+    Wit {
+        /// A released version, e.g. 0.1.0 [default: the version this host serves].
+        #[arg(long, value_name = "VERSION")]
+        version: Option<String>,
+        /// List the released versions instead.
+        #[arg(long, conflicts_with = "version")]
+        list: bool,
+    },
     /// Generate an Ed25519 signing key (PKCS#8, mode 0600) and print its public key.
     Keygen {
         /// Where to write the private key (never overwritten).
@@ -76,10 +106,12 @@ pub enum PluginCommand {
     },
     /// Make the agent reload its plugin directory (as SIGHUP does).
     Reload,
-    /// Measure warm-call and fresh-instance latency on one fixture input.
+    /// Measure plugins side by side on one fixture input: component size, compile time,
+    /// first instantiation, warm-call and fresh-instance latency.
     Bench {
-        /// Package or raw component.
-        file: PathBuf,
+        /// Packages or raw components (each measured on the same input).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
         /// A NAME.input.json file.
         #[arg(long, value_name = "FILE")]
         fixture: PathBuf,
@@ -98,6 +130,12 @@ pub enum PluginCtlError {
     /// A plugin tool failed.
     #[error(transparent)]
     Tools(#[from] ToolsError),
+    /// A project could not be created.
+    #[error(transparent)]
+    Scaffold(#[from] ScaffoldError),
+    /// No such WIT version.
+    #[error(transparent)]
+    Wit(#[from] UnknownWitVersion),
     /// The wasmtime host could not start.
     #[error("cannot start the plugin host")]
     Host(#[from] PluginHostError),
@@ -231,6 +269,40 @@ pub fn run(command: PluginCommand) -> Result<(), PluginCtlError> {
         | PluginCommand::List { .. }
         | PluginCommand::Remove { .. }
         | PluginCommand::Reload => Err(PluginCtlError::NeedsAgent),
+        PluginCommand::New {
+            kind,
+            name,
+            lang,
+            dir,
+            sdk_path,
+        } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            let written = scaffold::scaffold(&ScaffoldOptions {
+                kind,
+                language: lang,
+                name: name.clone(),
+                dir: dir.clone(),
+                sdk_path,
+            })?;
+            for path in &written {
+                println!("{}", path.display());
+            }
+            eprintln!(
+                "created {kind} plugin {name} ({lang}) in {}; see its README.md to build, test, sign and install it",
+                dir.display()
+            );
+            Ok(())
+        }
+        PluginCommand::Wit { version, list } => {
+            if list {
+                for released in plinth_plugin_host::wit::versions() {
+                    println!("plinth:policy@{released}");
+                }
+            } else {
+                print!("{}", plinth_plugin_host::wit::text(version.as_deref())?);
+            }
+            Ok(())
+        }
         PluginCommand::Keygen { out } => {
             let public_hex = tools::keygen(&out)?;
             println!("{public_hex}");
@@ -310,12 +382,7 @@ pub fn run(command: PluginCommand) -> Result<(), PluginCtlError> {
             if json {
                 print_json(&report)?;
             } else {
-                for case in &report.cases {
-                    match &case.diff {
-                        None => println!("ok    {}", case.name),
-                        Some(diff) => println!("FAIL  {}: {diff}", case.name),
-                    }
-                }
+                print_fixture_report(&report);
             }
             let failed = report.cases.iter().filter(|case| !case.passed).count();
             if failed > 0 || report.cases.is_empty() {
@@ -327,7 +394,7 @@ pub fn run(command: PluginCommand) -> Result<(), PluginCtlError> {
             Ok(())
         }
         PluginCommand::Bench {
-            file,
+            files,
             fixture,
             iterations,
             json,
@@ -338,7 +405,6 @@ pub fn run(command: PluginCommand) -> Result<(), PluginCtlError> {
                 .map(tools::fixture_config)
                 .transpose()?
                 .unwrap_or_default();
-            let (plugin, _) = tools::load_any(&host, &read(&file)?, &config)?;
             let input: serde_json::Value =
                 serde_json::from_slice(&read(&fixture)?).map_err(|source| {
                     PluginCtlError::Json {
@@ -346,24 +412,86 @@ pub fn run(command: PluginCommand) -> Result<(), PluginCtlError> {
                         source,
                     }
                 })?;
-            let report = tools::bench(&plugin, &input, iterations)?;
+            let mut reports = Vec::with_capacity(files.len());
+            for file in &files {
+                let report = tools::bench_file(&host, &read(file)?, &config, &input, iterations)?;
+                reports.push((file.clone(), report));
+            }
             if json {
-                return print_json(&report);
+                let reports: Vec<_> = reports.into_iter().map(|(_, report)| report).collect();
+                return print_json(&reports);
             }
-            for (name, series) in [
-                ("warm instance", &report.warm),
-                ("fresh instance", &report.fresh),
-            ] {
-                println!(
-                    "{name:<15} n={} p50={:.3} us p90={:.3} us p99={:.3} us max={:.3} us",
-                    series.samples,
-                    series.p50_ns as f64 / 1e3,
-                    series.p90_ns as f64 / 1e3,
-                    series.p99_ns as f64 / 1e3,
-                    series.max_ns as f64 / 1e3
-                );
-            }
+            print_bench_table(&reports);
             Ok(())
         }
     }
+}
+
+fn print_bench_table(reports: &[(PathBuf, tools::BenchReport)]) {
+    let us = |ns: u64| ns as f64 / 1e3;
+    println!(
+        "{:<28} {:>10} {:>11} {:>11} {:>10} {:>10} {:>10} {:>10}",
+        "file",
+        "size KiB",
+        "compile ms",
+        "1st inst us",
+        "warm p50",
+        "warm p99",
+        "fresh p50",
+        "fresh p99"
+    );
+    for (file, report) in reports {
+        let name = file
+            .file_name()
+            .map(|name| name.to_string_lossy().to_string())
+            .unwrap_or_else(|| file.display().to_string());
+        println!(
+            "{:<28} {:>10.1} {:>11.1} {:>11.1} {:>10.2} {:>10.2} {:>10.2} {:>10.2}",
+            name,
+            report.component_bytes as f64 / 1024.0,
+            report.compile_ms,
+            report.first_instantiation_us,
+            us(report.warm.p50_ns),
+            us(report.warm.p99_ns),
+            us(report.fresh.p50_ns),
+            us(report.fresh.p99_ns)
+        );
+    }
+    println!(
+        "(latencies in us; {} warm and {} fresh calls per plugin)",
+        reports.first().map_or(0, |(_, report)| report.warm.samples),
+        reports.first().map_or(0, |(_, report)| report.fresh.samples)
+    );
+}
+
+fn print_fixture_report(report: &tools::FixtureReport) {
+    for case in &report.cases {
+        let Some(diff) = &case.diff else {
+            println!("ok    {}", case.name);
+            continue;
+        };
+        println!("FAIL  {}", case.name);
+        for line in diff.lines() {
+            println!("        {line}");
+        }
+        if let Some(text_diff) = &case.text_diff {
+            for line in text_diff.lines() {
+                println!("        {line}");
+            }
+        }
+        if case.logs.is_empty() {
+            println!("      the plugin logged nothing during this call");
+        } else {
+            println!("      plugin log:");
+            for line in &case.logs {
+                println!("        {line}");
+            }
+        }
+    }
+    let failed = report.cases.iter().filter(|case| !case.passed).count();
+    eprintln!(
+        "{} of {} fixtures passed",
+        report.cases.len() - failed,
+        report.cases.len()
+    );
 }

@@ -3,6 +3,7 @@
 
 mod examples;
 mod hostile;
+mod javascript;
 mod packages;
 mod support;
 mod versioning;
