@@ -147,7 +147,11 @@ pub fn node_available(what: &str) -> bool {
 /// Runs `npm ci` in `project` when its `node_modules` is missing or older than its
 /// `package-lock.json`, so that the pinned packages are what builds.
 pub fn npm_ci(project: &Path) -> Result<(), String> {
-    let modified = |path: &Path| std::fs::metadata(path).and_then(|meta| meta.modified()).ok();
+    let modified = |path: &Path| {
+        std::fs::metadata(path)
+            .and_then(|meta| meta.modified())
+            .ok()
+    };
     let installed = modified(&project.join("node_modules/.package-lock.json"));
     let locked = modified(&project.join("package-lock.json"));
     if installed.is_some() && installed >= locked {

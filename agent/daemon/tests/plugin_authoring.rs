@@ -35,7 +35,10 @@ fn new_project(node: &Node, kind: &str, lang: &str) -> PathBuf {
         "--sdk-path",
         sdk.to_str().unwrap(),
     ]);
-    assert!(written.contains("plugin.toml") && written.contains("README.md"), "{written}");
+    assert!(
+        written.contains("plugin.toml") && written.contains("README.md"),
+        "{written}"
+    );
     dir
 }
 
@@ -57,7 +60,13 @@ fn build_rust(dir: &Path, name: &str) -> PathBuf {
     run(
         Command::new(cargo)
             .current_dir(dir)
-            .args(["build", "--release", "--target", "wasm32-wasip2", "--offline"])
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--offline",
+            ])
             .env("CARGO_TARGET_DIR", &target)
             .env_remove("RUSTFLAGS")
             .env_remove("CARGO_ENCODED_RUSTFLAGS")
@@ -65,7 +74,10 @@ fn build_rust(dir: &Path, name: &str) -> PathBuf {
             .env_remove("CARGO_MAKEFLAGS"),
         "cargo build of the Rust scaffold",
     );
-    target.join(format!("wasm32-wasip2/release/{}.wasm", name.replace('-', "_")))
+    target.join(format!(
+        "wasm32-wasip2/release/{}.wasm",
+        name.replace('-', "_")
+    ))
 }
 
 /// `npm install && npm run build`, as the README says; `npm install` is replaced by a
@@ -102,9 +114,14 @@ fn passes_its_fixtures(node: &Node, wasm: &Path, dir: &Path) {
 
 fn wasm32_wasip2_installed() -> bool {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_string());
-    let sysroot = Command::new(rustc).args(["--print", "sysroot"]).output().unwrap();
+    let sysroot = Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .unwrap();
     let sysroot = String::from_utf8_lossy(&sysroot.stdout).trim().to_string();
-    let installed = Path::new(&sysroot).join("lib/rustlib/wasm32-wasip2").exists();
+    let installed = Path::new(&sysroot)
+        .join("lib/rustlib/wasm32-wasip2")
+        .exists();
     if !installed {
         eprintln!("SKIP Rust scaffolds: rust target wasm32-wasip2 is not installed");
     }
@@ -148,10 +165,14 @@ fn rust_scaffolds_build_and_pass_their_fixtures() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("-      \"price_micros\": 4000001") && stdout.contains("+      \"price_micros\": 4000000"),
+        stdout.contains("-      \"price_micros\": 4000001")
+            && stdout.contains("+      \"price_micros\": 4000000"),
         "{stdout}"
     );
-    assert!(stdout.contains("plugin log:") && stdout.contains("quoting 4000000 for req-1"), "{stdout}");
+    assert!(
+        stdout.contains("plugin log:") && stdout.contains("quoting 4000000 for req-1"),
+        "{stdout}"
+    );
     assert!(String::from_utf8_lossy(&output.stderr).contains("1 of 2 fixtures passed"));
 }
 
@@ -199,11 +220,17 @@ fn typescript_scaffolds_build_pass_their_fixtures_and_install() {
     node.configure(&format!("\n[plugins]\ntrusted_keys = [\"{public_key}\"]\n"));
     let _agent = node.start();
     let installed = node.ctl_ok(&["plugin", "install", package.to_str().unwrap()]);
-    assert!(installed.contains("installed my-pricing-js 0.1.0"), "{installed}");
+    assert!(
+        installed.contains("installed my-pricing-js 0.1.0"),
+        "{installed}"
+    );
     let listed: serde_json::Value =
         serde_json::from_str(&node.ctl_ok(&["plugin", "list", "--json"])).unwrap();
     assert_eq!(listed[0]["info"]["name"], "my-pricing-js");
-    assert!(listed[0]["stats"]["ok"].as_u64().unwrap() >= 1, "self-test answered");
+    assert!(
+        listed[0]["stats"]["ok"].as_u64().unwrap() >= 1,
+        "self-test answered"
+    );
 }
 
 #[test]
@@ -225,5 +252,8 @@ fn plugin_wit_prints_the_frozen_interface() {
     let unknown = node.ctl(&["plugin", "wit", "--version", "0.9.0"]);
     assert!(!unknown.status.success());
     let message = common::stderr(&unknown);
-    assert!(message.contains("\"0.9.0\"") && message.contains("0.1.0, 0.1.1"), "{message}");
+    assert!(
+        message.contains("\"0.9.0\"") && message.contains("0.1.0, 0.1.1"),
+        "{message}"
+    );
 }

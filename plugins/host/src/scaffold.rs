@@ -146,7 +146,10 @@ fn kind_templates(kind: PluginKind) -> KindTemplates {
         PluginKind::Reporting => KindTemplates {
             rust: include_str!("../../templates/rust/src/reporting.rs"),
             js: include_str!("../../templates/js/src/reporting.ts"),
-            fixtures: fixtures!("reporting", ["per-tenant-totals", "end-before-start-is-invalid"]),
+            fixtures: fixtures!(
+                "reporting",
+                ["per-tenant-totals", "end-before-start-is-invalid"]
+            ),
         },
     }
 }
@@ -206,7 +209,12 @@ fn js_dev_dependencies() -> Result<String, ScaffoldError> {
         .join(",\n"))
 }
 
-fn write(dir: &Path, relative: &str, text: &str, written: &mut Vec<PathBuf>) -> Result<(), ScaffoldError> {
+fn write(
+    dir: &Path,
+    relative: &str,
+    text: &str,
+    written: &mut Vec<PathBuf>,
+) -> Result<(), ScaffoldError> {
     let path = dir.join(relative);
     let io = |source| ScaffoldError::Io {
         path: path.clone(),
@@ -259,13 +267,15 @@ pub fn scaffold(options: &ScaffoldOptions) -> Result<Vec<PathBuf>, ScaffoldError
     let wit_version = HOST_WIT_VERSION.to_string();
     let crate_file = name.replace('-', "_");
     let config = config_lines(fixture_config)?;
-    // A JavaScript engine's memory starts at about 20 MiB: give it the host maximum.
-    let memory_bytes = match options.language {
-        Language::Rust => (32u64 << 20).to_string(),
-        Language::Js => (64u64 << 20).to_string(),
+    // A JavaScript engine's heap starts at several MiB, and a fresh instance (counted in
+    // the call's CPU budget) takes milliseconds: give JS the host's memory maximum and
+    // room above the 20 ms default.
+    let (memory_bytes, cpu_ms) = match options.language {
+        Language::Rust => ((32u64 << 20).to_string(), "20"),
+        Language::Js => ((64u64 << 20).to_string(), "100"),
     };
     let dev_dependencies = js_dev_dependencies()?;
-    let values: [(&str, &str); 9] = [
+    let values: [(&str, &str); 10] = [
         ("name", name),
         ("kind", kind),
         ("wit_version", &wit_version),
@@ -273,11 +283,17 @@ pub fn scaffold(options: &ScaffoldOptions) -> Result<Vec<PathBuf>, ScaffoldError
         ("sdk_path", &sdk_path),
         ("config", &config),
         ("memory_bytes", &memory_bytes),
+        ("cpu_ms", cpu_ms),
         ("first_fixture", first_fixture),
         ("dev_dependencies", &dev_dependencies),
     ];
     let mut written = Vec::new();
-    write(dir, "plugin.toml", &render(PLUGIN_TOML, &values, "plugin.toml")?, &mut written)?;
+    write(
+        dir,
+        "plugin.toml",
+        &render(PLUGIN_TOML, &values, "plugin.toml")?,
+        &mut written,
+    )?;
     for (file, text) in templates.fixtures {
         write(dir, &format!("fixtures/{file}"), text, &mut written)?;
     }
@@ -342,18 +358,28 @@ mod tests {
                 assert!(written.len() >= 9, "{written:?}");
                 let manifest = fs::read_to_string(dir.join("plugin.toml")).unwrap();
                 let manifest: crate::Manifest = toml::from_str(&manifest).unwrap();
-                assert_eq!((manifest.kind, manifest.name.as_str()), (kind, format!("my-{kind}").as_str()));
+                assert_eq!(
+                    (manifest.kind, manifest.name.as_str()),
+                    (kind, format!("my-{kind}").as_str())
+                );
                 assert_eq!(manifest.wit, format!("plinth:policy@{HOST_WIT_VERSION}"));
                 let config = crate::tools::fixture_config(&dir.join("fixtures")).unwrap();
-                assert_eq!(manifest.config, config, "manifest defaults = fixture config");
+                assert_eq!(
+                    manifest.config, config,
+                    "manifest defaults = fixture config"
+                );
                 if language == Language::Js {
-                    let package: serde_json::Value =
-                        serde_json::from_str(&fs::read_to_string(dir.join("package.json")).unwrap())
-                            .unwrap();
+                    let package: serde_json::Value = serde_json::from_str(
+                        &fs::read_to_string(dir.join("package.json")).unwrap(),
+                    )
+                    .unwrap();
                     let examples: serde_json::Value =
                         serde_json::from_str(JS_EXAMPLES_PACKAGE_JSON).unwrap();
                     assert_eq!(package["devDependencies"], examples["devDependencies"]);
-                    assert_eq!(package["plinth"]["plugins"][0]["world"], format!("{kind}-plugin"));
+                    assert_eq!(
+                        package["plinth"]["plugins"][0]["world"],
+                        format!("{kind}-plugin")
+                    );
                 }
             }
         }
@@ -372,7 +398,10 @@ mod tests {
         })
         .unwrap_err();
         assert!(matches!(error, ScaffoldError::NotEmpty(_)), "{error}");
-        assert_eq!(fs::read_to_string(temp.path().join("keep.txt")).unwrap(), "mine");
+        assert_eq!(
+            fs::read_to_string(temp.path().join("keep.txt")).unwrap(),
+            "mine"
+        );
         let error = scaffold(&ScaffoldOptions {
             kind: PluginKind::Pricing,
             language: Language::Rust,

@@ -248,9 +248,9 @@ impl WasiView for StoreState {
         let clocks = self.clocks;
         let seed = self.seed;
         let (plugin, stats) = (&self.plugin, &self.stats);
-        let ctx = self.wasi.get_or_insert_with(|| {
-            deny_all_wasi(clocks, seed, StderrToLog::new(plugin, stats))
-        });
+        let ctx = self
+            .wasi
+            .get_or_insert_with(|| deny_all_wasi(clocks, seed, StderrToLog::new(plugin, stats)));
         WasiCtxView {
             ctx,
             table: &mut self.table,

@@ -606,7 +606,10 @@ pub fn run_fixtures(plugin: &Plugin, dir: &Path, bless: bool) -> Result<FixtureR
                     )
                 }
             }
-            None => (Some(format!("{} is missing", expected_path.display())), None),
+            None => (
+                Some(format!("{} is missing", expected_path.display())),
+                None,
+            ),
         };
         cases.push(CaseResult {
             name,

@@ -64,7 +64,9 @@ mod tests {
     fn every_release_declares_its_own_version() {
         for (version, text) in RELEASED {
             assert_eq!(
-                declared_version(text).map(|found| found.to_string()).as_deref(),
+                declared_version(text)
+                    .map(|found| found.to_string())
+                    .as_deref(),
                 Some(*version),
                 "frozen/{version}/policy.wit"
             );
@@ -83,12 +85,19 @@ mod tests {
 
     #[test]
     fn versions_are_found_with_or_without_the_package_name() {
-        assert!(text(Some("0.1.0")).unwrap().contains("package plinth:policy@0.1.0;"));
+        assert!(
+            text(Some("0.1.0"))
+                .unwrap()
+                .contains("package plinth:policy@0.1.0;")
+        );
         assert_eq!(
             text(Some("plinth:policy@0.1.0")).unwrap(),
             text(Some("0.1.0")).unwrap()
         );
         let error = text(Some("0.3.0")).unwrap_err().to_string();
-        assert!(error.contains("\"0.3.0\"") && error.contains("0.1.0, 0.1.1"), "{error}");
+        assert!(
+            error.contains("\"0.3.0\"") && error.contains("0.1.0, 0.1.1"),
+            "{error}"
+        );
     }
 }

@@ -460,7 +460,9 @@ fn print_bench_table(reports: &[(PathBuf, tools::BenchReport)]) {
     println!(
         "(latencies in us; {} warm and {} fresh calls per plugin)",
         reports.first().map_or(0, |(_, report)| report.warm.samples),
-        reports.first().map_or(0, |(_, report)| report.fresh.samples)
+        reports
+            .first()
+            .map_or(0, |(_, report)| report.fresh.samples)
     );
 }
 

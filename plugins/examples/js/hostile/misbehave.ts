@@ -2,7 +2,7 @@
 // operator config key `mode` picks the misbehaviour, as in the Rust
 // plugins/examples/hostile/misbehave: `loop` (spins forever), `membomb` (allocates
 // without bound), `recursion` (unbounded JS recursion), `throw` (throws an Error that
-// is not a policy-error; `throw-guarded` the same through `guarded`), `huge-output` (a 4 MiB answer), `garbage` (an invalid
+// is not a policy-error; `throw-guarded` the same through `guarded`), `huge-output` (a 256 KiB answer), `garbage` (an invalid
 // currency), `log-flood` (2000 log records); anything else answers a fixed valid quote.
 // With `only-tenant` set it misbehaves only for that tenant, so it passes the host's
 // self-test and turns hostile later.
@@ -44,7 +44,7 @@ function price(req: JobRequest, _state: PricingState): Pricing.PriceDecision {
         throw new Error(`thrown on purpose for ${req.requestId}`);
       })();
     case 'huge-output':
-      return { tag: 'refuse', val: 'x'.repeat(4 << 20) };
+      return { tag: 'refuse', val: 'x'.repeat(256 << 10) };
     case 'garbage':
       return {
         tag: 'offer',

@@ -135,10 +135,7 @@ fn js_pricing_answers_exactly_as_the_rust_pricing_example() {
     let fixtures = examples_dir().join("pricing/fixtures");
     let mut spec = crate::support::spec("rust-pricing", PluginKind::Pricing, &[]);
     spec.config = fixture_config(&fixtures).unwrap();
-    let rust = hosts()
-        .deterministic
-        .load_component(spec, &bytes)
-        .unwrap();
+    let rust = hosts().deterministic.load_component(spec, &bytes).unwrap();
     let rust = tools::run_fixtures(&rust, &fixtures, false).unwrap();
     assert_eq!(rust.cases.len(), js.cases.len());
     for (rust_case, js_case) in rust.cases.iter().zip(&js.cases) {
@@ -162,15 +159,15 @@ fn js_pricing_answers_exactly_as_the_rust_pricing_example() {
     .unwrap();
     let mut spec = crate::support::spec("rust-configured", PluginKind::Pricing, &[]);
     spec.config = operator;
-    let rust_plugin = hosts()
-        .deterministic
-        .load_component(spec, &bytes)
-        .unwrap();
+    let rust_plugin = hosts().deterministic.load_component(spec, &bytes).unwrap();
     for gpus in [1, 2, 8, 9] {
         let mut asked = request(gpus);
         asked.max_price_micros = Some(20_000_000);
         let js_answer = js_plugin.price(&asked, &pricing_state()).unwrap();
-        assert_eq!(js_answer, rust_plugin.price(&asked, &pricing_state()).unwrap());
+        assert_eq!(
+            js_answer,
+            rust_plugin.price(&asked, &pricing_state()).unwrap()
+        );
         if gpus == 1 {
             match js_answer {
                 PriceDecision::Offer(quote) => {
@@ -204,11 +201,7 @@ fn js_pricing_answers_exactly_as_the_rust_pricing_example() {
 
 #[test]
 fn js_scheduling_passes_the_rust_scheduling_fixtures() {
-    check_fixtures(
-        "plinth_js_scheduling",
-        "scheduling",
-        PluginKind::Scheduling,
-    );
+    check_fixtures("plinth_js_scheduling", "scheduling", PluginKind::Scheduling);
 }
 
 #[test]
@@ -258,7 +251,11 @@ fn js_infinite_loop_times_out() {
                 limit_ms: JS_CPU_MS
             }
         );
-        assert!(started.elapsed().as_millis() < 2_000, "{:?}", started.elapsed());
+        assert!(
+            started.elapsed().as_millis() < 2_000,
+            "{:?}",
+            started.elapsed()
+        );
     }
     let stats = plugin.stats();
     assert_eq!((stats.calls, stats.timeouts, stats.ok), (2, 2, 0));
@@ -339,7 +336,7 @@ fn js_runaway_recursion_and_bad_answers_are_contained() {
         huge.price(&request(1), &pricing_state()).unwrap_err(),
         PluginCallError::OutputTooLarge {
             plugin: "js-huge-output".to_string(),
-            size: 4 << 20,
+            size: 256 << 10,
             limit: 64 << 10
         }
     );
