@@ -267,13 +267,15 @@ pub fn scaffold(options: &ScaffoldOptions) -> Result<Vec<PathBuf>, ScaffoldError
     let wit_version = HOST_WIT_VERSION.to_string();
     let crate_file = name.replace('-', "_");
     let config = config_lines(fixture_config)?;
-    // A JavaScript engine's memory starts at about 20 MiB: give it the host maximum.
-    let memory_bytes = match options.language {
-        Language::Rust => (32u64 << 20).to_string(),
-        Language::Js => (64u64 << 20).to_string(),
+    // A JavaScript engine's heap starts at several MiB, and a fresh instance (counted in
+    // the call's CPU budget) takes milliseconds: give JS the host's memory maximum and
+    // room above the 20 ms default.
+    let (memory_bytes, cpu_ms) = match options.language {
+        Language::Rust => ((32u64 << 20).to_string(), "20"),
+        Language::Js => ((64u64 << 20).to_string(), "100"),
     };
     let dev_dependencies = js_dev_dependencies()?;
-    let values: [(&str, &str); 9] = [
+    let values: [(&str, &str); 10] = [
         ("name", name),
         ("kind", kind),
         ("wit_version", &wit_version),
@@ -281,6 +283,7 @@ pub fn scaffold(options: &ScaffoldOptions) -> Result<Vec<PathBuf>, ScaffoldError
         ("sdk_path", &sdk_path),
         ("config", &config),
         ("memory_bytes", &memory_bytes),
+        ("cpu_ms", cpu_ms),
         ("first_fixture", first_fixture),
         ("dev_dependencies", &dev_dependencies),
     ];

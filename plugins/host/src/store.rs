@@ -261,7 +261,8 @@ impl WasiView for StoreState {
 /// A plugin's stderr, forwarded to the agent's log: each line becomes a `warn` record
 /// (target `plinth::plugin`, `stream="stderr"`), cut at the log message limit, at most
 /// [`MAX_STDERR_LINES`] per instance (then dropped and counted in `log_dropped`). This is
-/// where a JavaScript plugin's uncaught exception and stack trace end up. Only the p2
+/// where a Rust plugin's panic message ends up (a JS plugin built without stdio prints
+/// nothing; see `guarded` in plugins/examples/js/lib/plinth.ts). Only the p2
 /// stream is used (wasmtime-wasi is linked without p3); the p3 stream discards.
 #[derive(Clone)]
 pub(crate) struct StderrToLog {

@@ -2,7 +2,7 @@
 // operator config key `mode` picks the misbehaviour, as in the Rust
 // plugins/examples/hostile/misbehave: `loop` (spins forever), `membomb` (allocates
 // without bound), `recursion` (unbounded JS recursion), `throw` (throws an Error that
-// is not a policy-error), `huge-output` (a 4 MiB answer), `garbage` (an invalid
+// is not a policy-error; `throw-guarded` the same through `guarded`), `huge-output` (a 256 KiB answer), `garbage` (an invalid
 // currency), `log-flood` (2000 log records); anything else answers a fixed valid quote.
 // With `only-tenant` set it misbehaves only for that tenant, so it passes the host's
 // self-test and turns hostile later.
@@ -10,7 +10,7 @@
 import type * as Pricing from 'plinth:policy/pricing@0.1.1';
 import type { JobRequest, PricingState } from 'plinth:policy/types@0.1.1';
 
-import { configString, info } from '../lib/plinth.js';
+import { configString, guarded, info } from '../lib/plinth.js';
 
 function recurse(depth: number): number {
   return recurse(depth + 1) + 1;
@@ -30,17 +30,21 @@ function price(req: JobRequest, _state: PricingState): Pricing.PriceDecision {
       }
     }
     case 'membomb': {
-      const hoard: number[][] = [];
+      const hoard: Uint8Array[] = [];
       for (;;) {
-        hoard.push(new Array<number>(1 << 18).fill(hoard.length));
+        hoard.push(new Uint8Array(4 << 20).fill(0xa5));
       }
     }
     case 'recursion':
       return { tag: 'refuse', val: String(recurse(0)) };
     case 'throw':
       throw new Error(`thrown on purpose for ${req.requestId}`);
+    case 'throw-guarded':
+      return guarded((): Pricing.PriceDecision => {
+        throw new Error(`thrown on purpose for ${req.requestId}`);
+      })();
     case 'huge-output':
-      return { tag: 'refuse', val: 'x'.repeat(4 << 20) };
+      return { tag: 'refuse', val: 'x'.repeat(256 << 10) };
     case 'garbage':
       return {
         tag: 'offer',

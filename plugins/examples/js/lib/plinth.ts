@@ -150,3 +150,38 @@ export function compareCodePoints(left: string, right: string): number {
   }
   return a.length - b.length;
 }
+
+const POLICY_ERROR_TAGS = new Set(['invalid-input', 'bad-config', 'internal']);
+
+/** Whether `value` is a `policy-error` (the `err` case the host understands). */
+export function isPolicyError(value: unknown): value is PolicyError {
+  return (
+    typeof value === 'object' &&
+    value !== null &&
+    POLICY_ERROR_TAGS.has((value as { tag?: unknown }).tag as string) &&
+    typeof (value as { val?: unknown }).val === 'string'
+  );
+}
+
+/**
+ * Wrap an exported function so that an exception other than a policy error (a
+ * `TypeError`, a thrown `Error`) is logged with its stack and answered as an `internal`
+ * policy error, instead of trapping without a word (the engine has no stdio here). The
+ * host falls back to its built-in policy either way.
+ */
+export function guarded<A extends unknown[], R>(exported: (...args: A) => R): (...args: A) => R {
+  return (...args: A): R => {
+    try {
+      return exported(...args);
+    } catch (thrown) {
+      if (isPolicyError(thrown)) {
+        throw thrown;
+      }
+      const described =
+        thrown instanceof Error ? `${thrown.name}: ${thrown.message}` : `${String(thrown)}`;
+      const stack = thrown instanceof Error && thrown.stack ? thrown.stack : '';
+      error(`uncaught ${described}`, stack === '' ? {} : { stack });
+      throw internal(`uncaught ${described}`);
+    }
+  };
+}

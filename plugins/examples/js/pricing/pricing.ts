@@ -19,6 +19,7 @@ import {
   configUnsigned,
   containsIgnoreAsciiCase,
   debug,
+  guarded,
   invalidInput,
 } from '../lib/plinth.js';
 
@@ -143,4 +144,4 @@ function price(req: JobRequest, state: PricingState): Pricing.PriceDecision {
   };
 }
 
-export const pricing = { price } satisfies typeof Pricing;
+export const pricing = { price: guarded(price) } satisfies typeof Pricing;

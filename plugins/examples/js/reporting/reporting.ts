@@ -7,7 +7,7 @@
 
 import type * as Reporting from 'plinth:policy/reporting@0.1.1';
 
-import { compareCodePoints, invalidInput } from '../lib/plinth.js';
+import { compareCodePoints, guarded, invalidInput } from '../lib/plinth.js';
 
 const HOUR = 3600n;
 
@@ -94,4 +94,4 @@ function report(records: Reporting.UsageRecord[]): Reporting.ReportRecord[] {
   }));
 }
 
-export const reporting = { report } satisfies typeof Reporting;
+export const reporting = { report: guarded(report) } satisfies typeof Reporting;

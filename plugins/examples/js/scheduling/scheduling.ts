@@ -15,6 +15,7 @@ import {
   configUnsigned,
   containsIgnoreAsciiCase,
   debug,
+  guarded,
   invalidInput,
 } from '../lib/plinth.js';
 
@@ -89,4 +90,4 @@ function schedule(req: JobRequest, state: HostState): Scheduling.ScheduleDecisio
   return { tag: 'defer', val: deferS };
 }
 
-export const scheduling = { schedule } satisfies typeof Scheduling;
+export const scheduling = { schedule: guarded(schedule) } satisfies typeof Scheduling;

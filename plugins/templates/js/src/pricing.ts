@@ -11,6 +11,7 @@ import {
   configUnsigned,
   containsIgnoreAsciiCase,
   debug,
+  guarded,
   info,
   invalidInput,
 } from './plinth.js';
@@ -54,4 +55,4 @@ function price(req: JobRequest, state: PricingState): Pricing.PriceDecision {
   };
 }
 
-export const pricing = { price } satisfies typeof Pricing;
+export const pricing = { price: guarded(price) } satisfies typeof Pricing;

@@ -4,7 +4,7 @@
 
 import type * as Reporting from 'plinth:policy/reporting@0.1.1';
 
-import { compareCodePoints, invalidInput } from './plinth.js';
+import { compareCodePoints, guarded, invalidInput } from './plinth.js';
 
 const U64_MAX = (1n << 64n) - 1n;
 const saturating = (value: bigint): bigint => (value > U64_MAX ? U64_MAX : value);
@@ -49,4 +49,4 @@ function report(records: Reporting.UsageRecord[]): Reporting.ReportRecord[] {
     }));
 }
 
-export const reporting = { report } satisfies typeof Reporting;
+export const reporting = { report: guarded(report) } satisfies typeof Reporting;

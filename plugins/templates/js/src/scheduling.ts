@@ -6,7 +6,13 @@
 import type * as Scheduling from 'plinth:policy/scheduling@0.1.1';
 import type { Gpu, HostState, JobRequest } from 'plinth:policy/types@0.1.1';
 
-import { configUnsigned, containsIgnoreAsciiCase, debug, invalidInput } from './plinth.js';
+import {
+  configUnsigned,
+  containsIgnoreAsciiCase,
+  debug,
+  guarded,
+  invalidInput,
+} from './plinth.js';
 
 function usable(req: JobRequest, gpu: Gpu): boolean {
   return (
@@ -37,4 +43,4 @@ function schedule(req: JobRequest, state: HostState): Scheduling.ScheduleDecisio
   return { tag: 'admit', val: Uint32Array.from(free) };
 }
 
-export const scheduling = { schedule } satisfies typeof Scheduling;
+export const scheduling = { schedule: guarded(schedule) } satisfies typeof Scheduling;
