@@ -684,6 +684,23 @@ pub struct BenchReport {
     pub warm: Percentiles,
     /// Calls that each create a fresh instance from the pre-instantiated component.
     pub fresh: Percentiles,
+    /// CPU time the calling thread spent in each warm call (the wall-clock series also
+    /// counts time the thread waited for a core on a busy host; this one does not).
+    /// `None` where the platform has no per-thread CPU clock.
+    #[serde(default)]
+    pub warm_cpu: Option<Percentiles>,
+    /// CPU time of the calling thread in each fresh-instance call.
+    #[serde(default)]
+    pub fresh_cpu: Option<Percentiles>,
+}
+
+/// CPU time consumed so far by the calling thread, nanoseconds (`None` where the
+/// platform has no per-thread CPU clock).
+fn thread_cpu_ns() -> Option<u64> {
+    use nix::time::{ClockId, clock_gettime};
+    let now = clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).ok()?;
+    let nanos = i128::from(now.tv_sec()) * 1_000_000_000 + i128::from(now.tv_nsec());
+    u64::try_from(nanos).ok()
 }
 
 /// Measure warm-call and fresh-instance latency of `plugin` on one fixture input
@@ -692,20 +709,26 @@ pub struct BenchReport {
 pub fn bench(plugin: &Plugin, input: &Value, iterations: usize) -> Result<BenchReport, ToolsError> {
     let iterations = iterations.max(10);
     let typed = TypedInput::parse(plugin.kind(), input)?;
-    let series = |fresh: bool| -> Result<Percentiles, ToolsError> {
+    let series = |fresh: bool| -> Result<(Percentiles, Option<Percentiles>), ToolsError> {
         for _ in 0..iterations / 10 {
             typed.call(plugin, fresh)?;
         }
-        let mut samples = Vec::with_capacity(iterations);
+        let mut wall = Vec::with_capacity(iterations);
+        let mut cpu = Vec::with_capacity(iterations);
         for _ in 0..iterations {
+            let cpu_started = thread_cpu_ns();
             let started = Instant::now();
             typed.call(plugin, fresh)?;
-            samples.push(started.elapsed().as_nanos() as u64);
+            wall.push(started.elapsed().as_nanos() as u64);
+            if let (Some(before), Some(after)) = (cpu_started, thread_cpu_ns()) {
+                cpu.push(after.saturating_sub(before));
+            }
         }
-        Ok(Percentiles::of(&mut samples))
+        let cpu = (cpu.len() == wall.len()).then(|| Percentiles::of(&mut cpu));
+        Ok((Percentiles::of(&mut wall), cpu))
     };
-    let warm = series(false)?;
-    let fresh = series(true)?;
+    let (warm, warm_cpu) = series(false)?;
+    let (fresh, fresh_cpu) = series(true)?;
     Ok(BenchReport {
         plugin: plugin.name().to_string(),
         component_bytes: 0,
@@ -713,6 +736,8 @@ pub fn bench(plugin: &Plugin, input: &Value, iterations: usize) -> Result<BenchR
         first_instantiation_us: 0.0,
         warm,
         fresh,
+        warm_cpu,
+        fresh_cpu,
     })
 }
 

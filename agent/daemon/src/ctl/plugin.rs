@@ -429,14 +429,22 @@ pub fn run(command: PluginCommand) -> Result<(), PluginCtlError> {
 
 fn print_bench_table(reports: &[(PathBuf, tools::BenchReport)]) {
     let us = |ns: u64| ns as f64 / 1e3;
+    let cpu_us = |series: &Option<tools::Percentiles>, pick: fn(&tools::Percentiles) -> u64| {
+        series.as_ref().map_or_else(
+            || "-".to_string(),
+            |series| format!("{:.2}", us(pick(series))),
+        )
+    };
     println!(
-        "{:<28} {:>10} {:>11} {:>11} {:>10} {:>10} {:>10} {:>10}",
+        "{:<28} {:>9} {:>10} {:>11} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "file",
         "size KiB",
         "compile ms",
         "1st inst us",
         "warm p50",
         "warm p99",
+        "cpu p50",
+        "cpu p99",
         "fresh p50",
         "fresh p99"
     );
@@ -446,19 +454,22 @@ fn print_bench_table(reports: &[(PathBuf, tools::BenchReport)]) {
             .map(|name| name.to_string_lossy().to_string())
             .unwrap_or_else(|| file.display().to_string());
         println!(
-            "{:<28} {:>10.1} {:>11.1} {:>11.1} {:>10.2} {:>10.2} {:>10.2} {:>10.2}",
+            "{:<28} {:>9.1} {:>10.1} {:>11.1} {:>9.2} {:>9.2} {:>9} {:>9} {:>9.2} {:>9.2}",
             name,
             report.component_bytes as f64 / 1024.0,
             report.compile_ms,
             report.first_instantiation_us,
             us(report.warm.p50_ns),
             us(report.warm.p99_ns),
+            cpu_us(&report.warm_cpu, |series| series.p50_ns),
+            cpu_us(&report.warm_cpu, |series| series.p99_ns),
             us(report.fresh.p50_ns),
             us(report.fresh.p99_ns)
         );
     }
     println!(
-        "(latencies in us; {} warm and {} fresh calls per plugin)",
+        "(latencies in us; {} warm and {} fresh calls per plugin; warm and fresh are wall \
+         clock, cpu is the calling thread's CPU time per warm call)",
         reports.first().map_or(0, |(_, report)| report.warm.samples),
         reports
             .first()
