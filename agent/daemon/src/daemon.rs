@@ -136,6 +136,12 @@ pub async fn run(loaded: LoadedConfig, options: RunOptions) -> Result<(), Daemon
     let plugins = crate::plugins::start(&config);
     let hardware = Hardware::detect();
     tracing::info!(summary = %hardware.summary, "hardware detected");
+    // The real driver only (NVML loaded at run time); none means CPU-only, logged.
+    let gpus = crate::gpu::GpuService::start(
+        crate::gpu::GpuService::detect(),
+        store.clone(),
+        crate::gpu::GpuSettings::from_config(&config),
+    );
     // Devices are opened once, here, before the socket serves anyone.
     let attestation = Arc::new(crate::attestation::AttestationService::new(
         &config.attestation,
@@ -169,6 +175,7 @@ pub async fn run(loaded: LoadedConfig, options: RunOptions) -> Result<(), Daemon
         jobs: jobs.as_ref().map(|jobs| jobs.manager.clone()),
         plugins: plugins.clone(),
         attestation,
+        gpus: gpus.clone(),
     });
     let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
@@ -217,6 +224,7 @@ pub async fn run(loaded: LoadedConfig, options: RunOptions) -> Result<(), Daemon
     if let Some(jobs) = &jobs {
         jobs.stop();
     }
+    gpus.shutdown();
     match tokio::time::timeout(Duration::from_secs(10), &mut server).await {
         Ok(_) => {}
         Err(_) => tracing::warn!("in-flight requests did not finish within 10 s; closing"),
