@@ -132,16 +132,21 @@ pub async fn run(loaded: LoadedConfig, options: RunOptions) -> Result<(), Daemon
     if identity.was_created() {
         tracing::info!(public_key = %identity.public_key_hex(), path = %identity.path().display(), "created node key");
     }
-    let jobs = crate::jobs::start(&config, store.clone(), identity.clone());
-    let plugins = crate::plugins::start(&config);
-    let hardware = Hardware::detect();
-    tracing::info!(summary = %hardware.summary, "hardware detected");
     // The real driver only (NVML loaded at run time); none means CPU-only, logged.
     let gpus = crate::gpu::GpuService::start(
         crate::gpu::GpuService::detect(),
         store.clone(),
         crate::gpu::GpuSettings::from_config(&config),
     );
+    let jobs = crate::jobs::start_with_gpu_meter(
+        &config,
+        store.clone(),
+        identity.clone(),
+        gpus.meter(),
+    );
+    let plugins = crate::plugins::start(&config);
+    let hardware = Hardware::detect();
+    tracing::info!(summary = %hardware.summary, "hardware detected");
     // Devices are opened once, here, before the socket serves anyone.
     let attestation = Arc::new(crate::attestation::AttestationService::new(
         &config.attestation,

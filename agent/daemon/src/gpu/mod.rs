@@ -23,6 +23,8 @@ pub mod cdi;
 pub mod challenge;
 pub mod cuda;
 pub mod drain;
+pub mod host_state;
+pub mod meter;
 #[cfg(any(test, feature = "test-doubles"))]
 pub mod double;
 pub mod nvml;
@@ -75,6 +77,10 @@ pub enum GpuError {
         detail: String,
     },
 }
+
+/// How long one NVML event wait blocks: the event thread wakes this often when nothing
+/// happens (and notices a shutdown this late).
+pub const EVENT_WAIT_MS: u32 = 5000;
 
 /// Settings of the GPU module.
 #[derive(Debug, Clone)]
@@ -180,6 +186,8 @@ struct GpuState {
     health_error: Option<String>,
     lost: bool,
     counters: EventCounters,
+    /// Recent readings for metering, oldest first, at most [`meter::MAX_SAMPLES`].
+    samples: std::collections::VecDeque<meter::Sample>,
 }
 
 /// The GPU module's state and threads.
@@ -193,6 +201,8 @@ pub struct GpuService {
     settings: GpuSettings,
     states: Mutex<Vec<GpuState>>,
     stop: Arc<AtomicBool>,
+    /// Wakes the poller early (shutdown): a flag under a mutex and its condition variable.
+    wake: (Mutex<bool>, std::sync::Condvar),
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// Challenges answered in round 1, waiting for round 2.
     pub challenges: challenge::Challenges,
@@ -285,6 +295,7 @@ impl GpuService {
             settings,
             states: Mutex::new(states),
             stop: Arc::new(AtomicBool::new(false)),
+            wake: (Mutex::new(false), std::sync::Condvar::new()),
             threads: Mutex::new(Vec::new()),
             challenges: challenge::Challenges::default(),
         }
@@ -305,16 +316,14 @@ impl GpuService {
         let spawned = std::thread::Builder::new()
             .name("gpu-health".to_owned())
             .spawn(move || {
+                // One wake-up per poll interval, none in between (idle cost).
                 while !poller.stop.load(Ordering::Relaxed) {
                     poller.poll_once();
-                    let mut waited = Duration::ZERO;
-                    let step = Duration::from_millis(50).min(poller.settings.poll_interval);
-                    while waited < poller.settings.poll_interval
-                        && !poller.stop.load(Ordering::Relaxed)
-                    {
-                        std::thread::sleep(step);
-                        waited += step;
-                    }
+                    let (flag, condvar) = &poller.wake;
+                    let guard = flag.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let _ = condvar
+                        .wait_timeout_while(guard, poller.settings.poll_interval, |woken| !*woken)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
                 }
             });
         match spawned {
@@ -328,7 +337,7 @@ impl GpuService {
                 let Some(backend) = watcher.backend.clone() else {
                     return;
                 };
-                let result = backend.watch_events(&watcher.stop, 500, &mut |event| {
+                let result = backend.watch_events(&watcher.stop, EVENT_WAIT_MS, &mut |event| {
                     watcher.process_event(&event);
                 });
                 if let Err(err) = result {
@@ -341,9 +350,16 @@ impl GpuService {
         }
     }
 
-    /// Stops the threads and waits for them.
+    /// Stops the threads: wakes and joins the poller; the event thread ends at its next
+    /// wake-up (at most [`EVENT_WAIT_MS`] later, inside NVML's wait) and is not waited
+    /// for.
     pub fn shutdown(&self) {
         self.stop.store(true, Ordering::Relaxed);
+        {
+            let (flag, condvar) = &self.wake;
+            *flag.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = true;
+            condvar.notify_all();
+        }
         let handles: Vec<JoinHandle<()>> = std::mem::take(
             &mut *self
                 .threads
@@ -351,7 +367,9 @@ impl GpuService {
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
         for handle in handles {
-            let _ = handle.join();
+            if handle.thread().name() == Some("gpu-health") {
+                let _ = handle.join();
+            }
         }
     }
 
@@ -394,6 +412,14 @@ impl GpuService {
                 match reading {
                     Ok(health) => {
                         let verdict = policy::judge_health(state.health.as_ref(), &health);
+                        if state.samples.len() >= meter::MAX_SAMPLES {
+                            state.samples.pop_front();
+                        }
+                        state.samples.push_back(meter::Sample {
+                            at_ms: meter::now_ms(),
+                            energy_mj: health.energy_mj,
+                            sm_pct: health.sm_utilisation_pct,
+                        });
                         state.health = Some(health);
                         state.health_error = None;
                         verdict
@@ -623,6 +649,26 @@ impl GpuService {
             .collect()
     }
 
+    /// The GPU meter of the jobs engine: per-GPU usage from this service's readings.
+    pub fn meter(self: &Arc<Self>) -> Arc<dyn plinth_jobs::meter::GpuMeter> {
+        Arc::new(meter::NvmlMeter::new(self.clone()))
+    }
+
+    /// The readings of the GPU with `uuid` between `start_ms` and `end_ms`.
+    fn samples_between(&self, uuid: &str, start_ms: u64, end_ms: u64) -> Option<Vec<meter::Sample>> {
+        let position = self.position_of_uuid(uuid)?;
+        let states = self.lock_states();
+        let state = states.get(position)?;
+        Some(
+            state
+                .samples
+                .iter()
+                .filter(|sample| sample.at_ms >= start_ms && sample.at_ms <= end_ms)
+                .cloned()
+                .collect(),
+        )
+    }
+
     /// Totals (for status and liveness).
     pub fn summary(&self) -> GpuSummary {
         self.report().summary
@@ -688,11 +734,24 @@ pub mod notices {
         move |source| DrainError::Database { action, source }
     }
 
+    /// The CDI devices of every running or preparing job.
+    pub fn running_job_devices(store: &Store) -> Result<Vec<Vec<String>>, DrainError> {
+        Ok(running_jobs(store)?.into_iter().map(|(_, devices)| devices).collect())
+    }
+
     /// Ids of running or preparing jobs whose devices include one of `names`.
     pub fn jobs_holding(store: &Store, names: &[String]) -> Result<Vec<String>, DrainError> {
         if names.is_empty() {
             return Ok(Vec::new());
         }
+        Ok(running_jobs(store)?
+            .into_iter()
+            .filter(|(_, devices)| devices.iter().any(|device| names.contains(device)))
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    fn running_jobs(store: &Store) -> Result<Vec<(String, Vec<String>)>, DrainError> {
         let connection = store.connection();
         let mut statement = connection
             .prepare(
@@ -708,9 +767,7 @@ pub mod notices {
         for row in rows {
             let (id, devices) = row.map_err(db("find the jobs holding"))?;
             let devices: Vec<String> = serde_json::from_str(&devices).unwrap_or_default();
-            if devices.iter().any(|device| names.contains(device)) {
-                out.push(id);
-            }
+            out.push((id, devices));
         }
         Ok(out)
     }
@@ -742,5 +799,4 @@ pub mod notices {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests;

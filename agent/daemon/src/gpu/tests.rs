@@ -373,3 +373,24 @@ fn the_real_backend_on_this_host_never_panics() {
     }
     println!("CUDA libraries present: {}", super::cuda::libraries_present());
 }
+
+#[test]
+fn the_plugins_host_state_comes_from_the_inventory_drains_and_jobs() {
+    let host = Host::new(3);
+    host.write_cdi_spec();
+    host.running_job("job-a", &["nvidia.com/gpu=1"]);
+    let service = host.service();
+    service.drain(0, "maintenance").unwrap();
+    let state = service.host_state();
+    assert_eq!(state.gpus.len(), 3);
+    assert_eq!(state.running_jobs, 1);
+    assert!(state.gpus[0].drained && !state.gpus[0].allocated);
+    assert!(!state.gpus[1].drained && state.gpus[1].allocated);
+    assert!(!state.gpus[2].drained && !state.gpus[2].allocated);
+    assert_eq!(state.gpus[2].model, "NVIDIA H200");
+    assert_eq!(state.gpus[2].memory_mib, 141_000_000_000 >> 20);
+    // Pricing (quotes) sees one class with one free GPU of three.
+    let pricing = plinth_plugin_host::summarize(&state);
+    assert_eq!(pricing.classes.len(), 1);
+    assert_eq!((pricing.classes[0].total, pricing.classes[0].free), (3, 1));
+}
