@@ -101,10 +101,10 @@ mod real {
             let blas = CudaBlas::new(stream.clone())
                 .map_err(|err| self.device_error("cannot create a cuBLAS handle", err))?;
             let a_device = stream
-                .memcpy_stod(a)
+                .clone_htod(a)
                 .map_err(|err| self.device_error("cannot copy A", err))?;
             let b_device = stream
-                .memcpy_stod(&b_transposed)
+                .clone_htod(&b_transposed)
                 .map_err(|err| self.device_error("cannot copy B", err))?;
             let mut c_device = stream
                 .alloc_zeros::<i32>(n * n)
@@ -149,7 +149,7 @@ mod real {
                 .synchronize()
                 .map_err(|err| self.device_error("the product did not complete", err))?;
             stream
-                .memcpy_dtov(&c_device)
+                .clone_dtoh(&c_device)
                 .map_err(|err| self.device_error("cannot copy C back", err))
         }
     }
