@@ -25,7 +25,11 @@ fn main() {
     let sizes: Vec<u32> = std::env::var("PLINTH_CHALLENGE_SIZES")
         .unwrap_or_else(|_| "1024,2048,4096".to_owned())
         .split(',')
-        .map(|size| size.trim().parse().expect("PLINTH_CHALLENGE_SIZES: comma-separated sizes"))
+        .map(|size| {
+            size.trim()
+                .parse()
+                .expect("PLINTH_CHALLENGE_SIZES: comma-separated sizes")
+        })
         .collect();
     let policy = ChallengePolicy {
         slack_ms: u64::MAX / 4,
@@ -42,8 +46,7 @@ fn main() {
         for _ in 0..runs {
             let started = Instant::now();
             let transcript =
-                challenge::run_local(&CpuProver, n, u64::MAX / 4, challenge::DEFAULT_ROWS)
-                    .unwrap();
+                challenge::run_local(&CpuProver, n, u64::MAX / 4, challenge::DEFAULT_ROWS).unwrap();
             prover_times.push(started.elapsed());
             let started = Instant::now();
             let appraisal = challenge::verify(&transcript, &policy);

@@ -138,12 +138,8 @@ pub async fn run(loaded: LoadedConfig, options: RunOptions) -> Result<(), Daemon
         store.clone(),
         crate::gpu::GpuSettings::from_config(&config),
     );
-    let jobs = crate::jobs::start_with_gpu_meter(
-        &config,
-        store.clone(),
-        identity.clone(),
-        gpus.meter(),
-    );
+    let jobs =
+        crate::jobs::start_with_gpu_meter(&config, store.clone(), identity.clone(), gpus.meter());
     let plugins = crate::plugins::start(&config);
     let hardware = Hardware::detect();
     tracing::info!(summary = %hardware.summary, "hardware detected");

@@ -53,10 +53,12 @@ fn gpus_status_challenge_and_malformed_requests_through_the_agent() {
         None => {
             println!("GPUs: {report}");
             assert!(report["summary"]["total"].as_u64().unwrap() > 0);
-            assert!(report["gpus"][0]["inventory"]["uuid"]
-                .as_str()
-                .unwrap()
-                .starts_with("GPU-"));
+            assert!(
+                report["gpus"][0]["inventory"]["uuid"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("GPU-")
+            );
         }
     }
 
@@ -86,18 +88,46 @@ fn gpus_status_challenge_and_malformed_requests_through_the_agent() {
     let client = AdminClient::new(&node.socket());
     let seed = "00".repeat(32);
     let cases: Vec<(String, &str)> = vec![
-        (format!(r#"{{"seed":"{seed}","n":100,"deadline_ms":1000,"r_commitment":"{seed}"}}"#), "n"),
-        (format!(r#"{{"seed":"{seed}","n":64,"deadline_ms":0,"r_commitment":"{seed}"}}"#), "deadline_ms"),
-        (format!(r#"{{"seed":"xyz","n":64,"deadline_ms":10,"r_commitment":"{seed}"}}"#), "seed"),
-        (format!(r#"{{"seed":"{seed}","n":64,"deadline_ms":10}}"#), "r_commitment"),
-        (format!(r#"{{"seed":"{seed}","n":64,"deadline_ms":10,"r_commitment":"{seed}","device":"tpu:0"}}"#), "device"),
-        (format!(r#"{{"seed":"{seed}","n":64,"deadline_ms":10,"r_commitment":"{seed}","extra":1}}"#), "extra"),
-        (format!(r#"{{"seed":"{seed}","n":1048576,"deadline_ms":10,"r_commitment":"{seed}"}}"#), "n"),
+        (
+            format!(r#"{{"seed":"{seed}","n":100,"deadline_ms":1000,"r_commitment":"{seed}"}}"#),
+            "n",
+        ),
+        (
+            format!(r#"{{"seed":"{seed}","n":64,"deadline_ms":0,"r_commitment":"{seed}"}}"#),
+            "deadline_ms",
+        ),
+        (
+            format!(r#"{{"seed":"xyz","n":64,"deadline_ms":10,"r_commitment":"{seed}"}}"#),
+            "seed",
+        ),
+        (
+            format!(r#"{{"seed":"{seed}","n":64,"deadline_ms":10}}"#),
+            "r_commitment",
+        ),
+        (
+            format!(
+                r#"{{"seed":"{seed}","n":64,"deadline_ms":10,"r_commitment":"{seed}","device":"tpu:0"}}"#
+            ),
+            "device",
+        ),
+        (
+            format!(
+                r#"{{"seed":"{seed}","n":64,"deadline_ms":10,"r_commitment":"{seed}","extra":1}}"#
+            ),
+            "extra",
+        ),
+        (
+            format!(r#"{{"seed":"{seed}","n":1048576,"deadline_ms":10,"r_commitment":"{seed}"}}"#),
+            "n",
+        ),
     ];
     for (body, field) in cases {
         let (status, message) = post(&client, "/v1/challenges", &body).unwrap_err();
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {message}");
-        assert!(message.contains(field), "{body}: {message} should name {field}");
+        assert!(
+            message.contains(field),
+            "{body}: {message} should name {field}"
+        );
     }
     if cpu_only.is_some() {
         let body = format!(
@@ -105,7 +135,10 @@ fn gpus_status_challenge_and_malformed_requests_through_the_agent() {
         );
         let (status, message) = post(&client, "/v1/challenges", &body).unwrap_err();
         assert_eq!(status, StatusCode::BAD_REQUEST, "{message}");
-        assert!(message.contains("device") && message.contains("CPU-only"), "{message}");
+        assert!(
+            message.contains("device") && message.contains("CPU-only"),
+            "{message}"
+        );
     }
     // Round 2: an unknown id is 404; a malformed opening names the field and keeps the
     // challenge open.
@@ -128,10 +161,18 @@ fn gpus_status_challenge_and_malformed_requests_through_the_agent() {
     ] {
         let (status, message) = post(&client, &open, &body).unwrap_err();
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {message}");
-        assert!(message.contains(field), "{body}: {message} should name {field}");
+        assert!(
+            message.contains(field),
+            "{body}: {message} should name {field}"
+        );
     }
     let answer: serde_json::Value = serde_json::from_str(
-        &post(&client, &open, &format!(r#"{{"r_seed":"{seed}","rows":[1,2]}}"#)).unwrap(),
+        &post(
+            &client,
+            &open,
+            &format!(r#"{{"r_seed":"{seed}","rows":[1,2]}}"#),
+        )
+        .unwrap(),
     )
     .unwrap();
     assert_eq!(answer["cr"].as_array().unwrap().len(), 64);

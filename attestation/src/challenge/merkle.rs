@@ -96,7 +96,12 @@ impl Tree {
 
 /// Recomputes the root from leaf `index` of `count` leaves and its proof; `None` when the
 /// proof has the wrong length for that position.
-pub fn root_from_proof(leaf_hash: Hash, index: usize, count: usize, proof: &[Hash]) -> Option<Hash> {
+pub fn root_from_proof(
+    leaf_hash: Hash,
+    index: usize,
+    count: usize,
+    proof: &[Hash],
+) -> Option<Hash> {
     if index >= count {
         return None;
     }

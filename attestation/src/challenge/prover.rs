@@ -185,7 +185,12 @@ impl Committed {
                 OpenedRow {
                     index,
                     values: OpenedRow::encode(row),
-                    proof: self.tree.proof(index_usize).into_iter().map(Hex32).collect(),
+                    proof: self
+                        .tree
+                        .proof(index_usize)
+                        .into_iter()
+                        .map(Hex32)
+                        .collect(),
                 }
             })
             .collect();

@@ -165,7 +165,11 @@ impl OpenedRow {
         if bytes.len() != n * 4 {
             return Err(TranscriptError::invalid(
                 field,
-                format!("{} bytes, expected {} (n = {n} int32 values)", bytes.len(), n * 4),
+                format!(
+                    "{} bytes, expected {} (n = {n} int32 values)",
+                    bytes.len(),
+                    n * 4
+                ),
             ));
         }
         Ok(bytes

@@ -94,7 +94,10 @@ pub fn verify(transcript: &Transcript, policy: &ChallengePolicy) -> Appraisal {
         "challenge.openings",
         Aspect::Hardware,
         opened >= policy.min_rows as usize,
-        format!("{opened} rows opened, the policy asks at least {}", policy.min_rows),
+        format!(
+            "{opened} rows opened, the policy asks at least {}",
+            policy.min_rows
+        ),
     ));
 
     let r = prg::r_vector(&r_seed, &root, n);
@@ -121,7 +124,10 @@ pub fn verify(transcript: &Transcript, policy: &ChallengePolicy) -> Appraisal {
         if bad_proofs.is_empty() {
             format!("{opened} proofs lead to the root")
         } else {
-            format!("proof does not lead to the committed root: {}", bad_proofs.join(", "))
+            format!(
+                "proof does not lead to the committed root: {}",
+                bad_proofs.join(", ")
+            )
         },
     ));
     appraisal.push(Check::from_bool(
@@ -153,7 +159,12 @@ pub fn verify(transcript: &Transcript, policy: &ChallengePolicy) -> Appraisal {
             format!(
                 "A·(B·r) differs from response.cr in {} of {n} entries (first: {})",
                 mismatches.len(),
-                mismatches.iter().take(4).map(|i| format!("response.cr[{i}]")).collect::<Vec<_>>().join(", ")
+                mismatches
+                    .iter()
+                    .take(4)
+                    .map(|i| format!("response.cr[{i}]"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         },
     ));

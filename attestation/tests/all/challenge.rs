@@ -22,7 +22,10 @@ fn status(appraisal: &Appraisal, name: &str) -> CheckStatus {
 }
 
 fn failed(appraisal: &Appraisal) -> Vec<String> {
-    appraisal.failures().map(|check| check.name.clone()).collect()
+    appraisal
+        .failures()
+        .map(|check| check.name.clone())
+        .collect()
 }
 
 /// A generous deadline so that honest debug-build runs are never late.
@@ -52,12 +55,8 @@ fn honest_product(seed: &[u8; 32], n: usize) -> (Vec<i8>, Vec<i8>, Vec<i32>) {
 fn transcript_for(challenger: &Challenger, c: Vec<i32>, rows: &[u32]) -> Transcript {
     let n = challenger.request.n as usize;
     let honest = commit(&CpuProver, "t", &challenger.request).unwrap();
-    let committed = Committed::from_product(
-        challenger.request.seed.0,
-        n,
-        c,
-        honest.commitment.clone(),
-    );
+    let committed =
+        Committed::from_product(challenger.request.seed.0, n, c, honest.commitment.clone());
     let mut open = challenger.open_request(0);
     open.rows = rows.to_vec();
     let response = committed.open(&open).unwrap();
@@ -69,11 +68,7 @@ fn honest_transcripts_verify_for_several_sizes() {
     for n in [64u32, 128, 192, 256] {
         let transcript = challenge::run_local(&CpuProver, n, DEADLINE_MS, 16).unwrap();
         let appraisal = challenge::verify(&transcript, &lenient());
-        assert!(
-            appraisal.verified(),
-            "n = {n}: {:?}",
-            failed(&appraisal)
-        );
+        assert!(appraisal.verified(), "n = {n}: {:?}", failed(&appraisal));
         assert_eq!(transcript.open.rows.len(), 16);
         // The saved form round-trips and still verifies.
         let text = serde_json::to_vec(&transcript).unwrap();
@@ -90,7 +85,10 @@ fn the_prover_and_the_verifier_agree_on_c_times_r() {
     let open = challenger.open_request(4);
     let response = committed.open(&open).unwrap();
     let r = challenge::prg::r_vector(&open.r_seed.0, &committed.commitment.root.0, n);
-    assert_eq!(freivalds_product(&challenger.request.seed.0, n, &r), response.cr);
+    assert_eq!(
+        freivalds_product(&challenger.request.seed.0, n, &r),
+        response.cr
+    );
 }
 
 #[test]
@@ -143,19 +141,21 @@ fn a_commitment_changed_after_r_is_seen_fails() {
     // After round 2 reveals r, the prover answers from a different C (a new tree).
     let (_, _, mut c) = honest_product(&challenger.request.seed.0, n);
     c[5] += 1;
-    let changed = Committed::from_product(
-        challenger.request.seed.0,
-        n,
-        c,
-        honest.commitment.clone(),
-    );
+    let changed =
+        Committed::from_product(challenger.request.seed.0, n, c, honest.commitment.clone());
     let open = challenger.open_request(8);
     let response = changed.open(&open).unwrap();
     let transcript = challenger.transcript(committed_root, 10, open, response);
     let appraisal = challenge::verify(&transcript, &ChallengePolicy::default());
     let failures = failed(&appraisal);
-    assert!(failures.contains(&"challenge.merkle".to_owned()), "{failures:?}");
-    assert!(failures.contains(&"challenge.freivalds".to_owned()), "{failures:?}");
+    assert!(
+        failures.contains(&"challenge.merkle".to_owned()),
+        "{failures:?}"
+    );
+    assert!(
+        failures.contains(&"challenge.freivalds".to_owned()),
+        "{failures:?}"
+    );
 }
 
 #[test]
@@ -170,8 +170,14 @@ fn a_commitment_reused_for_another_seed_fails() {
     let transcript = second.transcript(old.commitment.clone(), 10, open, response);
     let appraisal = challenge::verify(&transcript, &ChallengePolicy::default());
     let failures = failed(&appraisal);
-    assert!(failures.contains(&"challenge.merkle".to_owned()), "{failures:?}");
-    assert!(failures.contains(&"challenge.freivalds".to_owned()), "{failures:?}");
+    assert!(
+        failures.contains(&"challenge.merkle".to_owned()),
+        "{failures:?}"
+    );
+    assert!(
+        failures.contains(&"challenge.freivalds".to_owned()),
+        "{failures:?}"
+    );
 }
 
 #[test]
@@ -201,14 +207,27 @@ fn a_late_answer_fails_the_deadline_and_the_capacity_budget() {
     let committed = commit(&CpuProver, "t", &challenger.request).unwrap();
     let open = challenger.open_request(8);
     let response = committed.open(&open).unwrap();
-    let on_time = challenger.transcript(committed.commitment.clone(), 900, open.clone(), response.clone());
+    let on_time = challenger.transcript(
+        committed.commitment.clone(),
+        900,
+        open.clone(),
+        response.clone(),
+    );
     assert!(challenge::verify(&on_time, &ChallengePolicy::default()).verified());
-    let late = challenger.transcript(committed.commitment.clone(), 1001, open.clone(), response.clone());
+    let late = challenger.transcript(
+        committed.commitment.clone(),
+        1001,
+        open.clone(),
+        response.clone(),
+    );
     let appraisal = challenge::verify(&late, &ChallengePolicy::default());
     assert_eq!(failed(&appraisal), ["challenge.deadline"]);
     // A policy that credits the CPU with 2·64³ ops in under a millisecond and no slack
     // finds 900 ms far too slow.
-    let strict = ChallengePolicy::from_toml("slack_ms = 0\nhost_mib_per_s = 1000000\ncpu = { int8_gops = 1000 }\n").unwrap();
+    let strict = ChallengePolicy::from_toml(
+        "slack_ms = 0\nhost_mib_per_s = 1000000\ncpu = { int8_gops = 1000 }\n",
+    )
+    .unwrap();
     let appraisal = challenge::verify(&on_time, &strict);
     assert_eq!(failed(&appraisal), ["challenge.capacity"]);
 }
@@ -224,10 +243,17 @@ fn a_size_beyond_the_claimed_memory_and_an_unknown_model_fail_capacity() {
     let transcript = challenger.transcript(committed.commitment.clone(), 5, open, response);
     let unknown = challenge::verify(&transcript, &ChallengePolicy::default());
     assert_eq!(failed(&unknown), ["challenge.capacity"]);
-    let tiny = ChallengePolicy::from_toml("[models.\"Tiny GPU\"]\nint8_tops = 1000\nmemory_gb = 0\n").unwrap();
+    let tiny =
+        ChallengePolicy::from_toml("[models.\"Tiny GPU\"]\nint8_tops = 1000\nmemory_gb = 0\n")
+            .unwrap();
     let appraisal = challenge::verify(&transcript, &tiny);
     assert_eq!(failed(&appraisal), ["challenge.capacity"]);
-    let detail = &appraisal.checks.iter().find(|c| c.name == "challenge.capacity").unwrap().detail;
+    let detail = &appraisal
+        .checks
+        .iter()
+        .find(|c| c.name == "challenge.capacity")
+        .unwrap()
+        .detail;
     assert!(detail.contains("needs 24576 bytes"), "{detail}");
 }
 
@@ -237,7 +263,10 @@ fn a_revealed_r_seed_that_was_not_committed_fails() {
     let mut tampered = transcript.clone();
     tampered.challenge.r_commitment.0[0] ^= 1;
     let appraisal = challenge::verify(&tampered, &lenient());
-    assert_eq!(status(&appraisal, "challenge.r_commitment"), CheckStatus::Fail);
+    assert_eq!(
+        status(&appraisal, "challenge.r_commitment"),
+        CheckStatus::Fail
+    );
     // Too few rows opened for the policy.
     let mut few = transcript;
     few.open.rows.truncate(2);
@@ -251,15 +280,42 @@ fn malformed_transcripts_name_the_field() {
     let transcript = challenge::run_local(&CpuProver, 64, DEADLINE_MS, 8).unwrap();
     let value = serde_json::to_value(&transcript).unwrap();
     let cases: Vec<(Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
-        (Box::new(|v| v["format"] = "plinth-challenge/2".into()), "format"),
-        (Box::new(|v| v["challenge"]["n"] = 100.into()), "challenge.n"),
-        (Box::new(|v| v["challenge"]["deadline_ms"] = 0.into()), "challenge.deadline_ms"),
-        (Box::new(|v| v["response"]["cr"].as_array_mut().unwrap().truncate(3)), "response.cr"),
-        (Box::new(|v| v["response"]["cr"][0] = u64::MAX.into()), "response.cr[0]"),
-        (Box::new(|v| v["response"]["rows"][1]["values"] = "AAAA".into()), "response.rows[1].values"),
-        (Box::new(|v| v["response"]["rows"][0]["index"] = 63.into()), "response.rows[0].index"),
-        (Box::new(|v| v["open"]["rows"][1] = v["open"]["rows"][0].clone()), "open.rows[1]"),
-        (Box::new(|v| v["open"]["rows"][2] = 64.into()), "open.rows[2]"),
+        (
+            Box::new(|v| v["format"] = "plinth-challenge/2".into()),
+            "format",
+        ),
+        (
+            Box::new(|v| v["challenge"]["n"] = 100.into()),
+            "challenge.n",
+        ),
+        (
+            Box::new(|v| v["challenge"]["deadline_ms"] = 0.into()),
+            "challenge.deadline_ms",
+        ),
+        (
+            Box::new(|v| v["response"]["cr"].as_array_mut().unwrap().truncate(3)),
+            "response.cr",
+        ),
+        (
+            Box::new(|v| v["response"]["cr"][0] = u64::MAX.into()),
+            "response.cr[0]",
+        ),
+        (
+            Box::new(|v| v["response"]["rows"][1]["values"] = "AAAA".into()),
+            "response.rows[1].values",
+        ),
+        (
+            Box::new(|v| v["response"]["rows"][0]["index"] = 63.into()),
+            "response.rows[0].index",
+        ),
+        (
+            Box::new(|v| v["open"]["rows"][1] = v["open"]["rows"][0].clone()),
+            "open.rows[1]",
+        ),
+        (
+            Box::new(|v| v["open"]["rows"][2] = 64.into()),
+            "open.rows[2]",
+        ),
     ];
     for (mutate, field) in cases {
         let mut bad = value.clone();
@@ -271,8 +327,14 @@ fn malformed_transcripts_name_the_field() {
         assert_eq!(failed(&appraisal), ["challenge.structure"]);
     }
     let parse_cases: Vec<(Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
-        (Box::new(|v| v["challenge"]["seed"] = "zz".into()), "challenge.seed"),
-        (Box::new(|v| v["response"]["rows"][2]["proof"][0] = 5.into()), "response.rows[2].proof[0]"),
+        (
+            Box::new(|v| v["challenge"]["seed"] = "zz".into()),
+            "challenge.seed",
+        ),
+        (
+            Box::new(|v| v["response"]["rows"][2]["proof"][0] = 5.into()),
+            "response.rows[2].proof[0]",
+        ),
         (Box::new(|v| v["extra"] = 1.into()), "extra"),
     ];
     for (mutate, field) in parse_cases {
@@ -314,15 +376,27 @@ fn plinth_verify_challenge_follows_the_exit_code_contract() {
     std::fs::write(&garbage, b"{\"format\": 3}").unwrap();
     let output = run(&["challenge", garbage.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(1), "{output:?}");
-    assert!(String::from_utf8_lossy(&output.stdout).contains("format"), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("format"),
+        "{output:?}"
+    );
 
     // A policy whose CPU class is far faster than this run: rejected for capacity.
     let policy = dir.path().join("policy.toml");
-    std::fs::write(&policy, "[challenge]\nslack_ms = 0\nmin_rows = 8\n[challenge.cpu]\nint8_gops = 100000000\n").unwrap();
+    std::fs::write(
+        &policy,
+        "[challenge]\nslack_ms = 0\nmin_rows = 8\n[challenge.cpu]\nint8_gops = 100000000\n",
+    )
+    .unwrap();
     let mut slow = transcript;
     slow.elapsed_ms = 50;
     std::fs::write(&good, serde_json::to_vec(&slow).unwrap()).unwrap();
-    let output = run(&["challenge", good.to_str().unwrap(), "--policy", policy.to_str().unwrap()]);
+    let output = run(&[
+        "challenge",
+        good.to_str().unwrap(),
+        "--policy",
+        policy.to_str().unwrap(),
+    ]);
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stdout).contains("challenge.capacity"));
     let missing = run(&["challenge", "/nonexistent/t.json"]);

@@ -83,8 +83,8 @@ fn parse_index(text: &str) -> Result<u32, Response> {
 }
 
 fn parse_reason(body: &[u8]) -> Result<String, Response> {
-    let request: DrainRequest = parse_json(body)
-        .map_err(|err| error_response(StatusCode::BAD_REQUEST, err.to_string()))?;
+    let request: DrainRequest =
+        parse_json(body).map_err(|err| error_response(StatusCode::BAD_REQUEST, err.to_string()))?;
     let reason = request.reason.trim().to_owned();
     if reason.is_empty() {
         return Err(error_response(
@@ -95,7 +95,11 @@ fn parse_reason(body: &[u8]) -> Result<String, Response> {
     Ok(reason)
 }
 
-async fn drain(State(state): State<SharedState>, Path(index): Path<String>, body: Bytes) -> Response {
+async fn drain(
+    State(state): State<SharedState>,
+    Path(index): Path<String>,
+    body: Bytes,
+) -> Response {
     set_drain(state, &index, &body, true).await
 }
 

@@ -106,14 +106,21 @@ pub async fn run(client: &AdminClient, args: GpusArgs) -> Result<(), CtlError> {
         Some(GpusCommand::Undrain { index, reason }) => (index, reason, "undrain"),
     };
     let answer: DrainAnswer = client
-        .post(&format!("/v1/gpus/{index}/{action}"), &DrainRequest { reason })
+        .post(
+            &format!("/v1/gpus/{index}/{action}"),
+            &DrainRequest { reason },
+        )
         .await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
     } else {
         println!(
             "GPU {index}: {}{}",
-            if answer.drained { "drained" } else { "in service" },
+            if answer.drained {
+                "drained"
+            } else {
+                "in service"
+            },
             if answer.changed { "" } else { " (unchanged)" }
         );
     }
@@ -151,13 +158,15 @@ fn render_entry(text: &mut String, entry: &GpuEntry) {
         text,
         "  pci          {} numa {} nvlink peers {} mig {} ({} instances) cc {}",
         gpu.pci_bus_id,
-        gpu.numa_node.map_or("-".to_owned(), |node| node.to_string()),
+        gpu.numa_node
+            .map_or("-".to_owned(), |node| node.to_string()),
         gpu.nvlink_peers.len(),
         gpu.mig_mode,
         gpu.mig_instances.len(),
         gpu.cc_mode
     );
-    let option = |value: Option<u32>, unit: &str| value.map_or("-".to_owned(), |v| format!("{v}{unit}"));
+    let option =
+        |value: Option<u32>, unit: &str| value.map_or("-".to_owned(), |v| format!("{v}{unit}"));
     match &entry.health {
         Some(health) => {
             let _ = writeln!(
@@ -171,7 +180,11 @@ fn render_entry(text: &mut String, entry: &GpuEntry) {
                 option(health.sm_utilisation_pct, "%")
             );
             if !health.throttle_reasons.is_empty() {
-                let _ = writeln!(text, "  throttle     {}", health.throttle_reasons.join(", "));
+                let _ = writeln!(
+                    text,
+                    "  throttle     {}",
+                    health.throttle_reasons.join(", ")
+                );
             }
             if let Some(ecc) = &health.ecc {
                 let _ = writeln!(
@@ -233,10 +246,12 @@ pub fn render(report: &GpusReport) -> String {
 }
 
 /// Runs `plinthctl challenge`.
-pub async fn run_challenge(client: &AdminClient, command: ChallengeCommand) -> Result<(), CtlError> {
+pub async fn run_challenge(
+    client: &AdminClient,
+    command: ChallengeCommand,
+) -> Result<(), CtlError> {
     let ChallengeCommand::Run(args) = command;
-    let challenger =
-        Challenger::new(args.n, args.deadline_ms).map_err(GpusCtlError::Challenge)?;
+    let challenger = Challenger::new(args.n, args.deadline_ms).map_err(GpusCtlError::Challenge)?;
     let start = StartChallenge {
         seed: challenger.request.seed,
         n: challenger.request.n,

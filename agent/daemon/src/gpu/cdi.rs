@@ -135,7 +135,10 @@ mod tests {
             ]
         );
         assert!(map.uuids_of("vendor.com/fpga=0").is_empty());
-        assert_eq!(map.uuids_of("nvidia.com/gpu=all"), ["GPU-test-0", "GPU-test-1"]);
+        assert_eq!(
+            map.uuids_of("nvidia.com/gpu=all"),
+            ["GPU-test-0", "GPU-test-1"]
+        );
         assert!(map.hint().is_none());
         let empty = CdiMap::from_names(Vec::new(), &[PathBuf::from("/etc/cdi")], &inventory);
         assert!(empty.hint().unwrap().contains("nvidia-ctk cdi generate"));

@@ -138,11 +138,11 @@ impl std::fmt::Debug for Challenges {
 
 fn new_id() -> Result<String, ChallengeApiError> {
     let mut bytes = [0u8; 12];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).map_err(
-        |_| ChallengeApiError::Prover {
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).map_err(|_| {
+        ChallengeApiError::Prover {
             detail: "the system random number generator failed".to_owned(),
-        },
-    )?;
+        }
+    })?;
     Ok(format!("ch-{}", hex::encode(bytes)))
 }
 
@@ -159,7 +159,10 @@ impl Challenges {
         if request.n > MAX_AGENT_N {
             return Err(ChallengeApiError::Invalid {
                 field: "n".to_owned(),
-                reason: format!("{} is larger than this agent's limit {MAX_AGENT_N}", request.n),
+                reason: format!(
+                    "{} is larger than this agent's limit {MAX_AGENT_N}",
+                    request.n
+                ),
             });
         }
         Ok(())
@@ -251,10 +254,16 @@ mod tests {
         let mut request = Challenger::new(128, 1000).unwrap().request;
         request.n = 100;
         let err = challenges.round1(&CpuProver, &request).unwrap_err();
-        assert!(matches!(&err, ChallengeApiError::Invalid { field, .. } if field == "n"), "{err}");
+        assert!(
+            matches!(&err, ChallengeApiError::Invalid { field, .. } if field == "n"),
+            "{err}"
+        );
         request.n = MAX_AGENT_N + 64;
         let err = challenges.round1(&CpuProver, &request).unwrap_err();
-        assert!(matches!(&err, ChallengeApiError::Invalid { field, .. } if field == "n"), "{err}");
+        assert!(
+            matches!(&err, ChallengeApiError::Invalid { field, .. } if field == "n"),
+            "{err}"
+        );
         request.n = 64;
         let commitment = challenges.round1(&CpuProver, &request).unwrap();
         let open = OpenRequest {
@@ -262,14 +271,20 @@ mod tests {
             rows: vec![3, 3],
         };
         let err = challenges.round2(&commitment.id, &open).unwrap_err();
-        assert!(matches!(&err, ChallengeApiError::Invalid { field, .. } if field == "rows[1]"), "{err}");
+        assert!(
+            matches!(&err, ChallengeApiError::Invalid { field, .. } if field == "rows[1]"),
+            "{err}"
+        );
         // Still pending after the malformed round 2.
         let open = OpenRequest {
             r_seed: Hex32([0; 32]),
             rows: vec![3],
         };
         assert!(challenges.round2(&commitment.id, &open).is_ok());
-        assert!(matches!(parse_device("gpu:x"), Err(ChallengeApiError::Invalid { .. })));
+        assert!(matches!(
+            parse_device("gpu:x"),
+            Err(ChallengeApiError::Invalid { .. })
+        ));
         assert_eq!(parse_device("gpu:3").unwrap(), Device::Gpu(3));
     }
 }

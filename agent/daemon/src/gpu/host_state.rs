@@ -21,7 +21,10 @@ pub fn nvlink_domains(inventory: &[GpuInventory]) -> Vec<u32> {
         changed = false;
         for (position, gpu) in inventory.iter().enumerate() {
             for peer_bus in &gpu.nvlink_peers {
-                if let Some(peer) = inventory.iter().position(|other| &other.pci_bus_id == peer_bus) {
+                if let Some(peer) = inventory
+                    .iter()
+                    .position(|other| &other.pci_bus_id == peer_bus)
+                {
                     let lowest = domain[position].min(domain[peer]);
                     if domain[position] != lowest || domain[peer] != lowest {
                         domain[position] = lowest;
@@ -39,7 +42,8 @@ impl GpuService {
     /// The plugins' `host-state`: every GPU in index order, the running jobs.
     pub fn host_state(&self) -> HostState {
         let report = self.report();
-        let running: Vec<Vec<String>> = super::notices::running_job_devices(&self.store).unwrap_or_default();
+        let running: Vec<Vec<String>> =
+            super::notices::running_job_devices(&self.store).unwrap_or_default();
         let domains = nvlink_domains(&self.inventory);
         let mut total_utilisation = 0u32;
         let gpus: Vec<Gpu> = report

@@ -31,7 +31,9 @@ pub struct Sample {
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        })
 }
 
 /// The usage of one GPU over `[start_ms, end_ms]` from its readings, or why there is
@@ -56,10 +58,9 @@ pub fn usage_from_samples(
     }
     let period_ms = end_ms.saturating_sub(start_ms);
     let measured = last.1.saturating_sub(first.1);
-    let energy_mj = u64::try_from(
-        u128::from(measured) * u128::from(period_ms) / u128::from(last.0 - first.0),
-    )
-    .unwrap_or(u64::MAX);
+    let energy_mj =
+        u64::try_from(u128::from(measured) * u128::from(period_ms) / u128::from(last.0 - first.0))
+            .unwrap_or(u64::MAX);
     let utilisation: Vec<u32> = samples.iter().filter_map(|sample| sample.sm_pct).collect();
     let utilisation_pct = if utilisation.is_empty() {
         0
@@ -143,7 +144,11 @@ mod tests {
     #[test]
     fn energy_is_scaled_to_the_period_and_utilisation_averaged() {
         // 10 s of readings, 3 kJ, inside a 20 s period: 6 kJ.
-        let samples = [sample(1_000, 0, 80), sample(6_000, 1_500_000, 90), sample(11_000, 3_000_000, 100)];
+        let samples = [
+            sample(1_000, 0, 80),
+            sample(6_000, 1_500_000, 90),
+            sample(11_000, 3_000_000, 100),
+        ];
         let entry = usage_from_samples("GPU-a", &samples, 0, 20_000).unwrap();
         assert_eq!(entry.energy_mj, 6_000_000);
         assert_eq!(entry.utilisation_pct, 90);

@@ -22,11 +22,11 @@
 pub mod cdi;
 pub mod challenge;
 pub mod cuda;
+#[cfg(any(test, feature = "test-doubles"))]
+pub mod double;
 pub mod drain;
 pub mod host_state;
 pub mod meter;
-#[cfg(any(test, feature = "test-doubles"))]
-pub mod double;
 pub mod nvml;
 pub mod policy;
 
@@ -320,7 +320,9 @@ impl GpuService {
                 while !poller.stop.load(Ordering::Relaxed) {
                     poller.poll_once();
                     let (flag, condvar) = &poller.wake;
-                    let guard = flag.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let guard = flag
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
                     let _ = condvar
                         .wait_timeout_while(guard, poller.settings.poll_interval, |woken| !*woken)
                         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -357,7 +359,9 @@ impl GpuService {
         self.stop.store(true, Ordering::Relaxed);
         {
             let (flag, condvar) = &self.wake;
-            *flag.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = true;
+            *flag
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = true;
             condvar.notify_all();
         }
         let handles: Vec<JoinHandle<()>> = std::mem::take(
@@ -488,7 +492,13 @@ impl GpuService {
         let Some(gpu) = self.inventory.get(position) else {
             return;
         };
-        match drain::drain(&self.store, &gpu.uuid, gpu.index, reason, DrainSource::Policy) {
+        match drain::drain(
+            &self.store,
+            &gpu.uuid,
+            gpu.index,
+            reason,
+            DrainSource::Policy,
+        ) {
             Ok(true) => {
                 tracing::warn!(index = gpu.index, uuid = %gpu.uuid, %reason, "GPU drained");
                 self.tell_jobs(gpu, reason);
@@ -572,7 +582,11 @@ impl GpuService {
     ) -> Result<plinth_attestation::challenge::Transcript, GpuError> {
         let position = self.position_of_index(index)?;
         let gpu = &self.inventory[position];
-        if self.lock_states().get(position).is_some_and(|state| state.lost) {
+        if self
+            .lock_states()
+            .get(position)
+            .is_some_and(|state| state.lost)
+        {
             return Err(GpuError::BurnIn {
                 index,
                 detail: "the GPU is lost; it needs a reset or a reboot first".to_owned(),
@@ -655,7 +669,12 @@ impl GpuService {
     }
 
     /// The readings of the GPU with `uuid` between `start_ms` and `end_ms`.
-    fn samples_between(&self, uuid: &str, start_ms: u64, end_ms: u64) -> Option<Vec<meter::Sample>> {
+    fn samples_between(
+        &self,
+        uuid: &str,
+        start_ms: u64,
+        end_ms: u64,
+    ) -> Option<Vec<meter::Sample>> {
         let position = self.position_of_uuid(uuid)?;
         let states = self.lock_states();
         let state = states.get(position)?;
@@ -693,7 +712,9 @@ impl GpuService {
                 health_error: state.and_then(|state| state.health_error.clone()),
                 lost: state.is_some_and(|state| state.lost),
                 drain,
-                counters: state.map(|state| state.counters.clone()).unwrap_or_default(),
+                counters: state
+                    .map(|state| state.counters.clone())
+                    .unwrap_or_default(),
                 cdi_names: self.cdi.names_of(gpu),
             });
         }
@@ -736,7 +757,10 @@ pub mod notices {
 
     /// The CDI devices of every running or preparing job.
     pub fn running_job_devices(store: &Store) -> Result<Vec<Vec<String>>, DrainError> {
-        Ok(running_jobs(store)?.into_iter().map(|(_, devices)| devices).collect())
+        Ok(running_jobs(store)?
+            .into_iter()
+            .map(|(_, devices)| devices)
+            .collect())
     }
 
     /// Ids of running or preparing jobs whose devices include one of `names`.
@@ -754,9 +778,7 @@ pub mod notices {
     fn running_jobs(store: &Store) -> Result<Vec<(String, Vec<String>)>, DrainError> {
         let connection = store.connection();
         let mut statement = connection
-            .prepare(
-                "SELECT id, gpu_devices FROM jobs WHERE state IN ('preparing', 'running')",
-            )
+            .prepare("SELECT id, gpu_devices FROM jobs WHERE state IN ('preparing', 'running')")
             .map_err(db("find the jobs holding"))?;
         let rows = statement
             .query_map([], |row| {
@@ -785,13 +807,18 @@ pub mod notices {
     }
 
     /// The notices of one job, oldest first: (uuid, reason, at).
-    pub fn of_job(store: &Store, job_id: &str) -> Result<Vec<(String, String, String)>, DrainError> {
+    pub fn of_job(
+        store: &Store,
+        job_id: &str,
+    ) -> Result<Vec<(String, String, String)>, DrainError> {
         let connection = store.connection();
         let mut statement = connection
             .prepare("SELECT uuid, reason, at FROM gpu_job_notices WHERE job_id = ?1 ORDER BY id")
             .map_err(db("read the notices of"))?;
         let rows = statement
-            .query_map(params![job_id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .query_map(params![job_id], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })
             .map_err(db("read the notices of"))?;
         rows.collect::<Result<Vec<_>, _>>()
             .map_err(db("read the notices of"))

@@ -206,7 +206,9 @@ mod real {
 
     impl std::fmt::Debug for NvmlLibrary {
         fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            formatter.debug_struct("NvmlLibrary").finish_non_exhaustive()
+            formatter
+                .debug_struct("NvmlLibrary")
+                .finish_non_exhaustive()
         }
     }
 
@@ -257,10 +259,7 @@ mod real {
         }
 
         fn inventory(&self) -> Result<Vec<GpuInventory>, NvmlError> {
-            let count = self
-                .nvml
-                .device_count()
-                .map_err(query("device_count", 0))?;
+            let count = self.nvml.device_count().map_err(query("device_count", 0))?;
             let driver_version = self
                 .nvml
                 .sys_driver_version()
@@ -401,11 +400,7 @@ mod real {
                     index,
                 )?,
                 sm_clock_mhz: optional(device.clock_info(Clock::SM), "clock_info", index)?,
-                memory_clock_mhz: optional(
-                    device.clock_info(Clock::Memory),
-                    "clock_info",
-                    index,
-                )?,
+                memory_clock_mhz: optional(device.clock_info(Clock::Memory), "clock_info", index)?,
                 throttle_reasons,
                 ecc,
                 retired_pages,

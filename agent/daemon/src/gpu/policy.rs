@@ -93,7 +93,10 @@ mod tests {
     #[test]
     fn fatal_xids_drain_application_xids_count_others_note() {
         for code in [48, 63, 64, 74, 79, 92, 94, 95] {
-            assert!(matches!(classify(&GpuEventKind::Xid { code }), Verdict::Drain(_)));
+            assert!(matches!(
+                classify(&GpuEventKind::Xid { code }),
+                Verdict::Drain(_)
+            ));
         }
         for code in [13, 31, 43, 45, 68] {
             assert_eq!(

@@ -129,7 +129,17 @@ fn inventory_and_health_are_reported_for_every_gpu() {
     );
     assert_eq!(report.gpus[1].inventory.uuid, "GPU-test-1");
     assert_eq!(report.gpus[1].inventory.name, "NVIDIA H200");
-    assert_eq!(report.gpus[1].health.as_ref().unwrap().ecc.as_ref().unwrap().volatile_corrected, 3);
+    assert_eq!(
+        report.gpus[1]
+            .health
+            .as_ref()
+            .unwrap()
+            .ecc
+            .as_ref()
+            .unwrap()
+            .volatile_corrected,
+        3
+    );
     // No CDI spec: the report says how to create one.
     assert!(report.cdi_hint.unwrap().contains("nvidia-ctk cdi generate"));
     assert_eq!(
@@ -150,7 +160,10 @@ fn an_xid_sequence_counts_application_faults_and_drains_on_the_fatal_one() {
         });
     }
     let report = service.report();
-    assert!(report.gpus[0].drain.is_none(), "application XIDs do not drain");
+    assert!(
+        report.gpus[0].drain.is_none(),
+        "application XIDs do not drain"
+    );
     assert_eq!(report.gpus[0].counters.application_xids.get(&13), Some(&2));
     assert_eq!(report.gpus[0].counters.application_xids.get(&31), Some(&1));
     assert_eq!(report.gpus[0].counters.other_xids.get(&61), Some(&1));
@@ -169,7 +182,14 @@ fn an_xid_sequence_counts_application_faults_and_drains_on_the_fatal_one() {
     assert_eq!(drain.source, DrainSource::Policy);
     assert_eq!(report.gpus[0].counters.fatal_events, 2);
     assert!(report.gpus[1].drain.is_none(), "the other GPU still serves");
-    assert_eq!(service.summary(), GpuSummary { total: 2, healthy: 1, drained: 1 });
+    assert_eq!(
+        service.summary(),
+        GpuSummary {
+            total: 2,
+            healthy: 1,
+            drained: 1
+        }
+    );
     assert_eq!(drain::log(&host.store, "GPU-test-0").unwrap().len(), 1);
 }
 
@@ -185,7 +205,14 @@ fn an_ecc_storm_and_an_uncorrectable_error_drain() {
     host.nvml.set_health("GPU-test-1", with_ecc(20, 0));
     service.poll_once();
     let report = service.report();
-    assert!(report.gpus[0].drain.as_ref().unwrap().reason.contains("ECC storm"));
+    assert!(
+        report.gpus[0]
+            .drain
+            .as_ref()
+            .unwrap()
+            .reason
+            .contains("ECC storm")
+    );
     assert!(report.gpus[1].drain.is_none());
     // An uncorrectable error event on GPU 1.
     service.process_event(&super::nvml::GpuEvent {
@@ -204,12 +231,14 @@ fn an_ecc_storm_and_an_uncorrectable_error_drain() {
     service.poll_once();
     other.nvml.set_health("GPU-test-0", with_ecc(0, 1));
     service.poll_once();
-    assert!(service.report().gpus[0]
-        .drain
-        .as_ref()
-        .unwrap()
-        .reason
-        .contains("uncorrectable ECC errors: 1"));
+    assert!(
+        service.report().gpus[0]
+            .drain
+            .as_ref()
+            .unwrap()
+            .reason
+            .contains("uncorrectable ECC errors: 1")
+    );
 }
 
 #[test]
@@ -238,9 +267,15 @@ fn operator_drain_and_undrain_are_recorded_and_survive_a_restart() {
         .collect();
     assert_eq!(
         actions,
-        [("drain", "fan noise, RMA pending"), ("undrain", "fan replaced")]
+        [
+            ("drain", "fan noise, RMA pending"),
+            ("undrain", "fan replaced")
+        ]
     );
-    assert!(log.iter().all(|entry| entry.source == DrainSource::Operator));
+    assert!(
+        log.iter()
+            .all(|entry| entry.source == DrainSource::Operator)
+    );
 }
 
 #[test]
@@ -296,14 +331,27 @@ fn a_gpu_vanishing_mid_job_is_drained_and_the_job_is_told() {
     let service = host.started();
     assert_eq!(
         service.report().gpus[0].cdi_names,
-        ["nvidia.com/gpu=0", "nvidia.com/gpu=GPU-test-0", "nvidia.com/gpu=all"]
+        [
+            "nvidia.com/gpu=0",
+            "nvidia.com/gpu=GPU-test-0",
+            "nvidia.com/gpu=all"
+        ]
     );
     assert!(service.report().cdi_hint.is_none());
     host.nvml.lose("GPU-test-0");
-    wait_for("the lost GPU to be drained", || service.is_drained("GPU-test-0"));
+    wait_for("the lost GPU to be drained", || {
+        service.is_drained("GPU-test-0")
+    });
     let report = service.report();
     assert!(report.gpus[0].lost);
-    assert!(report.gpus[0].drain.as_ref().unwrap().reason.contains("lost"));
+    assert!(
+        report.gpus[0]
+            .drain
+            .as_ref()
+            .unwrap()
+            .reason
+            .contains("lost")
+    );
     assert!(!report.gpus[1].lost && report.gpus[1].drain.is_none());
     // The job holding it is told, through its log and its record; the other is not.
     wait_for("the notice", || {
@@ -314,11 +362,17 @@ fn a_gpu_vanishing_mid_job_is_drained_and_the_job_is_told() {
     assert!(notices::of_job(&host.store, "job-b").unwrap().is_empty());
     assert!(!host.dir.path().join("jobs/job-b/gpu.log").exists());
     // Withdrawn from scheduling: every name that reaches it is refused, others pass.
-    for name in ["nvidia.com/gpu=0", "nvidia.com/gpu=GPU-test-0", "nvidia.com/gpu=all"] {
+    for name in [
+        "nvidia.com/gpu=0",
+        "nvidia.com/gpu=GPU-test-0",
+        "nvidia.com/gpu=all",
+    ] {
         let refused = service.check_devices(&[name.to_owned()]).unwrap_err();
         assert!(refused.contains("drained"), "{refused}");
     }
-    service.check_devices(&["nvidia.com/gpu=1".to_owned()]).unwrap();
+    service
+        .check_devices(&["nvidia.com/gpu=1".to_owned()])
+        .unwrap();
     assert_eq!(service.serving().len(), 1);
     // A lost GPU cannot be burnt in until it is reset.
     assert!(service.burn_in(0, &CpuProver).is_err());
@@ -330,8 +384,10 @@ fn a_gpu_vanishing_mid_job_is_drained_and_the_job_is_told() {
 fn events_reach_the_policy_through_the_event_thread() {
     let host = Host::new(1);
     let service = host.started();
-    host.nvml.push_event("GPU-test-0", GpuEventKind::Xid { code: 13 });
-    host.nvml.push_event("GPU-test-0", GpuEventKind::Xid { code: 64 });
+    host.nvml
+        .push_event("GPU-test-0", GpuEventKind::Xid { code: 13 });
+    host.nvml
+        .push_event("GPU-test-0", GpuEventKind::Xid { code: 64 });
     wait_for("the XID 64 drain", || service.is_drained("GPU-test-0"));
     assert_eq!(
         service.report().gpus[0].counters.application_xids.get(&13),
@@ -351,7 +407,10 @@ fn a_host_without_a_driver_runs_cpu_only_and_says_why() {
     let report = service.report();
     assert!(report.cpu_only.unwrap().contains("libnvidia-ml"));
     assert_eq!(report.summary, GpuSummary::default());
-    assert!(matches!(service.drain(0, "x"), Err(super::GpuError::NoSuchGpu { .. })));
+    assert!(matches!(
+        service.drain(0, "x"),
+        Err(super::GpuError::NoSuchGpu { .. })
+    ));
     // A driver that finds no GPU is CPU-only too.
     let empty = GpuService::start(
         Ok(host.nvml.clone() as Arc<dyn NvmlBackend>),
@@ -371,7 +430,10 @@ fn the_real_backend_on_this_host_never_panics() {
         }
         Err(reason) => println!("skipping the NVML inventory: {reason}"),
     }
-    println!("CUDA libraries present: {}", super::cuda::libraries_present());
+    println!(
+        "CUDA libraries present: {}",
+        super::cuda::libraries_present()
+    );
 }
 
 #[test]
