@@ -113,7 +113,7 @@ pub fn root_from_proof(
         let carried = position == width - 1 && width % 2 == 1;
         if !carried {
             let sibling = siblings.next()?;
-            hash = if position % 2 == 0 {
+            hash = if position.is_multiple_of(2) {
                 node(&hash, sibling)
             } else {
                 node(sibling, &hash)

@@ -92,7 +92,7 @@ pub struct ChallengeRequest {
 impl ChallengeRequest {
     /// Checks the size (field `n`) and the deadline (`deadline_ms`).
     pub fn validate(&self) -> Result<(), TranscriptError> {
-        if self.n == 0 || self.n % N_MULTIPLE != 0 || self.n > MAX_N {
+        if self.n == 0 || !self.n.is_multiple_of(N_MULTIPLE) || self.n > MAX_N {
             return Err(TranscriptError::invalid(
                 "n",
                 format!(

@@ -275,11 +275,14 @@ fn a_revealed_r_seed_that_was_not_committed_fails() {
     assert_eq!(failed(&appraisal), ["challenge.openings"]);
 }
 
+/// A change to a transcript's JSON.
+type Mutation = Box<dyn Fn(&mut serde_json::Value)>;
+
 #[test]
 fn malformed_transcripts_name_the_field() {
     let transcript = challenge::run_local(&CpuProver, 64, DEADLINE_MS, 8).unwrap();
     let value = serde_json::to_value(&transcript).unwrap();
-    let cases: Vec<(Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+    let cases: Vec<(Mutation, &str)> = vec![
         (
             Box::new(|v| v["format"] = "plinth-challenge/2".into()),
             "format",
@@ -326,7 +329,7 @@ fn malformed_transcripts_name_the_field() {
         let appraisal = challenge::verify(&parsed, &lenient());
         assert_eq!(failed(&appraisal), ["challenge.structure"]);
     }
-    let parse_cases: Vec<(Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+    let parse_cases: Vec<(Mutation, &str)> = vec![
         (
             Box::new(|v| v["challenge"]["seed"] = "zz".into()),
             "challenge.seed",
