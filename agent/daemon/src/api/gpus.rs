@@ -73,24 +73,18 @@ fn gpu_failure(err: &GpuError) -> Response {
     error_response(status, crate::error_chain(err))
 }
 
-fn parse_index(text: &str) -> Result<u32, Response> {
-    text.parse().map_err(|_| {
-        error_response(
-            StatusCode::BAD_REQUEST,
-            format!("index: '{text}' is not a GPU index"),
-        )
-    })
+/// The index in the path, or the 400 message.
+fn parse_index(text: &str) -> Result<u32, String> {
+    text.parse()
+        .map_err(|_| format!("index: '{text}' is not a GPU index"))
 }
 
-fn parse_reason(body: &[u8]) -> Result<String, Response> {
-    let request: DrainRequest =
-        parse_json(body).map_err(|err| error_response(StatusCode::BAD_REQUEST, err.to_string()))?;
+/// The non-empty reason of a drain or undrain body, or the 400 message.
+fn parse_reason(body: &[u8]) -> Result<String, String> {
+    let request: DrainRequest = parse_json(body).map_err(|err| err.to_string())?;
     let reason = request.reason.trim().to_owned();
     if reason.is_empty() {
-        return Err(error_response(
-            StatusCode::BAD_REQUEST,
-            "reason: must not be empty (it is recorded)",
-        ));
+        return Err("reason: must not be empty (it is recorded)".to_owned());
     }
     Ok(reason)
 }
@@ -112,14 +106,11 @@ async fn undrain(
 }
 
 async fn set_drain(state: SharedState, index: &str, body: &[u8], drained: bool) -> Response {
-    let index = match parse_index(index) {
-        Ok(index) => index,
-        Err(response) => return response,
-    };
-    let reason = match parse_reason(body) {
-        Ok(reason) => reason,
-        Err(response) => return response,
-    };
+    let (index, reason) =
+        match parse_index(index).and_then(|index| Ok((index, parse_reason(body)?))) {
+            Ok(parsed) => parsed,
+            Err(message) => return error_response(StatusCode::BAD_REQUEST, message),
+        };
     let gpus = state.gpus.clone();
     let outcome = tokio::task::spawn_blocking(move || {
         if drained {
