@@ -86,7 +86,8 @@ pub enum CtlCommand {
     /// Attestation: a signed evidence bundle for a verifier's nonce (`--nonce HEX`),
     /// and AK enrollment (`enroll`, `activate`).
     Attest(crate::ctl::attest::AttestArgs),
-    /// GPUs: inventory, health and drain state; `drain|undrain INDEX --reason TEXT`.
+    /// GPUs: inventory, health and drain state; `drain|undrain INDEX --reason TEXT`,
+    /// `burn-in INDEX`.
     Gpus(crate::ctl::gpus::GpusArgs),
     /// The capacity challenge: `run --n N [--device cpu|gpu:IDX] -o transcript.json`.
     Challenge {

@@ -187,5 +187,7 @@ fn gpus_status_challenge_and_malformed_requests_through_the_agent() {
         let output = node.ctl(&["gpus", "drain", "0", "--reason", "test"]);
         assert!(!output.status.success());
         assert!(String::from_utf8_lossy(&output.stderr).contains("no GPU with index 0"));
+        let (status, message) = post(&client, "/v1/gpus/0/burn-in", "{}").unwrap_err();
+        assert_eq!(status, StatusCode::NOT_FOUND, "{message}");
     }
 }

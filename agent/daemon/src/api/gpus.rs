@@ -4,6 +4,8 @@
 //! - `GET /v1/gpus`: [`crate::gpu::GpusReport`] (inventory, health, drain state,
 //!   counters, CDI names; `cpu_only` says why a host has none);
 //! - `POST /v1/gpus/{index}/drain` and `/undrain` `{"reason": TEXT}` (recorded);
+//! - `POST /v1/gpus/{index}/burn-in`: a capacity challenge on that GPU's prover; a
+//!   drained GPU whose burn-in passes returns to service (answers the transcript);
 //! - `POST /v1/challenges` ([`StartChallenge`]): round 1, answers the
 //!   `Commitment` once C is computed and committed;
 //! - `POST /v1/challenges/{id}/open` (`OpenRequest`): round 2, answers `C·r` and the
@@ -52,6 +54,7 @@ pub fn routes() -> Router<SharedState> {
         .route("/v1/gpus", get(list))
         .route("/v1/gpus/{index}/drain", post(drain))
         .route("/v1/gpus/{index}/undrain", post(undrain))
+        .route("/v1/gpus/{index}/burn-in", post(burn_in))
         .route("/v1/challenges", post(start_challenge))
         .route("/v1/challenges/{id}/open", post(open_challenge))
 }
@@ -127,6 +130,37 @@ async fn set_drain(state: SharedState, index: &str, body: &[u8], drained: bool) 
             drained,
         })
         .into_response(),
+        Ok(Err(err)) => gpu_failure(&err),
+        Err(err) => error_response(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+    }
+}
+
+async fn burn_in(State(state): State<SharedState>, Path(index): Path<String>) -> Response {
+    let index = match parse_index(&index) {
+        Ok(index) => index,
+        Err(message) => return error_response(StatusCode::BAD_REQUEST, message),
+    };
+    let Some(gpu) = state
+        .gpus
+        .inventory()
+        .iter()
+        .find(|gpu| gpu.index == index)
+        .cloned()
+    else {
+        return gpu_failure(&GpuError::NoSuchGpu {
+            index,
+            count: state.gpus.inventory().len(),
+        });
+    };
+    // A burn-in runs on the drained GPU itself, so the drain check of challenges does
+    // not apply.
+    let prover = match gpu_prover(index, &gpu.name) {
+        Ok(prover) => prover,
+        Err(err) => return challenge_failure(&err),
+    };
+    let gpus = state.gpus.clone();
+    match tokio::task::spawn_blocking(move || gpus.burn_in(index, prover.as_ref())).await {
+        Ok(Ok(transcript)) => Json(transcript).into_response(),
         Ok(Err(err)) => gpu_failure(&err),
         Err(err) => error_response(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
     }

@@ -53,6 +53,12 @@ pub enum GpusCommand {
         #[arg(long)]
         reason: String,
     },
+    /// Run a burn-in (a capacity challenge on the GPU); a drained GPU that passes returns
+    /// to service (recorded).
+    BurnIn {
+        /// The GPU's index.
+        index: u32,
+    },
     /// Return a drained GPU to service (recorded).
     Undrain {
         /// The GPU's index.
@@ -99,6 +105,20 @@ pub async fn run(client: &AdminClient, args: GpusArgs) -> Result<(), CtlError> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", render(&report));
+            }
+            return Ok(());
+        }
+        Some(GpusCommand::BurnIn { index }) => {
+            let transcript: challenge::Transcript = client
+                .post(&format!("/v1/gpus/{index}/burn-in"), &serde_json::json!({}))
+                .await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&transcript)?);
+            } else {
+                println!(
+                    "GPU {index}: burn-in passed (n = {}, {} ms); in service",
+                    transcript.challenge.n, transcript.commitment.compute_ms
+                );
             }
             return Ok(());
         }
