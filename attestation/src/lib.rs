@@ -15,6 +15,8 @@
 //! - [`check`]: the named pass/fail checks every verifier returns.
 //! - [`bundle`]: the signed evidence bundle (`plinth-evidence/1`) that binds all of it to one nonce.
 //! - [`canonical`]: the canonical JSON that bundles and receipts sign.
+//! - [`challenge`]: the GPU capacity challenge (`plinth-challenge/1`): PRG, Merkle
+//!   commitment, Freivalds verifier, the CPU prover and the capacity policy.
 //!
 //! - [`collect`]: the agent's side, the collectors (TPM, SEV-SNP, NVIDIA). Whatever
 //!   needs a hardware library (tss-esapi, the `sev` ioctls, NVML) sits behind a cargo
@@ -24,6 +26,7 @@
 pub mod bundle;
 pub mod bytes;
 pub mod canonical;
+pub mod challenge;
 pub mod check;
 pub mod cli;
 pub mod collect;

@@ -65,6 +65,8 @@ pub struct Policy {
     pub ear: EarPolicy,
     /// What a fleet auditor requires of evidence bundles.
     pub fleet: FleetPolicy,
+    /// The capacity challenge: GPU models' peak int8 throughput and memory, deadlines.
+    pub challenge: crate::challenge::ChallengePolicy,
 }
 
 impl Policy {

@@ -107,6 +107,25 @@ pub struct ReceiptUsage {
     pub gpu_energy_mj: Option<u64>,
     /// Why GPU figures are absent, when they are.
     pub gpu_absent_reason: Option<String>,
+    /// Per-GPU facts of the period, when measured (NVML). Omitted (not `null`) when
+    /// absent, so receipts issued before the field existed keep their canonical bytes
+    /// and verify unchanged; `gpu_absent_reason` says why when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<Vec<ReceiptGpu>>,
+}
+
+/// What a receipt says about one GPU the job held.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiptGpu {
+    /// The GPU's uuid (`GPU-...`).
+    pub uuid: String,
+    /// Milliseconds the job held it in the period.
+    pub gpu_ms: u64,
+    /// Mean SM utilisation over the period, percent.
+    pub mean_sm_util_pct: u32,
+    /// Energy over the period, joules (NVML's total-energy counter).
+    pub energy_j: u64,
 }
 
 /// The price of the period.
@@ -656,6 +675,7 @@ mod tests {
                 gpu_ms: None,
                 gpu_energy_mj: None,
                 gpu_absent_reason: Some("no GPU assigned".into()),
+                gpus: None,
             },
             price: ReceiptPrice {
                 amount_micros: 1500,
@@ -756,6 +776,48 @@ mod tests {
         let mut bad = new;
         bad.image.as_mut().unwrap().manifest_digest = "latest".into();
         assert!(bad.check_fields().is_err());
+    }
+
+    #[test]
+    fn receipts_with_and_without_per_gpu_facts_verify() {
+        let key = key(8);
+        let old = make(&key, 1, GENESIS_HASH, "a", ReceiptKind::Final, 1000, 2000);
+        let text = serde_json::to_string(&old).unwrap();
+        assert!(!text.contains("\"gpus\""), "{text}");
+        let mut new = make(
+            &key,
+            2,
+            &old.hash().unwrap(),
+            "b",
+            ReceiptKind::Final,
+            1000,
+            2000,
+        );
+        new.usage.gpu_ms = Some(2000);
+        new.usage.gpu_energy_mj = Some(1_400_000);
+        new.usage.gpu_absent_reason = None;
+        new.usage.gpus = Some(vec![
+            ReceiptGpu {
+                uuid: "GPU-a".into(),
+                gpu_ms: 1000,
+                mean_sm_util_pct: 97,
+                energy_j: 700,
+            },
+            ReceiptGpu {
+                uuid: "GPU-b".into(),
+                gpu_ms: 1000,
+                mean_sm_util_pct: 95,
+                energy_j: 700,
+            },
+        ]);
+        new.sign_with(|bytes| key.sign(bytes).as_ref().try_into().unwrap())
+            .unwrap();
+        verify_ledger(&lines(&[old, new.clone()]), &options(&key)).unwrap();
+        let parsed = Receipt::from_json(&serde_json::to_vec(&new).unwrap()).unwrap();
+        assert_eq!(parsed.usage.gpus, new.usage.gpus);
+        let mut forged = new;
+        forged.usage.gpus.as_mut().unwrap()[0].energy_j = 1;
+        assert!(forged.verify_signature().is_err());
     }
 
     #[test]

@@ -86,6 +86,15 @@ pub enum CtlCommand {
     /// Attestation: a signed evidence bundle for a verifier's nonce (`--nonce HEX`),
     /// and AK enrollment (`enroll`, `activate`).
     Attest(crate::ctl::attest::AttestArgs),
+    /// GPUs: inventory, health and drain state; `drain|undrain INDEX --reason TEXT`,
+    /// `burn-in INDEX`.
+    Gpus(crate::ctl::gpus::GpusArgs),
+    /// The capacity challenge: `run --n N [--device cpu|gpu:IDX] -o transcript.json`.
+    Challenge {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::ctl::gpus::ChallengeCommand,
+    },
     /// Print shell completions for plinthctl.
     Completions {
         /// The shell.

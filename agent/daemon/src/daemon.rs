@@ -132,7 +132,14 @@ pub async fn run(loaded: LoadedConfig, options: RunOptions) -> Result<(), Daemon
     if identity.was_created() {
         tracing::info!(public_key = %identity.public_key_hex(), path = %identity.path().display(), "created node key");
     }
-    let jobs = crate::jobs::start(&config, store.clone(), identity.clone());
+    // The real driver only (NVML loaded at run time); none means CPU-only, logged.
+    let gpus = crate::gpu::GpuService::start(
+        crate::gpu::GpuService::detect(),
+        store.clone(),
+        crate::gpu::GpuSettings::from_config(&config),
+    );
+    let jobs =
+        crate::jobs::start_with_gpu_meter(&config, store.clone(), identity.clone(), gpus.meter());
     let plugins = crate::plugins::start(&config);
     let hardware = Hardware::detect();
     tracing::info!(summary = %hardware.summary, "hardware detected");
@@ -169,6 +176,7 @@ pub async fn run(loaded: LoadedConfig, options: RunOptions) -> Result<(), Daemon
         jobs: jobs.as_ref().map(|jobs| jobs.manager.clone()),
         plugins: plugins.clone(),
         attestation,
+        gpus: gpus.clone(),
     });
     let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
@@ -217,6 +225,7 @@ pub async fn run(loaded: LoadedConfig, options: RunOptions) -> Result<(), Daemon
     if let Some(jobs) = &jobs {
         jobs.stop();
     }
+    gpus.shutdown();
     match tokio::time::timeout(Duration::from_secs(10), &mut server).await {
         Ok(_) => {}
         Err(_) => tracing::warn!("in-flight requests did not finish within 10 s; closing"),

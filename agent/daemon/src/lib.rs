@@ -11,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod ctl;
 pub mod daemon;
+pub mod gpu;
 pub mod hardware;
 pub mod identity;
 pub mod jobs;

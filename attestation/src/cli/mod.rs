@@ -3,7 +3,8 @@
 //! `main.rs` only parses arguments with [`Cli`], calls [`run`] and maps the
 //! outcome to an exit code: 0 verified, 1 evidence rejected, 2 bad usage.
 //! Evidence bundles (`bundle`, `batch`) are in [`bundle`], AK enrollment
-//! (`enroll challenge|finish`) in [`enroll`].
+//! (`enroll challenge|finish`) in [`enroll`]. `challenge` re-checks a capacity-challenge
+//! transcript ([`crate::challenge`]) against the policy's `[challenge]` section.
 //!
 //! Evidence that does not parse (a truncated report, a quote with trailing
 //! bytes, a VCEK that is not X.509) is a verdict, not a usage error: the
@@ -124,6 +125,16 @@ pub enum Command {
     Batch(BatchArgs),
     /// Enroll an AK: issue a credential challenge, then check the answer.
     Enroll(EnrollArgs),
+    /// Re-check a saved capacity-challenge transcript (`plinthctl challenge run -o`).
+    Challenge(ChallengeArgs),
+}
+
+/// Arguments of `challenge`.
+#[derive(Debug, Args)]
+pub struct ChallengeArgs {
+    /// The transcript (`plinth-challenge/1` JSON).
+    #[arg(value_name = "TRANSCRIPT")]
+    pub transcript: PathBuf,
 }
 
 /// Arguments of `receipts`.
@@ -307,6 +318,7 @@ pub fn run(cli: &Cli) -> Result<Outcome, CliError> {
         Command::TpmQuote(args) => vec![run_tpm_quote(args, &policy, at)?],
         Command::Eventlog(args) => vec![run_eventlog(args)?],
         Command::Receipts(args) => vec![run_receipts(args)?],
+        Command::Challenge(args) => vec![run_challenge(args, &policy)?],
         Command::Bundle(args) => bundle::run_bundle(args, &policy, at)?,
         Command::Batch(args) => {
             if cli.ear.is_some() {
@@ -450,6 +462,20 @@ fn run_receipts(args: &ReceiptsArgs) -> Result<Appraisal, CliError> {
         &ledger,
         &options,
     ))
+}
+
+fn run_challenge(args: &ChallengeArgs, policy: &Policy) -> Result<Appraisal, CliError> {
+    let bytes = read(&args.transcript)?;
+    let transcript = match parse_evidence(
+        "challenge",
+        "challenge.parse",
+        &args.transcript,
+        crate::challenge::Transcript::from_json(&bytes),
+    ) {
+        Ok(transcript) => transcript,
+        Err(appraisal) => return Ok(appraisal),
+    };
+    Ok(crate::challenge::verify(&transcript, &policy.challenge))
 }
 
 fn run_snp(args: &SnpArgs, policy: &Policy, at: i64) -> Result<Appraisal, CliError> {

@@ -5,6 +5,7 @@
 mod bundle;
 mod certgen;
 mod chain;
+mod challenge;
 mod cli;
 mod cli_bundle;
 #[cfg(feature = "collect-tpm")]

@@ -77,6 +77,10 @@ async fn submit(State(state): State<SharedState>, body: axum::body::Bytes) -> Re
             );
         }
     };
+    // A drained GPU is withdrawn from scheduling.
+    if let Err(reason) = state.gpus.check_devices(&request.gpu_devices) {
+        return error_response(StatusCode::CONFLICT, format!("gpu_devices: {reason}"));
+    }
     match blocking(move || manager.submit(&request)).await {
         Ok(id) => (StatusCode::CREATED, Json(SubmitAnswer { id })).into_response(),
         Err(response) => *response,

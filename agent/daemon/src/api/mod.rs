@@ -24,6 +24,7 @@ use crate::identity::NodeIdentity;
 use crate::store::{PreviousRun, Store};
 
 pub mod attestation;
+pub mod gpus;
 pub mod images;
 pub mod jobs;
 pub mod plugins;
@@ -95,6 +96,8 @@ pub struct AgentState {
     pub plugins: Option<Arc<crate::plugins::PluginService>>,
     /// Attestation: claims, collectors, bundles, enrollment.
     pub attestation: Arc<crate::attestation::AttestationService>,
+    /// GPUs: inventory, health, drain, the capacity challenge.
+    pub gpus: Arc<crate::gpu::GpuService>,
 }
 
 /// Shared handler state.
@@ -108,6 +111,7 @@ pub fn router(state: SharedState) -> Router {
         .merge(images::routes())
         .merge(plugins::routes())
         .merge(attestation::routes())
+        .merge(gpus::routes())
         .fallback(not_found)
         .with_state(state)
 }

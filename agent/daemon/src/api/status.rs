@@ -65,6 +65,12 @@ pub struct HardwareStatus {
     pub nvidia_gpus: usize,
     /// Summary line.
     pub summary: String,
+    /// GPUs as the GPU module sees them (NVML): total, healthy, drained.
+    #[serde(default)]
+    pub gpus: crate::gpu::GpuSummary,
+    /// Why the host runs CPU-only, when it does (no driver, no GPU).
+    #[serde(default)]
+    pub cpu_only: Option<String>,
 }
 
 /// Configuration facts.
@@ -121,6 +127,8 @@ async fn status(State(state): State<SharedState>) -> Json<StatusReport> {
             sev_snp: state.hardware.sev_snp.as_deref().map(display),
             nvidia_gpus: state.hardware.nvidia_gpus.len(),
             summary: state.hardware.summary.clone(),
+            gpus: state.gpus.summary(),
+            cpu_only: state.gpus.cpu_only().map(str::to_owned),
         },
         config: ConfigStatus {
             files: state.config.files_read.iter().map(|p| display(p)).collect(),

@@ -9,6 +9,7 @@ use crate::client::{AdminClient, ClientError};
 use crate::config::{self, ConfigSources};
 
 pub mod attest;
+pub mod gpus;
 pub mod images;
 pub mod jobs;
 pub mod plugin;
@@ -38,6 +39,9 @@ pub enum CtlError {
     /// A `plinthctl attest` argument or file is wrong.
     #[error(transparent)]
     Attest(#[from] attest::AttestCtlError),
+    /// A `plinthctl gpus` or `plinthctl challenge` step failed.
+    #[error(transparent)]
+    Gpus(#[from] gpus::GpusCtlError),
 }
 
 impl CtlError {
@@ -78,6 +82,8 @@ pub async fn run(cli: CtlCli) -> Result<(), CtlError> {
         CtlCommand::Plugin { command } => plugin::dispatch(&client, command).await,
         CtlCommand::Images { command } => images::run(&client, command).await,
         CtlCommand::Attest(args) => attest::run(&client, args).await,
+        CtlCommand::Gpus(args) => gpus::run(&client, args).await,
+        CtlCommand::Challenge { command } => gpus::run_challenge(&client, command).await,
         CtlCommand::Completions { shell } => {
             let mut command = CtlCli::command();
             clap_complete::generate(shell, &mut command, "plinthctl", &mut std::io::stdout());

@@ -41,6 +41,19 @@ pub fn render(report: &StatusReport) -> String {
         }
     );
     let _ = writeln!(text, "  hardware       {}", report.hardware.summary);
+    let gpus = &report.hardware.gpus;
+    match &report.hardware.cpu_only {
+        Some(reason) => {
+            let _ = writeln!(text, "  gpus           none: CPU-only ({reason})");
+        }
+        None => {
+            let _ = writeln!(
+                text,
+                "  gpus           {} ({} healthy, {} drained)",
+                gpus.total, gpus.healthy, gpus.drained
+            );
+        }
+    }
     let files = if report.config.files.is_empty() {
         "built-in defaults".to_owned()
     } else {

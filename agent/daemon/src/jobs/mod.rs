@@ -42,7 +42,9 @@ use rusqlite::params;
 pub use self::settings::JobsConfig;
 pub use self::state::{JobState, JobStateError};
 pub use self::types::{JobInfo, SubmitAnswer, SubmitRequest};
-pub use self::worker::{Doorbell, IDLE_POLL, JobsService, spawn_worker, start};
+pub use self::worker::{
+    Doorbell, IDLE_POLL, JobsService, spawn_worker, start, start_with_gpu_meter,
+};
 use crate::identity::NodeIdentity;
 use crate::store::Store;
 
@@ -149,7 +151,22 @@ impl JobManager {
         identity: Arc<NodeIdentity>,
         config: JobsConfig,
     ) -> Result<JobManager, JobsError> {
-        let engine = Engine::new(config.engine.clone())?;
+        Self::with_gpu_meter(
+            store,
+            identity,
+            config,
+            Arc::new(plinth_jobs::meter::NoGpuMeter),
+        )
+    }
+
+    /// A manager whose engine meters GPUs with `gpu_meter` (the GPU module's NVML meter).
+    pub fn with_gpu_meter(
+        store: Arc<Store>,
+        identity: Arc<NodeIdentity>,
+        config: JobsConfig,
+        gpu_meter: Arc<dyn plinth_jobs::meter::GpuMeter>,
+    ) -> Result<JobManager, JobsError> {
+        let engine = Engine::with_gpu_meter(config.engine.clone(), gpu_meter)?;
         Ok(JobManager {
             store,
             engine,

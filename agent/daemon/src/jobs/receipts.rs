@@ -97,6 +97,19 @@ impl JobManager {
             ),
             GpuUsage::Absent { reason } => (None, None, Some(reason.clone())),
         };
+        let gpus = match &usage.gpu {
+            GpuUsage::Measured { gpus } => Some(
+                gpus.iter()
+                    .map(|gpu| plinth_attestation::receipt::ReceiptGpu {
+                        uuid: gpu.uuid.clone(),
+                        gpu_ms: gpu.gpu_ms,
+                        mean_sm_util_pct: gpu.utilisation_pct,
+                        energy_j: gpu.energy_mj / 1000,
+                    })
+                    .collect(),
+            ),
+            GpuUsage::Absent { .. } => None,
+        };
         let pricing = &self.config.pricing;
         let mut receipt = Receipt {
             format: RECEIPT_FORMAT.to_owned(),
@@ -116,6 +129,7 @@ impl JobManager {
                 gpu_ms,
                 gpu_energy_mj,
                 gpu_absent_reason,
+                gpus,
             },
             price: ReceiptPrice {
                 amount_micros: fallback::period_price(pricing, n_gpus, wall_ms),

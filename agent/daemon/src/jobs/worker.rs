@@ -91,6 +91,21 @@ pub fn start(
     store: Arc<Store>,
     identity: Arc<NodeIdentity>,
 ) -> Option<JobsService> {
+    start_with_gpu_meter(
+        config,
+        store,
+        identity,
+        Arc::new(plinth_jobs::meter::NoGpuMeter),
+    )
+}
+
+/// [`start`] with the GPU module's meter for the receipts' per-GPU facts.
+pub fn start_with_gpu_meter(
+    config: &AgentConfig,
+    store: Arc<Store>,
+    identity: Arc<NodeIdentity>,
+    gpu_meter: Arc<dyn plinth_jobs::meter::GpuMeter>,
+) -> Option<JobsService> {
     if !config.jobs.enabled {
         tracing::info!("jobs are disabled by configuration (jobs.enabled = false)");
         return None;
@@ -105,7 +120,7 @@ pub fn start(
         tracing::warn!(runtime = %runtime.display(), "no OCI runtime found; jobs are disabled");
         return None;
     }
-    let manager = match JobManager::new(store, identity, jobs_config) {
+    let manager = match JobManager::with_gpu_meter(store, identity, jobs_config, gpu_meter) {
         Ok(manager) => Arc::new(manager),
         Err(err) => {
             tracing::error!(error = %error_chain(&err), "cannot start the job engine; jobs are disabled");
