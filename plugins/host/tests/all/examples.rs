@@ -133,3 +133,45 @@ fn concurrent_calls_share_warm_instances() {
     assert!(stats.instantiations <= 5, "{stats:?}");
     assert!(stats.p50_ns > 0 && stats.p99_ns >= stats.p50_ns);
 }
+
+#[test]
+fn bench_reports_wall_clock_and_cpu_series() {
+    let host = crate::support::host();
+    let Some(plugin) = crate::support::load(
+        &host,
+        "plinth_example_pricing",
+        "bench",
+        PluginKind::Pricing,
+        &[],
+    ) else {
+        return;
+    };
+    let input =
+        std::fs::read(examples_dir().join("pricing/fixtures/h100-one-gpu-one-hour.input.json"))
+            .unwrap();
+    let input: serde_json::Value = serde_json::from_slice(&input).unwrap();
+    let report = tools::bench(&plugin, &input, 50).unwrap();
+    for (name, series) in [
+        ("warm", Some(report.warm)),
+        ("fresh", Some(report.fresh)),
+        ("warm_cpu", report.warm_cpu),
+        ("fresh_cpu", report.fresh_cpu),
+    ] {
+        let series = series.unwrap_or_else(|| panic!("{name}: no series on Linux"));
+        assert_eq!(series.samples, 50, "{name}");
+        assert!(
+            0 < series.p50_ns && series.p50_ns <= series.p99_ns && series.p99_ns <= series.max_ns,
+            "{name}: {series:?}"
+        );
+    }
+    // A fresh instance does strictly more work than a warm call, in CPU time too.
+    assert!(report.fresh_cpu.unwrap().mean_ns > report.warm_cpu.unwrap().mean_ns);
+    // The JSON form keeps the CPU series, and a report without them still parses.
+    let json = serde_json::to_value(&report).unwrap();
+    assert!(json["warm_cpu"]["p99_ns"].as_u64().unwrap() > 0);
+    let mut old = json.clone();
+    old.as_object_mut().unwrap().remove("warm_cpu");
+    old.as_object_mut().unwrap().remove("fresh_cpu");
+    let parsed: tools::BenchReport = serde_json::from_value(old).unwrap();
+    assert_eq!(parsed.warm_cpu, None);
+}
