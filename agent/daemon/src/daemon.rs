@@ -145,6 +145,18 @@ pub async fn run(loaded: LoadedConfig, options: RunOptions) -> Result<(), Daemon
         plugins.clone(),
     ));
     tracing::info!(collectors = %attestation.summary(), "attestation collectors");
+    let liveness = crate::liveness::start(
+        &config,
+        store.clone(),
+        identity.clone(),
+        run_id,
+        crate::liveness::HealthSources {
+            gpus: crate::liveness::gpu_summary(&hardware),
+            plugins: plugins.clone(),
+        },
+    );
+    let net =
+        crate::liveness::net::start(&config.liveness.net, identity.clone(), liveness.clone()).await;
 
     let socket_path = config.socket_path();
     // Held until `run` returns: its lock keeps other agents off this socket.
@@ -169,6 +181,8 @@ pub async fn run(loaded: LoadedConfig, options: RunOptions) -> Result<(), Daemon
         jobs: jobs.as_ref().map(|jobs| jobs.manager.clone()),
         plugins: plugins.clone(),
         attestation,
+        liveness: liveness.clone(),
+        net,
     });
     let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
@@ -216,6 +230,11 @@ pub async fn run(loaded: LoadedConfig, options: RunOptions) -> Result<(), Daemon
     let _ = shutdown_sender.send(true);
     if let Some(jobs) = &jobs {
         jobs.stop();
+    }
+    if let Some(liveness) = &liveness
+        && let Err(err) = liveness.stop()
+    {
+        tracing::error!(error = %crate::error_chain(&err), "cannot write the liveness stop entry");
     }
     match tokio::time::timeout(Duration::from_secs(10), &mut server).await {
         Ok(_) => {}

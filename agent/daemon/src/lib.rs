@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod hardware;
 pub mod identity;
 pub mod jobs;
+pub mod liveness;
 pub mod migrations;
 pub mod plugins;
 pub mod store;

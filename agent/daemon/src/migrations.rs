@@ -10,6 +10,7 @@ pub const MIGRATIONS: &[Migration] = &[
     store::BASE_MIGRATION,
     crate::jobs::schema::MIGRATION,
     crate::jobs::schema::IMAGE_MIGRATION,
+    crate::liveness::LIVENESS_MIGRATION,
 ];
 
 /// The schema version this build writes.

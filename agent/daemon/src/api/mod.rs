@@ -26,6 +26,8 @@ use crate::store::{PreviousRun, Store};
 pub mod attestation;
 pub mod images;
 pub mod jobs;
+pub mod liveness;
+pub mod net;
 pub mod plugins;
 pub mod status;
 
@@ -95,6 +97,11 @@ pub struct AgentState {
     pub plugins: Option<Arc<crate::plugins::PluginService>>,
     /// Attestation: claims, collectors, bundles, enrollment.
     pub attestation: Arc<crate::attestation::AttestationService>,
+    /// The liveness ledger; `None` when it could not be started.
+    pub liveness: Option<Arc<crate::liveness::LivenessService>>,
+    /// Network-quality measurements; `None` when `[liveness.net]` sets neither an
+    /// endpoint nor peers.
+    pub net: Option<Arc<crate::liveness::net::NetService>>,
 }
 
 /// Shared handler state.
@@ -108,6 +115,8 @@ pub fn router(state: SharedState) -> Router {
         .merge(images::routes())
         .merge(plugins::routes())
         .merge(attestation::routes())
+        .merge(liveness::routes())
+        .merge(net::routes())
         .fallback(not_found)
         .with_state(state)
 }

@@ -11,6 +11,8 @@ use crate::config::{self, ConfigSources};
 pub mod attest;
 pub mod images;
 pub mod jobs;
+pub mod liveness;
+pub mod net;
 pub mod plugin;
 pub mod status;
 
@@ -38,6 +40,9 @@ pub enum CtlError {
     /// A `plinthctl attest` argument or file is wrong.
     #[error(transparent)]
     Attest(#[from] attest::AttestCtlError),
+    /// A `plinthctl liveness` argument is wrong.
+    #[error(transparent)]
+    Liveness(#[from] liveness::LivenessCtlError),
 }
 
 impl CtlError {
@@ -78,6 +83,9 @@ pub async fn run(cli: CtlCli) -> Result<(), CtlError> {
         CtlCommand::Plugin { command } => plugin::dispatch(&client, command).await,
         CtlCommand::Images { command } => images::run(&client, command).await,
         CtlCommand::Attest(args) => attest::run(&client, args).await,
+        CtlCommand::Liveness { command } => liveness::run(&client, command).await,
+        CtlCommand::Net { command } => net::run(&client, command).await,
+        CtlCommand::Metrics => net::metrics(&client).await,
         CtlCommand::Completions { shell } => {
             let mut command = CtlCli::command();
             clap_complete::generate(shell, &mut command, "plinthctl", &mut std::io::stdout());
