@@ -18,7 +18,7 @@ fn key_hex(key: &Ed25519KeyPair) -> String {
 }
 
 fn sign(key: &Ed25519KeyPair) -> impl Fn(&[u8]) -> [u8; 64] + '_ {
-    |bytes| key.sign(bytes).as_ref().try_into().unwrap()
+    move |bytes: &[u8]| -> [u8; 64] { key.sign(bytes).as_ref().try_into().unwrap() }
 }
 
 /// Writes a ledger the way the agent does: 1-minute ticks.
@@ -248,12 +248,12 @@ fn a_window_reaching_past_the_ledger_is_no_evidence_and_sla_judges_it() {
     .unwrap();
     let checks = policy.judge(&report);
     assert_eq!(checks.len(), 2);
-    assert!(!checks[0].status == crate::check::CheckStatus::Pass, "{:?}", checks[0]);
+    assert!(checks[0].status == crate::check::CheckStatus::Fail, "{:?}", checks[0]);
     assert!(checks[1].status == crate::check::CheckStatus::Pass, "{:?}", checks[1]);
-    let lenient = SlaPolicy::from_toml("min_availability_percent = 50.0\nmax_outage_minutes = 10\n", "x").unwrap();
+    let lenient = SlaPolicy::from_toml("min_availability_percent = 40.0\nmax_outage_minutes = 10\n", "x").unwrap();
     let checks = lenient.judge(&report);
     assert!(checks[0].status == crate::check::CheckStatus::Pass, "{:?}", checks[0]);
-    assert!(!checks[1].status == crate::check::CheckStatus::Pass, "20-minute outage: {:?}", checks[1]);
+    assert!(checks[1].status == crate::check::CheckStatus::Fail, "20-minute outage: {:?}", checks[1]);
     assert!(SlaPolicy::from_toml("min_availabilty_percent = 1.0", "typo.toml")
         .unwrap_err()
         .to_string()
@@ -390,7 +390,7 @@ fn a_gap_hidden_by_entries_claiming_continuity_is_named() {
     w.entries[31].kind = EntryKind::Tick;
     w.entries[31].gap = None;
     w.entries[31].run_id = 3;
-    w.rechain_from(40);
+    w.rechain_from(31);
     let (_, seq, fault) = first_bad(&w.text(), &[], &key);
     assert_eq!(seq, Some(32));
     assert!(matches!(fault, LivenessFault::HiddenGap { what: "boot_id", .. }), "{fault:?}");
@@ -452,7 +452,7 @@ fn a_backfill_against_a_saved_probe_answer_is_detected() {
         entry.kind = EntryKind::Tick;
         entry.gap = None;
         entry.run_id = 1;
-        let previous = forged.head.clone().map(|(s, h)| (s, h));
+        let previous = forged.head.clone();
         let hash = entry
             .seal(previous.as_ref().map(|(s, h)| (*s, h.as_str())), sign(&key))
             .unwrap();
@@ -507,7 +507,7 @@ fn entries_parse_strictly() {
     let key = key(3);
     let w = history(&key);
     let mut value = serde_json::to_value(&w.entries[10]).unwrap();
-    value["gap"] = serde_json::Value::Null;
+    value["gap"] = Value::Null;
     let err = Entry::from_json(value.to_string().as_bytes()).unwrap_err();
     assert!(err.to_string().contains("gap"), "{err}");
     let mut value = serde_json::to_value(&w.entries[1]).unwrap();

@@ -29,7 +29,7 @@ impl LivenessClock for SystemClock {
             .ok()
             .and_then(|text| {
                 let first = text.split_whitespace().next()?.to_owned();
-                let (seconds, fraction) = first.split_once('.').unwrap_or((&first, "0"));
+                let (seconds, fraction) = first.split_once('.').unwrap_or((first.as_str(), "0"));
                 let seconds: u64 = seconds.parse().ok()?;
                 let centis: u64 = format!("{fraction:0<2}").get(..2)?.parse().ok()?;
                 Some(seconds * 1000 + centis * 10)
@@ -59,7 +59,8 @@ impl TestClock {
         }
     }
 
-    /// Moves both clocks by `ms` (the wall clock by `wall_delta_ms`, which may be negative).
+    /// Moves the boot clock forward by `boot_delta_ms` and the wall clock by
+    /// `wall_delta_ms`, which may be negative (a clock stepped back).
     pub fn advance(&self, boot_delta_ms: u64, wall_delta_ms: i64) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.1 += boot_delta_ms;
