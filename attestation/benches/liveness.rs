@@ -9,8 +9,8 @@ use std::time::Duration;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use plinth_attestation::liveness::verify::{VerifyOptions, verify};
 use plinth_attestation::liveness::{
-    Anchor, Entry, EntryKind, GpuSummary, Health, LIVENESS_FORMAT, PROBE_FORMAT,
-    PluginHash, ProbeAnswer,
+    Anchor, Entry, EntryKind, GpuSummary, Health, LIVENESS_FORMAT, PROBE_FORMAT, PluginHash,
+    ProbeAnswer,
 };
 use ring::signature::{Ed25519KeyPair, KeyPair as _};
 
@@ -62,7 +62,11 @@ fn month(key: &Ed25519KeyPair) -> (Vec<u8>, Vec<(usize, ProbeAnswer)>) {
     let mut pending: Option<Anchor> = None;
     for idx in 0..N_ENTRIES {
         let mut entry = template(&key_hex);
-        entry.kind = if idx == 0 { EntryKind::Start } else { EntryKind::Tick };
+        entry.kind = if idx == 0 {
+            EntryKind::Start
+        } else {
+            EntryKind::Tick
+        };
         entry.wall_ms = T0 + idx * 60_000;
         entry.boot_ms = 1_000 + idx * 60_000;
         entry.anchors.extend(pending.take());

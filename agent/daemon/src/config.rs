@@ -180,7 +180,10 @@ impl LivenessSection {
         if !net.listen.is_empty() && net.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(invalid(
                 "liveness.net.listen",
-                format!("{:?} is not an address:port such as \"0.0.0.0:7443\"", net.listen),
+                format!(
+                    "{:?} is not an address:port such as \"0.0.0.0:7443\"",
+                    net.listen
+                ),
             ));
         }
         if !(1..=100).contains(&net.samples) {

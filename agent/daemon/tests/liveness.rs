@@ -126,7 +126,10 @@ fn a_clean_stop_shows_stopped() {
     assert_eq!(report.outages[0].cause, OutageCause::Stopped);
     assert!(report.outages[0].length_ms >= 3_000);
     let entries = entries(&ledger);
-    let stop = entries.iter().position(|e| e.kind == EntryKind::Stop).unwrap();
+    let stop = entries
+        .iter()
+        .position(|e| e.kind == EntryKind::Stop)
+        .unwrap();
     assert!(entries[stop].wall_ms <= stopped_at);
     assert_eq!(entries[stop + 1].kind, EntryKind::Gap);
     assert_eq!(
@@ -150,12 +153,20 @@ fn probes_are_checked_and_bad_ones_refused() {
     let answer = node.ctl_ok(&["liveness", "probe", "--nonce", &nonce]);
     assert!(answer.contains(&nonce));
     let again = node.ctl(&["liveness", "probe", "--nonce", &nonce]);
-    assert!(common::stderr(&again).contains("already answered"), "{}", common::stderr(&again));
+    assert!(
+        common::stderr(&again).contains("already answered"),
+        "{}",
+        common::stderr(&again)
+    );
     std::thread::sleep(Duration::from_millis(2_500));
     let ledger = node.ctl_ok(&["liveness", "export"]);
     let report = verified(&node, &ledger, &answer);
     assert_eq!(report.n_probes, 1);
-    assert!(entries(&ledger).iter().any(|e| e.anchors.iter().any(|a| a.nonce == nonce)));
+    assert!(
+        entries(&ledger)
+            .iter()
+            .any(|e| e.anchors.iter().any(|a| a.nonce == nonce))
+    );
 }
 
 fn free_port() -> u16 {
@@ -198,7 +209,11 @@ fn two_agents_on_loopback_probe_each_other() {
     let c = Node::new("");
     let (key_a, key_b, _key_c) = (node_key(&a), node_key(&b), node_key(&c));
     let (port_a, port_b) = (free_port(), free_port());
-    a.configure(&net_config(port_a, &[("b", port_b, &key_b)], 4 * 1024 * 1024));
+    a.configure(&net_config(
+        port_a,
+        &[("b", port_b, &key_b)],
+        4 * 1024 * 1024,
+    ));
     b.configure(&net_config(port_b, &[("a", port_a, &key_a)], 1024 * 1024));
     // C pins A's key, but A does not pin C's.
     c.configure(&net_config(free_port(), &[("a", port_a, &key_a)], 0));
@@ -215,7 +230,10 @@ fn two_agents_on_loopback_probe_each_other() {
     let median = sample["rtt_median_us"].as_u64().unwrap();
     let p99 = sample["rtt_p99_us"].as_u64().unwrap();
     assert!(0 < min && min <= median && median <= p99, "{sample}");
-    assert!(sample["throughput_bytes_per_s"].as_u64().unwrap() > 0, "{sample}");
+    assert!(
+        sample["throughput_bytes_per_s"].as_u64().unwrap() > 0,
+        "{sample}"
+    );
     let text = b.ctl_ok(&["net", "probe", "a"]);
     assert!(text.starts_with("a: rtt min"), "{text}");
 
@@ -229,9 +247,17 @@ fn two_agents_on_loopback_probe_each_other() {
 
     let refused = c.ctl(&["net", "probe", "a"]);
     assert!(!refused.status.success());
-    assert!(common::stderr(&refused).contains("a: "), "{}", common::stderr(&refused));
+    assert!(
+        common::stderr(&refused).contains("a: "),
+        "{}",
+        common::stderr(&refused)
+    );
     let unknown = a.ctl(&["net", "probe", "nosuch"]);
-    assert!(common::stderr(&unknown).contains("not in [liveness.net.peers]"), "{}", common::stderr(&unknown));
+    assert!(
+        common::stderr(&unknown).contains("not in [liveness.net.peers]"),
+        "{}",
+        common::stderr(&unknown)
+    );
 
     // 5 pings + 1 transfer per probe; 20 requests a minute: the fourth probe is refused.
     let mut busy = false;

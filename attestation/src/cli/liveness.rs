@@ -102,12 +102,12 @@ pub fn run(args: &LivenessArgs, json_output: bool) -> Result<Outcome, CliError> 
         )));
     }
     let probes = match &args.probes {
-        Some(path) => verify::parse_probes(&read(path)?).map_err(|(line, reason)| {
-            CliError::Parse {
+        Some(path) => {
+            verify::parse_probes(&read(path)?).map_err(|(line, reason)| CliError::Parse {
                 path: format!("{}:{line}", path.display()),
                 reason,
-            }
-        })?,
+            })?
+        }
         None => Vec::new(),
     };
     let numbered: Vec<_> = probes
@@ -192,10 +192,7 @@ pub fn appraise(
         Check::pass(
             "liveness.probes",
             Aspect::Freshness,
-            format!(
-                "{} probe answers agree with the chain",
-                report.n_probes
-            ),
+            format!("{} probe answers agree with the chain", report.n_probes),
         )
     });
     if let Some(policy) = policy {

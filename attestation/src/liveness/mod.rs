@@ -260,7 +260,7 @@ pub(crate) fn is_hex(s: &str, n_bytes: usize) -> bool {
 
 /// Whether `nonce` is lowercase hex of an acceptable length ([`NONCE_BYTES`]).
 pub fn nonce_is_valid(nonce: &str) -> bool {
-    nonce.len() % 2 == 0
+    nonce.len().is_multiple_of(2)
         && NONCE_BYTES.contains(&(nonce.len() / 2))
         && nonce
             .bytes()
@@ -297,10 +297,11 @@ fn verify_ed25519(node_key: &str, message: &[u8], signature: &str) -> bool {
 impl Entry {
     /// Parses one entry (one ledger line) strictly.
     pub fn from_json(bytes: &[u8]) -> Result<Entry, LivenessError> {
-        let entry: Entry = serde_json::from_slice(bytes).map_err(|source| LivenessError::Parse {
-            format: LIVENESS_FORMAT,
-            source,
-        })?;
+        let entry: Entry =
+            serde_json::from_slice(bytes).map_err(|source| LivenessError::Parse {
+                format: LIVENESS_FORMAT,
+                source,
+            })?;
         entry.check_fields()?;
         Ok(entry)
     }
@@ -356,10 +357,7 @@ impl Entry {
     }
 
     /// Signs the entry with `sign` (the node key's Ed25519 signer).
-    pub fn sign_with(
-        &mut self,
-        sign: impl FnOnce(&[u8]) -> [u8; 64],
-    ) -> Result<(), LivenessError> {
+    pub fn sign_with(&mut self, sign: impl FnOnce(&[u8]) -> [u8; 64]) -> Result<(), LivenessError> {
         let bytes = self.signing_bytes()?;
         self.signature = hex::encode(sign(&bytes));
         Ok(())
@@ -433,10 +431,7 @@ impl ProbeAnswer {
     }
 
     /// Signs the answer with `sign`.
-    pub fn sign_with(
-        &mut self,
-        sign: impl FnOnce(&[u8]) -> [u8; 64],
-    ) -> Result<(), LivenessError> {
+    pub fn sign_with(&mut self, sign: impl FnOnce(&[u8]) -> [u8; 64]) -> Result<(), LivenessError> {
         let bytes = self.signing_bytes()?;
         self.signature = hex::encode(sign(&bytes));
         Ok(())

@@ -86,10 +86,7 @@ impl<'a> Writer<'a> {
 
     /// Answers a probe now (the agent's side) and returns the answer.
     fn probe(&mut self, nonce_byte: u8, wall_ms: u64) -> ProbeAnswer {
-        let (head_seq, head_hash) = self
-            .head
-            .clone()
-            .unwrap_or((0, GENESIS_HASH.to_owned()));
+        let (head_seq, head_hash) = self.head.clone().unwrap_or((0, GENESIS_HASH.to_owned()));
         let mut answer = ProbeAnswer {
             format: PROBE_FORMAT.to_owned(),
             nonce: hex::encode([nonce_byte; 16]),
@@ -118,12 +115,12 @@ impl<'a> Writer<'a> {
 
     fn reseal_last(&mut self) {
         let mut entry = self.entries.pop().unwrap();
-        let previous = self
-            .entries
-            .last()
-            .map(|e| (e.seq, e.hash().unwrap()));
+        let previous = self.entries.last().map(|e| (e.seq, e.hash().unwrap()));
         let hash = entry
-            .seal(previous.as_ref().map(|(s, h)| (*s, h.as_str())), sign(self.key))
+            .seal(
+                previous.as_ref().map(|(s, h)| (*s, h.as_str())),
+                sign(self.key),
+            )
             .unwrap();
         self.head = Some((entry.seq, hash));
         self.entries.push(entry);
@@ -136,7 +133,10 @@ impl<'a> Writer<'a> {
         for mut entry in tail {
             let previous = self.head.as_ref().map(|(s, h)| (*s, h.clone()));
             let hash = entry
-                .seal(previous.as_ref().map(|(s, h)| (*s, h.as_str())), sign(self.key))
+                .seal(
+                    previous.as_ref().map(|(s, h)| (*s, h.as_str())),
+                    sign(self.key),
+                )
                 .unwrap();
             self.head = Some((entry.seq, hash));
             self.entries.push(entry);
@@ -197,7 +197,11 @@ fn opts(key: &Ed25519KeyPair) -> VerifyOptions {
     }
 }
 
-fn first_bad(text: &[u8], probes: &[(usize, ProbeAnswer)], key: &Ed25519KeyPair) -> (usize, Option<u64>, LivenessFault) {
+fn first_bad(
+    text: &[u8],
+    probes: &[(usize, ProbeAnswer)],
+    key: &Ed25519KeyPair,
+) -> (usize, Option<u64>, LivenessFault) {
     let err = verify(text, probes, &opts(key)).unwrap_err();
     (err.line, err.seq, err.fault)
 }
@@ -238,9 +242,15 @@ fn a_window_reaching_past_the_ledger_is_no_evidence_and_sla_judges_it() {
         ..opts(&key)
     };
     let report = verify(&w.text(), &[], &options).unwrap();
-    assert_eq!(report.outages.first().unwrap().cause, OutageCause::NoEvidence);
+    assert_eq!(
+        report.outages.first().unwrap().cause,
+        OutageCause::NoEvidence
+    );
     assert_eq!(report.outages.first().unwrap().length_ms, 2 * MIN);
-    assert_eq!(report.outages.last().unwrap().cause, OutageCause::NoEvidence);
+    assert_eq!(
+        report.outages.last().unwrap().cause,
+        OutageCause::NoEvidence
+    );
     let policy = SlaPolicy::from_toml(
         "min_availability_percent = 99.5\nmax_outage_minutes = 30\n",
         "sla.toml",
@@ -248,16 +258,38 @@ fn a_window_reaching_past_the_ledger_is_no_evidence_and_sla_judges_it() {
     .unwrap();
     let checks = policy.judge(&report);
     assert_eq!(checks.len(), 2);
-    assert!(checks[0].status == crate::check::CheckStatus::Fail, "{:?}", checks[0]);
-    assert!(checks[1].status == crate::check::CheckStatus::Pass, "{:?}", checks[1]);
-    let lenient = SlaPolicy::from_toml("min_availability_percent = 40.0\nmax_outage_minutes = 10\n", "x").unwrap();
+    assert!(
+        checks[0].status == crate::check::CheckStatus::Fail,
+        "{:?}",
+        checks[0]
+    );
+    assert!(
+        checks[1].status == crate::check::CheckStatus::Pass,
+        "{:?}",
+        checks[1]
+    );
+    let lenient = SlaPolicy::from_toml(
+        "min_availability_percent = 40.0\nmax_outage_minutes = 10\n",
+        "x",
+    )
+    .unwrap();
     let checks = lenient.judge(&report);
-    assert!(checks[0].status == crate::check::CheckStatus::Pass, "{:?}", checks[0]);
-    assert!(checks[1].status == crate::check::CheckStatus::Fail, "20-minute outage: {:?}", checks[1]);
-    assert!(SlaPolicy::from_toml("min_availabilty_percent = 1.0", "typo.toml")
-        .unwrap_err()
-        .to_string()
-        .contains("min_availabilty_percent"));
+    assert!(
+        checks[0].status == crate::check::CheckStatus::Pass,
+        "{:?}",
+        checks[0]
+    );
+    assert!(
+        checks[1].status == crate::check::CheckStatus::Fail,
+        "20-minute outage: {:?}",
+        checks[1]
+    );
+    assert!(
+        SlaPolicy::from_toml("min_availabilty_percent = 1.0", "typo.toml")
+            .unwrap_err()
+            .to_string()
+            .contains("min_availabilty_percent")
+    );
 }
 
 #[test]
@@ -285,7 +317,10 @@ fn an_edited_entry_is_named() {
     let key = key(1);
     let mut w = history(&key);
     w.entries[6].health.running_jobs = 3;
-    assert_eq!(first_bad(&w.text(), &[], &key), (7, Some(7), LivenessFault::BadSignature));
+    assert_eq!(
+        first_bad(&w.text(), &[], &key),
+        (7, Some(7), LivenessFault::BadSignature)
+    );
 }
 
 #[test]
@@ -295,7 +330,16 @@ fn reordering_is_named() {
     w.entries.swap(4, 5);
     let (line, seq, fault) = first_bad(&w.text(), &[], &key);
     assert_eq!((line, seq), (5, Some(6)));
-    assert!(matches!(fault, LivenessFault::Deleted { expected: 5, found: 6 }), "{fault:?}");
+    assert!(
+        matches!(
+            fault,
+            LivenessFault::Deleted {
+                expected: 5,
+                found: 6
+            }
+        ),
+        "{fault:?}"
+    );
     // Moving an entry back is reported as reordering where it lands.
     let mut w = history(&key);
     let moved = w.entries.remove(2);
@@ -313,7 +357,13 @@ fn reordering_is_named() {
     w.entries.insert(4, dup);
     let (line, seq, fault) = first_bad(&w.text(), &[], &key);
     assert_eq!((line, seq), (5, Some(4)));
-    assert_eq!(fault, LivenessFault::Reordered { previous: 4, found: 4 });
+    assert_eq!(
+        fault,
+        LivenessFault::Reordered {
+            previous: 4,
+            found: 4
+        }
+    );
 }
 
 #[test]
@@ -323,7 +373,13 @@ fn a_deleted_entry_is_named() {
     w.entries.remove(12);
     let (line, seq, fault) = first_bad(&w.text(), &[], &key);
     assert_eq!((line, seq), (13, Some(14)));
-    assert_eq!(fault, LivenessFault::Deleted { expected: 13, found: 14 });
+    assert_eq!(
+        fault,
+        LivenessFault::Deleted {
+            expected: 13,
+            found: 14
+        }
+    );
     // Deleting and re-chaining (the forger holds the key) still cannot hide a deleted
     // gap entry: the run changes without one.
     let mut w = history(&key);
@@ -331,16 +387,27 @@ fn a_deleted_entry_is_named() {
     w.rechain_from(10);
     let (line, seq, fault) = first_bad(&w.text(), &[], &key);
     assert_eq!((line, seq), (11, Some(11)));
-    assert!(matches!(fault, LivenessFault::HiddenGap { what: "run_id", .. }), "{fault:?}");
+    assert!(
+        matches!(fault, LivenessFault::HiddenGap { what: "run_id", .. }),
+        "{fault:?}"
+    );
     // The front cannot be cut off silently either.
     let w = history(&key);
     let (line, seq, fault) = first_bad(&lines(&w.entries[1..]), &[], &key);
-    assert_eq!((line, seq, fault), (1, Some(2), LivenessFault::BadStart { found: 2 }));
+    assert_eq!(
+        (line, seq, fault),
+        (1, Some(2), LivenessFault::BadStart { found: 2 })
+    );
     let partial = VerifyOptions {
         partial: true,
         ..opts(&key)
     };
-    assert_eq!(verify(&lines(&w.entries[1..]), &[], &partial).unwrap().first_seq, 2);
+    assert_eq!(
+        verify(&lines(&w.entries[1..]), &[], &partial)
+            .unwrap()
+            .first_seq,
+        2
+    );
 }
 
 #[test]
@@ -349,17 +416,40 @@ fn a_clock_running_backwards_within_a_boot_is_named() {
     let mut w = Writer::new(&key);
     w.append(EntryKind::Start, T0, (BOOT_A, 5000), 1);
     w.append(EntryKind::Tick, T0 + MIN, (BOOT_A, 5000 + MIN), 1);
-    w.append(EntryKind::Tick, T0 + MIN - 30_000, (BOOT_A, 5000 + 2 * MIN), 1);
+    w.append(
+        EntryKind::Tick,
+        T0 + MIN - 30_000,
+        (BOOT_A, 5000 + 2 * MIN),
+        1,
+    );
     let (line, seq, fault) = first_bad(&w.text(), &[], &key);
     assert_eq!((line, seq), (3, Some(3)));
-    assert!(matches!(fault, LivenessFault::ClockBackwards { clock: "wall_ms", .. }), "{fault:?}");
+    assert!(
+        matches!(
+            fault,
+            LivenessFault::ClockBackwards {
+                clock: "wall_ms",
+                ..
+            }
+        ),
+        "{fault:?}"
+    );
     // Time since boot must not go back either; across boots it starts again.
     let mut w = Writer::new(&key);
     w.append(EntryKind::Start, T0, (BOOT_A, 5000), 1);
     w.append(EntryKind::Tick, T0 + MIN, (BOOT_A, 4000), 1);
     let (_, seq, fault) = first_bad(&w.text(), &[], &key);
     assert_eq!(seq, Some(2));
-    assert!(matches!(fault, LivenessFault::ClockBackwards { clock: "boot_ms", .. }), "{fault:?}");
+    assert!(
+        matches!(
+            fault,
+            LivenessFault::ClockBackwards {
+                clock: "boot_ms",
+                ..
+            }
+        ),
+        "{fault:?}"
+    );
     let mut w = Writer::new(&key);
     w.append(EntryKind::Start, T0, (BOOT_A, 5000), 1);
     w.append(EntryKind::Gap, T0 + MIN, (BOOT_B, 4000), 2);
@@ -393,14 +483,26 @@ fn a_gap_hidden_by_entries_claiming_continuity_is_named() {
     w.rechain_from(31);
     let (_, seq, fault) = first_bad(&w.text(), &[], &key);
     assert_eq!(seq, Some(32));
-    assert!(matches!(fault, LivenessFault::HiddenGap { what: "boot_id", .. }), "{fault:?}");
+    assert!(
+        matches!(
+            fault,
+            LivenessFault::HiddenGap {
+                what: "boot_id",
+                ..
+            }
+        ),
+        "{fault:?}"
+    );
     // A gap entry that understates its length.
     let mut w = history(&key);
     w.entries[10].gap.as_mut().unwrap().length_ms = MIN;
     w.rechain_from(10);
     let (_, seq, fault) = first_bad(&w.text(), &[], &key);
     assert_eq!(seq, Some(11));
-    assert!(matches!(fault, LivenessFault::BadGapClaim { .. }), "{fault:?}");
+    assert!(
+        matches!(fault, LivenessFault::BadGapClaim { .. }),
+        "{fault:?}"
+    );
     // A run that goes on after its stop entry.
     let mut w = history(&key);
     w.entries[21].kind = EntryKind::Tick;
@@ -409,7 +511,10 @@ fn a_gap_hidden_by_entries_claiming_continuity_is_named() {
     w.rechain_from(21);
     let (_, seq, fault) = first_bad(&w.text(), &[], &key);
     assert_eq!(seq, Some(22));
-    assert!(matches!(fault, LivenessFault::HiddenGap { .. }), "{fault:?}");
+    assert!(
+        matches!(fault, LivenessFault::HiddenGap { .. }),
+        "{fault:?}"
+    );
 }
 
 /// The agent was down for 20 minutes (a SIGKILL); a checker probed before and after.
@@ -461,12 +566,18 @@ fn a_backfill_against_a_saved_probe_answer_is_detected() {
     }
     let forged_text = forged.text();
     let report = verify(&forged_text, &[(1, before.clone())], &opts(&key)).unwrap();
-    assert!(report.outages.is_empty(), "the backfill looks continuous: {report:?}");
+    assert!(
+        report.outages.is_empty(),
+        "the backfill looks continuous: {report:?}"
+    );
     // The answer after the outage says the head was seq 7 at T0+25min+5s; the
     // forged ledger has seq 8 (the second backfilled tick) written before that.
     let (line, seq, fault) = first_bad(&forged_text, &probes, &key);
     assert_eq!((line, seq), (8, Some(8)), "{fault}");
-    assert!(matches!(fault, LivenessFault::ContradictsProbe { probe_line: 2, .. }), "{fault:?}");
+    assert!(
+        matches!(fault, LivenessFault::ContradictsProbe { probe_line: 2, .. }),
+        "{fault:?}"
+    );
     // Rewriting an entry between two answers, times kept: the later answer's head hash
     // no longer matches, and the first entry not pinned by the earlier answer is named.
     let mut w2 = Writer::new(&key);
@@ -475,7 +586,10 @@ fn a_backfill_against_a_saved_probe_answer_is_detected() {
     w2.rechain_from(5);
     let (_, seq, fault) = first_bad(&w2.text(), &probes, &key);
     assert_eq!(seq, Some(6), "{fault}");
-    assert!(matches!(fault, LivenessFault::ContradictsProbe { probe_line: 2, .. }), "{fault:?}");
+    assert!(
+        matches!(fault, LivenessFault::ContradictsProbe { probe_line: 2, .. }),
+        "{fault:?}"
+    );
     // An answer signed by someone else is refused outright.
     let mut foreign = after.clone();
     foreign.signature = before.signature.clone();
@@ -514,6 +628,9 @@ fn entries_parse_strictly() {
     value["format"] = "plinth-liveness/2".into();
     let (line, seq, fault) = first_bad(format!("{value}\n").as_bytes(), &[], &key);
     assert_eq!((line, seq), (1, None));
-    assert!(matches!(fault, LivenessFault::Invalid(ref m) if m.contains("format")), "{fault:?}");
+    assert!(
+        matches!(fault, LivenessFault::Invalid(ref m) if m.contains("format")),
+        "{fault:?}"
+    );
     assert!(verify(b"", &[], &opts(&key)).unwrap().n_entries == 0);
 }

@@ -66,7 +66,9 @@ pub enum LivenessFault {
     #[error("signature does not verify (the entry was edited)")]
     BadSignature,
     /// The ledger does not start at seq 1.
-    #[error("ledger starts at seq {found}, not 1 (truncated at the front? use --partial for an export with --from)")]
+    #[error(
+        "ledger starts at seq {found}, not 1 (truncated at the front? use --partial for an export with --from)"
+    )]
     BadStart {
         /// Seq found.
         found: u64,
@@ -291,7 +293,10 @@ pub fn parse_probes(text: &[u8]) -> Result<Vec<ProbeAnswer>, (usize, String)> {
         .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
         .map(|(idx, line)| {
             if line.len() > MAX_LINE_BYTES {
-                return Err((idx + 1, format!("line is longer than {MAX_LINE_BYTES} bytes")));
+                return Err((
+                    idx + 1,
+                    format!("line is longer than {MAX_LINE_BYTES} bytes"),
+                ));
             }
             ProbeAnswer::from_json(line).map_err(|err| (idx + 1, crate_error_chain(&err)))
         })
@@ -364,7 +369,13 @@ pub fn verify(
     ordered.sort_by_key(|(line, answer)| (answer.head_seq, answer.wall_ms, *line));
     let mut pinned_up_to = 0;
     for (probe_line, answer) in ordered {
-        check_probe(&entries, *probe_line, answer, node_key.as_deref(), pinned_up_to)?;
+        check_probe(
+            &entries,
+            *probe_line,
+            answer,
+            node_key.as_deref(),
+            pinned_up_to,
+        )?;
         pinned_up_to = answer.head_seq;
     }
     let n_probes = probes.len();
@@ -599,7 +610,12 @@ fn report(
         }
     };
     if let Some(first) = first {
-        push_outage(window_start, first.wall_ms, OutageCause::NoEvidence, first.seq);
+        push_outage(
+            window_start,
+            first.wall_ms,
+            OutageCause::NoEvidence,
+            first.seq,
+        );
     }
     for pair in entries.windows(2) {
         let (p, c) = (&pair[0].entry, &pair[1].entry);

@@ -74,10 +74,8 @@ async fn probe(State(state): State<SharedState>, Json(request): Json<ProbeReques
 
 async fn export(State(state): State<SharedState>, Query(query): Query<ExportQuery>) -> Response {
     let store = state.store.clone();
-    match tokio::task::spawn_blocking(move || {
-        crate::liveness::export(&store, query.from, query.to)
-    })
-    .await
+    match tokio::task::spawn_blocking(move || crate::liveness::export(&store, query.from, query.to))
+        .await
     {
         Ok(Ok(bytes)) => ([(header::CONTENT_TYPE, "application/x-ndjson")], bytes).into_response(),
         Ok(Err(err)) => liveness_error(err),

@@ -86,9 +86,5 @@ async fn metrics(State(state): State<SharedState>) -> Response {
     if let Some(liveness) = &state.liveness {
         text.push_str(&liveness.metrics_text());
     }
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        text,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -48,9 +48,10 @@ pub async fn run(client: &AdminClient, command: NetCommand) -> Result<(), CtlErr
                             s.rtt_median_us as f64 / 1000.0,
                             s.rtt_p99_us as f64 / 1000.0,
                             s.samples,
-                            s.throughput_bytes_per_s.map_or("not measured".to_owned(), |b| {
-                                format!("{:.1} MiB/s", b as f64 / (1024.0 * 1024.0))
-                            })
+                            s.throughput_bytes_per_s
+                                .map_or("not measured".to_owned(), |b| {
+                                    format!("{:.1} MiB/s", b as f64 / (1024.0 * 1024.0))
+                                })
                         ),
                         NetProbeResult::Error(message) => eprintln!("{message}"),
                     }

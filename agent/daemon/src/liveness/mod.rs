@@ -19,9 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use plinth_attestation::liveness::{
-    Anchor, Entry, EntryKind, GENESIS_HASH, GapCause, GapInfo, GpuSummary, Health,
-    LIVENESS_FORMAT, MAX_ANCHORS_PER_ENTRY, NetSample, PROBE_FORMAT, PluginHash, ProbeAnswer,
-    nonce_is_valid,
+    Anchor, Entry, EntryKind, GENESIS_HASH, GapCause, GapInfo, GpuSummary, Health, LIVENESS_FORMAT,
+    MAX_ANCHORS_PER_ENTRY, NetSample, PROBE_FORMAT, PluginHash, ProbeAnswer, nonce_is_valid,
 };
 use rusqlite::{OptionalExtension, params};
 
@@ -389,8 +388,9 @@ impl LivenessService {
         }
         let mut conn = self.store.connection();
         let tx = conn.transaction()?;
-        let n_pending: i64 =
-            tx.query_row("SELECT COUNT(*) FROM liveness_pending", [], |row| row.get(0))?;
+        let n_pending: i64 = tx.query_row("SELECT COUNT(*) FROM liveness_pending", [], |row| {
+            row.get(0)
+        })?;
         if n_pending as usize >= MAX_ANCHORS_PER_ENTRY {
             return Err(LivenessError::RateLimited);
         }
@@ -421,7 +421,11 @@ impl LivenessService {
     }
 
     /// The entries written between `from_ms` and `to_ms` (inclusive) as JSON lines.
-    pub fn export(&self, from_ms: Option<u64>, to_ms: Option<u64>) -> Result<Vec<u8>, LivenessError> {
+    pub fn export(
+        &self,
+        from_ms: Option<u64>,
+        to_ms: Option<u64>,
+    ) -> Result<Vec<u8>, LivenessError> {
         export(&self.store, from_ms, to_ms)
     }
 
@@ -440,7 +444,8 @@ impl LivenessService {
         text.split(|b| *b == b'\n')
             .filter(|line| !line.is_empty())
             .map(|line| {
-                serde_json::from_slice(line).map_err(|source| LivenessError::Stored { seq: 0, source })
+                serde_json::from_slice(line)
+                    .map_err(|source| LivenessError::Stored { seq: 0, source })
             })
             .collect()
     }
@@ -456,7 +461,11 @@ fn kind_name(kind: EntryKind) -> &'static str {
 }
 
 /// The ledger (or the part written between `from_ms` and `to_ms`) as JSON lines.
-pub fn export(store: &Store, from_ms: Option<u64>, to_ms: Option<u64>) -> Result<Vec<u8>, LivenessError> {
+pub fn export(
+    store: &Store,
+    from_ms: Option<u64>,
+    to_ms: Option<u64>,
+) -> Result<Vec<u8>, LivenessError> {
     let conn = store.connection();
     let mut statement = conn.prepare(
         "SELECT body FROM liveness_entries WHERE wall_ms >= ?1 AND wall_ms <= ?2 ORDER BY seq",

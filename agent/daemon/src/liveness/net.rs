@@ -108,7 +108,9 @@ impl SigningKey for NodeSigningKey {
     }
 
     fn public_key(&self) -> Option<SubjectPublicKeyInfoDer<'_>> {
-        Some(SubjectPublicKeyInfoDer::from(ed25519_spki(self.0.public_key())))
+        Some(SubjectPublicKeyInfoDer::from(ed25519_spki(
+            self.0.public_key(),
+        )))
     }
 
     fn algorithm(&self) -> SignatureAlgorithm {
@@ -222,7 +224,11 @@ impl ClientCertVerifier for PinnedClients {
         _intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        if self.spkis.iter().any(|spki| spki.as_slice() == end_entity.as_ref()) {
+        if self
+            .spkis
+            .iter()
+            .any(|spki| spki.as_slice() == end_entity.as_ref())
+        {
             Ok(ClientCertVerified::assertion())
         } else {
             Err(not_pinned())
@@ -397,7 +403,10 @@ impl NetService {
         };
         let _ = stream.set_nodelay(true);
         let (tls, line) = tokio::time::timeout(REQUEST_TIMEOUT, async {
-            let tls = acceptor.accept(stream).await.map_err(io("TLS handshake with"))?;
+            let tls = acceptor
+                .accept(stream)
+                .await
+                .map_err(io("TLS handshake with"))?;
             let mut reader = BufReader::new(tls);
             let mut line = Vec::new();
             (&mut reader)
@@ -593,7 +602,10 @@ impl NetService {
     /// Measures the named peers (every configured peer when `names` is empty) and keeps
     /// the results for the ledger, the metrics and the scheduling plugin. A peer that
     /// fails is reported by name; the others are still measured.
-    pub async fn probe(&self, names: &[String]) -> Result<Vec<Result<NetSample, String>>, NetError> {
+    pub async fn probe(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<Result<NetSample, String>>, NetError> {
         let peers: Vec<NetPeerSection> = if names.is_empty() {
             self.settings.peers.clone()
         } else {
@@ -611,16 +623,18 @@ impl NetService {
                 latest.push(sample.clone());
                 latest.sort_by(|a, b| a.peer.cmp(&b.peer));
             }
-            results.push(
-                result.map_err(|err| format!("{}: {}", peer.name, crate::error_chain(&err))),
-            );
+            results
+                .push(result.map_err(|err| format!("{}: {}", peer.name, crate::error_chain(&err))));
         }
         Ok(results)
     }
 
     /// The latest measurement of every peer measured so far.
     pub fn latest(&self) -> Vec<NetSample> {
-        self.latest.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.latest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Seconds between periodic measurements (`None`: only on request).

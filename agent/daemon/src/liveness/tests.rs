@@ -21,9 +21,11 @@ struct Fixture {
 impl Fixture {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let store =
-            Arc::new(Store::open(&dir.path().join("plinth.db"), crate::migrations::MIGRATIONS).unwrap());
-        let identity = Arc::new(NodeIdentity::load_or_create(&dir.path().join("node.key")).unwrap());
+        let store = Arc::new(
+            Store::open(&dir.path().join("plinth.db"), crate::migrations::MIGRATIONS).unwrap(),
+        );
+        let identity =
+            Arc::new(NodeIdentity::load_or_create(&dir.path().join("node.key")).unwrap());
         Self {
             _dir: dir,
             store,
@@ -73,7 +75,10 @@ fn a_clean_stop_and_an_unclean_end_become_gap_entries_with_their_cause() {
     fx.ticks(&service, 3);
     fx.clock.advance(5_000, 5_000);
     assert_eq!(service.stop().unwrap().unwrap().kind, EntryKind::Stop);
-    assert!(service.tick().unwrap().is_none(), "nothing follows the stop entry");
+    assert!(
+        service.tick().unwrap().is_none(),
+        "nothing follows the stop entry"
+    );
     fx.store.end_run(first_run, "clean").unwrap();
 
     fx.clock.advance(120_000, 120_000);
@@ -92,11 +97,17 @@ fn a_clean_stop_and_an_unclean_end_become_gap_entries_with_their_cause() {
     fx.ticks(&service, 1);
 
     let report = verify(&fx.ledger(), &[], &fx.options()).unwrap();
-    let outages: Vec<(OutageCause, u64)> =
-        report.outages.iter().map(|o| (o.cause, o.length_ms)).collect();
+    let outages: Vec<(OutageCause, u64)> = report
+        .outages
+        .iter()
+        .map(|o| (o.cause, o.length_ms))
+        .collect();
     assert_eq!(
         outages,
-        vec![(OutageCause::Stopped, 120_000), (OutageCause::Unclean, 300_000)]
+        vec![
+            (OutageCause::Stopped, 120_000),
+            (OutageCause::Unclean, 300_000)
+        ]
     );
     assert_eq!(report.n_runs, 3);
 }
@@ -117,7 +128,10 @@ fn a_new_boot_id_is_a_reboot() {
         60,
         HealthSources::default(),
     );
-    assert_eq!(service.begin().unwrap().gap.unwrap().cause, GapCause::Reboot);
+    assert_eq!(
+        service.begin().unwrap().gap.unwrap().cause,
+        GapCause::Reboot
+    );
     let report = verify(&fx.ledger(), &[], &fx.options()).unwrap();
     assert_eq!(report.outages[0].cause, OutageCause::Reboot);
     assert_eq!(report.n_boots, 2);
@@ -135,7 +149,11 @@ fn a_clock_rollback_through_the_test_clock() {
     fx.clock.advance(60_000, -30_000);
     let entry = service.tick().unwrap().unwrap();
     assert_eq!(entry.seq, 4);
-    assert_eq!(entry.wall_ms, T0 + 3 * 60_000, "derived from the boot clock");
+    assert_eq!(
+        entry.wall_ms,
+        T0 + 3 * 60_000,
+        "derived from the boot clock"
+    );
     fx.ticks(&service, 1);
     let ledger = fx.ledger();
     assert!(verify(&ledger, &[], &fx.options()).is_ok());
@@ -162,7 +180,13 @@ fn a_clock_rollback_through_the_test_clock() {
     let err = verify(&text, &[], &fx.options()).unwrap_err();
     assert_eq!((err.line, err.seq), (4, Some(4)));
     assert!(
-        matches!(err.fault, LivenessFault::ClockBackwards { clock: "wall_ms", .. }),
+        matches!(
+            err.fault,
+            LivenessFault::ClockBackwards {
+                clock: "wall_ms",
+                ..
+            }
+        ),
         "{err}"
     );
 }
@@ -186,10 +210,8 @@ fn a_probe_answer_is_recorded_in_the_next_entry_and_verifies() {
         Err(LivenessError::BadNonce { .. })
     ));
     fx.ticks(&service, 1);
-    let entry: Entry = serde_json::from_slice(
-        fx.ledger().split(|b| *b == b'\n').nth(1).unwrap(),
-    )
-    .unwrap();
+    let entry: Entry =
+        serde_json::from_slice(fx.ledger().split(|b| *b == b'\n').nth(1).unwrap()).unwrap();
     assert_eq!(entry.anchors.len(), 1);
     assert_eq!(entry.anchors[0].nonce, nonce);
     let mut probes_file = serde_json::to_vec(&answer).unwrap();
@@ -200,7 +222,12 @@ fn a_probe_answer_is_recorded_in_the_next_entry_and_verifies() {
         .enumerate()
         .map(|(idx, a)| (idx + 1, a))
         .collect();
-    assert_eq!(verify(&fx.ledger(), &probes, &fx.options()).unwrap().n_probes, 1);
+    assert_eq!(
+        verify(&fx.ledger(), &probes, &fx.options())
+            .unwrap()
+            .n_probes,
+        1
+    );
 
     // Rate limit: at most MAX_ANCHORS_PER_ENTRY answers wait for one entry.
     for idx in 0..MAX_ANCHORS_PER_ENTRY {
@@ -221,7 +248,12 @@ fn export_selects_by_time() {
     service.begin().unwrap();
     fx.ticks(&service, 4);
     let part = export(&fx.store, Some(T0 + 60_000), Some(T0 + 180_000)).unwrap();
-    assert_eq!(part.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count(), 3);
+    assert_eq!(
+        part.split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count(),
+        3
+    );
     let partial = VerifyOptions {
         partial: true,
         ..fx.options()
