@@ -7,6 +7,7 @@ mod certgen;
 mod chain;
 mod cli;
 mod cli_bundle;
+mod cli_liveness;
 #[cfg(feature = "collect-tpm")]
 mod collect_tpm;
 mod common;
