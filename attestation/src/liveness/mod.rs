@@ -20,7 +20,6 @@
 
 use ring::signature::{ED25519, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 pub mod sla;
 pub mod verify;
@@ -120,24 +119,24 @@ impl GapCause {
 pub struct GapInfo {
     /// How the previous run ended.
     pub cause: GapCause,
+    /// `wall_ms` of this entry minus `previous_wall_ms`.
+    pub length_ms: u64,
     /// Seq of the last entry before the gap.
     pub previous_seq: u64,
     /// Wall time of that entry (Unix ms).
     pub previous_wall_ms: u64,
-    /// `wall_ms` of this entry minus `previous_wall_ms`.
-    pub length_ms: u64,
 }
 
 /// GPUs of the host as the agent saw them when writing the entry.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GpuSummary {
-    /// GPUs present.
-    pub total: u64,
-    /// GPUs that pass health checks.
-    pub healthy: u64,
     /// GPUs drained (not offered to jobs).
     pub drained: u64,
+    /// GPUs that pass health checks.
+    pub healthy: u64,
+    /// GPUs present.
+    pub total: u64,
 }
 
 /// An active policy plugin and the hash of its code.
@@ -156,24 +155,24 @@ pub struct PluginHash {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Health {
-    /// The store's integrity check result at open (`ok` or SQLite's findings).
-    pub store: String,
     /// GPUs total, healthy and drained.
     pub gpus: GpuSummary,
-    /// Jobs running.
-    pub running_jobs: u64,
     /// Active policy plugins.
     pub plugins: Vec<PluginHash>,
+    /// Jobs running.
+    pub running_jobs: u64,
+    /// The store's integrity check result at open (`ok` or SQLite's findings).
+    pub store: String,
 }
 
 /// A checker's probe the agent answered since the previous entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Anchor {
-    /// The checker's nonce (hex).
-    pub nonce: String,
     /// The head seq the answer named.
     pub head_seq: u64,
+    /// The checker's nonce (hex).
+    pub nonce: String,
     /// The answer's time (Unix ms).
     pub wall_ms: u64,
 }
@@ -182,18 +181,18 @@ pub struct Anchor {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetSample {
-    /// The peer's configured name.
-    pub peer: String,
     /// When it was measured (Unix ms).
     pub at_ms: u64,
-    /// Round trips measured.
-    pub samples: u64,
-    /// Fastest round trip (connect, handshake, request), microseconds.
-    pub rtt_min_us: u64,
+    /// The peer's configured name.
+    pub peer: String,
     /// Median round trip, microseconds.
     pub rtt_median_us: u64,
+    /// Fastest round trip (connect, handshake, request), microseconds.
+    pub rtt_min_us: u64,
     /// 99th percentile round trip, microseconds.
     pub rtt_p99_us: u64,
+    /// Round trips measured.
+    pub samples: u64,
     /// Bytes per second of the bounded transfer, when one was made.
     pub throughput_bytes_per_s: Option<u64>,
 }
@@ -202,36 +201,36 @@ pub struct NetSample {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Entry {
-    /// Always [`LIVENESS_FORMAT`].
-    pub format: String,
-    /// Position in the ledger, from 1.
-    pub seq: u64,
-    /// Hex SHA-256 of the previous entry ([`GENESIS_HASH`] for seq 1).
-    pub prev_hash: String,
-    /// Start, tick, stop or gap.
-    pub kind: EntryKind,
-    /// Wall-clock time, Unix milliseconds.
-    pub wall_ms: u64,
-    /// Time since the host booted (CLOCK_BOOTTIME), milliseconds.
-    pub boot_ms: u64,
-    /// The kernel's boot id.
-    pub boot_id: String,
-    /// The agent run (the store's run record) that wrote it.
-    pub run_id: u64,
-    /// The interval the agent writes entries at, seconds.
-    pub interval_s: u64,
-    /// Health summary.
-    pub health: Health,
     /// Probes answered since the previous entry.
     pub anchors: Vec<Anchor>,
+    /// The kernel's boot id.
+    pub boot_id: String,
+    /// Time since the host booted (CLOCK_BOOTTIME), milliseconds.
+    pub boot_ms: u64,
+    /// Always [`LIVENESS_FORMAT`].
+    pub format: String,
     /// For `gap` entries: how the previous run ended and how long the agent was away.
     pub gap: Option<GapInfo>,
+    /// Health summary.
+    pub health: Health,
+    /// The interval the agent writes entries at, seconds.
+    pub interval_s: u64,
+    /// Start, tick, stop or gap.
+    pub kind: EntryKind,
     /// The latest network-quality measurements.
     pub net: Vec<NetSample>,
     /// Hex Ed25519 public key of the node.
     pub node_key: String,
+    /// Hex SHA-256 of the previous entry ([`GENESIS_HASH`] for seq 1).
+    pub prev_hash: String,
+    /// The agent run (the store's run record) that wrote it.
+    pub run_id: u64,
+    /// Position in the ledger, from 1.
+    pub seq: u64,
     /// Hex Ed25519 signature over [`Entry::signing_bytes`].
     pub signature: String,
+    /// Wall-clock time, Unix milliseconds.
+    pub wall_ms: u64,
 }
 
 /// A signed answer to a checker's probe.
@@ -240,18 +239,18 @@ pub struct Entry {
 pub struct ProbeAnswer {
     /// Always [`PROBE_FORMAT`].
     pub format: String,
-    /// The checker's nonce (hex).
-    pub nonce: String,
+    /// Hash of the head entry ([`GENESIS_HASH`] when empty).
+    pub head_hash: String,
     /// The ledger head when the probe was answered (0 when empty).
     pub head_seq: u64,
-    /// Hash of that entry ([`GENESIS_HASH`] when empty).
-    pub head_hash: String,
-    /// When it was answered (Unix ms).
-    pub wall_ms: u64,
     /// Hex Ed25519 public key of the node.
     pub node_key: String,
+    /// The checker's nonce (hex).
+    pub nonce: String,
     /// Hex Ed25519 signature over [`ProbeAnswer::signing_bytes`].
     pub signature: String,
+    /// When it was answered (Unix ms).
+    pub wall_ms: u64,
 }
 
 pub(crate) fn is_hex(s: &str, n_bytes: usize) -> bool {
@@ -274,15 +273,39 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> LivenessError {
     }
 }
 
-fn signing_bytes_of<T: Serialize>(value: &T, domain: &[u8]) -> Result<Vec<u8>, LivenessError> {
-    let mut value =
-        serde_json::to_value(value).map_err(crate::canonical::CanonicalError::Serialize)?;
-    if let Value::Object(map) = &mut value {
-        map.remove("signature");
-    }
-    let mut bytes = domain.to_vec();
-    crate::canonical::write_canonical(&value, &mut bytes)?;
-    Ok(bytes)
+/// The canonical JSON of a record of this module and its signed bytes, from one
+/// serialisation.
+///
+/// Every struct here declares its fields in the byte order of their names, nested
+/// structs included, and holds no floats, so serde_json's compact output *is* the
+/// canonical form of [`crate::canonical`] (checked against it by
+/// `tests::serde_order_is_the_canonical_form`); building a `serde_json::Value` and
+/// sorting it, as receipts do, costs more than the signature check. The signed bytes
+/// are `domain` + that text without its `"signature"` member: a `,"signature":` with an
+/// unescaped quote cannot occur inside a JSON string, and no nested object has the key.
+fn canonical_forms<T: Serialize>(
+    value: &T,
+    signature: &str,
+    domain: &[u8],
+) -> Result<(Vec<u8>, Vec<u8>), LivenessError> {
+    let whole = serde_json::to_vec(value).map_err(crate::canonical::CanonicalError::Serialize)?;
+    let member = format!(
+        ",\"signature\":{}",
+        serde_json::to_string(signature).map_err(crate::canonical::CanonicalError::Serialize)?
+    );
+    let at = whole
+        .windows(member.len())
+        .rposition(|window| window == member.as_bytes())
+        .ok_or_else(|| invalid("signature", "is missing from the serialised record"))?;
+    let mut signing = Vec::with_capacity(domain.len() + whole.len());
+    signing.extend_from_slice(domain);
+    signing.extend_from_slice(&whole[..at]);
+    signing.extend_from_slice(&whole[at + member.len()..]);
+    Ok((whole, signing))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
 }
 
 fn verify_ed25519(node_key: &str, message: &[u8], signature: &str) -> bool {
@@ -353,7 +376,18 @@ impl Entry {
 
     /// The bytes the node signs: [`SIGNING_DOMAIN`] + canonical JSON without `signature`.
     pub fn signing_bytes(&self) -> Result<Vec<u8>, LivenessError> {
-        signing_bytes_of(self, SIGNING_DOMAIN)
+        Ok(self.canonical_forms()?.1)
+    }
+
+    /// The canonical JSON of the whole entry and the signed bytes, from one
+    /// serialisation (what verification needs per entry).
+    pub fn canonical_forms(&self) -> Result<(Vec<u8>, Vec<u8>), LivenessError> {
+        canonical_forms(self, &self.signature, SIGNING_DOMAIN)
+    }
+
+    /// Whether `signing_bytes` verify under the entry's `node_key`.
+    pub fn signature_verifies_over(&self, signing_bytes: &[u8]) -> bool {
+        verify_ed25519(&self.node_key, signing_bytes, &self.signature)
     }
 
     /// Signs the entry with `sign` (the node key's Ed25519 signer).
@@ -388,10 +422,9 @@ impl Entry {
 
     /// Hex SHA-256 of the whole entry (the next entry's `prev_hash`).
     pub fn hash(&self) -> Result<String, LivenessError> {
-        let bytes = crate::canonical::to_canonical_json(self)?;
-        Ok(hex::encode(
-            ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref(),
-        ))
+        let whole =
+            serde_json::to_vec(self).map_err(crate::canonical::CanonicalError::Serialize)?;
+        Ok(sha256_hex(&whole))
     }
 }
 
@@ -427,7 +460,7 @@ impl ProbeAnswer {
     /// The bytes the node signs: [`PROBE_SIGNING_DOMAIN`] + canonical JSON without
     /// `signature`.
     pub fn signing_bytes(&self) -> Result<Vec<u8>, LivenessError> {
-        signing_bytes_of(self, PROBE_SIGNING_DOMAIN)
+        Ok(canonical_forms(self, &self.signature, PROBE_SIGNING_DOMAIN)?.1)
     }
 
     /// Signs the answer with `sign`.

@@ -621,7 +621,7 @@ fn entries_parse_strictly() {
     let key = key(3);
     let w = history(&key);
     let mut value = serde_json::to_value(&w.entries[10]).unwrap();
-    value["gap"] = Value::Null;
+    value["gap"] = serde_json::Value::Null;
     let err = Entry::from_json(value.to_string().as_bytes()).unwrap_err();
     assert!(err.to_string().contains("gap"), "{err}");
     let mut value = serde_json::to_value(&w.entries[1]).unwrap();
@@ -633,4 +633,54 @@ fn entries_parse_strictly() {
         "{fault:?}"
     );
     assert!(verify(b"", &[], &opts(&key)).unwrap().n_entries == 0);
+}
+
+/// The fast canonical form (serde's output, fields declared in byte order) is the
+/// canonical form of `crate::canonical`, and the signed bytes are the canonical form
+/// without `signature`, for an entry with every optional part present.
+#[test]
+fn serde_order_is_the_canonical_form() {
+    let key = key(4);
+    let mut w = history(&key);
+    let mut entry = w.entries[10].clone();
+    entry.anchors.push(Anchor {
+        nonce: "ab".repeat(16),
+        head_seq: 9,
+        wall_ms: 5,
+    });
+    entry.health.plugins.push(PluginHash {
+        kind: "pricing".to_owned(),
+        name: "quote \"x\" \u{e9}\n".to_owned(),
+        sha256: "cd".repeat(32),
+    });
+    entry.net = vec![
+        NetSample {
+            peer: "b".to_owned(),
+            at_ms: 1,
+            samples: 2,
+            rtt_min_us: 3,
+            rtt_median_us: 4,
+            rtt_p99_us: 5,
+            throughput_bytes_per_s: Some(6),
+        },
+        NetSample::default(),
+    ];
+    w.entries.push(entry.clone());
+    let (whole, signing) = entry.canonical_forms().unwrap();
+    assert_eq!(whole, crate::canonical::to_canonical_json(&entry).unwrap());
+    let mut value = serde_json::to_value(&entry).unwrap();
+    value.as_object_mut().unwrap().remove("signature");
+    let mut expected = SIGNING_DOMAIN.to_vec();
+    crate::canonical::write_canonical(&value, &mut expected).unwrap();
+    assert_eq!(signing, expected);
+    let answer = w.probe(0x33, T0);
+    assert_eq!(
+        serde_json::to_vec(&answer).unwrap(),
+        crate::canonical::to_canonical_json(&answer).unwrap()
+    );
+    let mut value = serde_json::to_value(&answer).unwrap();
+    value.as_object_mut().unwrap().remove("signature");
+    let mut expected = PROBE_SIGNING_DOMAIN.to_vec();
+    crate::canonical::write_canonical(&value, &mut expected).unwrap();
+    assert_eq!(answer.signing_bytes().unwrap(), expected);
 }

@@ -263,8 +263,9 @@ fn parse_line(line: &[u8]) -> Result<Parsed, LivenessFault> {
     }
     let invalid = |err: &dyn std::error::Error| LivenessFault::Invalid(crate_error_chain(err));
     let entry = Entry::from_json(line).map_err(|err| invalid(&err))?;
-    let signature_ok = entry.signature_verifies().map_err(|err| invalid(&err))?;
-    let hash = entry.hash().map_err(|err| invalid(&err))?;
+    let (whole, signing) = entry.canonical_forms().map_err(|err| invalid(&err))?;
+    let signature_ok = entry.signature_verifies_over(&signing);
+    let hash = hex::encode(ring::digest::digest(&ring::digest::SHA256, &whole).as_ref());
     Ok(Parsed {
         entry,
         signature_ok,
