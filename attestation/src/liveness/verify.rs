@@ -20,6 +20,8 @@
 //! went on but wrote no entry: a stall or a suspend) or `no_evidence` (the window
 //! reaches past the ledger).
 
+use std::collections::HashMap;
+
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -368,10 +370,12 @@ pub fn verify(
     // pins.
     let mut ordered: Vec<&(usize, ProbeAnswer)> = probes.iter().collect();
     ordered.sort_by_key(|(line, answer)| (answer.head_seq, answer.wall_ms, *line));
+    let index = ProbeIndex::new(&entries);
     let mut pinned_up_to = 0;
     for (probe_line, answer) in ordered {
         check_probe(
             &entries,
+            &index,
             *probe_line,
             answer,
             node_key.as_deref(),
@@ -480,8 +484,50 @@ fn check_pair(previous: &Parsed, current: &Parsed) -> Result<(), LivenessFault> 
     Ok(())
 }
 
+/// What probe checks look up, built once: running maxima and minima of the entries'
+/// times (is any entry up to a head later than an answer, any after it earlier?) and
+/// where each nonce is recorded. A month of entries and a thousand answers then cost
+/// one pass, not a thousand.
+struct ProbeIndex<'a> {
+    /// `prefix_max[i]`: the latest `wall_ms` of entries `0..=i`.
+    prefix_max: Vec<u64>,
+    /// `suffix_min[i]`: the earliest `wall_ms` of entries `i..`.
+    suffix_min: Vec<u64>,
+    /// The first entry recording each nonce.
+    nonce_at: HashMap<&'a str, usize>,
+}
+
+impl<'a> ProbeIndex<'a> {
+    fn new(entries: &'a [Parsed]) -> Self {
+        let mut prefix_max = Vec::with_capacity(entries.len());
+        let mut latest = 0;
+        for parsed in entries {
+            latest = latest.max(parsed.entry.wall_ms);
+            prefix_max.push(latest);
+        }
+        let mut suffix_min = vec![u64::MAX; entries.len()];
+        let mut earliest = u64::MAX;
+        for (idx, parsed) in entries.iter().enumerate().rev() {
+            earliest = earliest.min(parsed.entry.wall_ms);
+            suffix_min[idx] = earliest;
+        }
+        let mut nonce_at = HashMap::new();
+        for (idx, parsed) in entries.iter().enumerate() {
+            for anchor in &parsed.entry.anchors {
+                nonce_at.entry(anchor.nonce.as_str()).or_insert(idx);
+            }
+        }
+        Self {
+            prefix_max,
+            suffix_min,
+            nonce_at,
+        }
+    }
+}
+
 fn check_probe(
     entries: &[Parsed],
+    index: &ProbeIndex<'_>,
     probe_line: usize,
     answer: &ProbeAnswer,
     node_key: Option<&str>,
@@ -515,27 +561,37 @@ fn check_probe(
             how,
         },
     };
-    // Time order first: it names the first entry of a backfilled stretch.
-    for (idx, parsed) in entries.iter().enumerate() {
-        let entry = &parsed.entry;
-        if entry.seq <= answer.head_seq && entry.wall_ms > answer.wall_ms {
-            return Err(contradiction(
-                idx,
-                format!(
-                    "written at {} ms, after the answer, yet at or before its head",
-                    entry.wall_ms
-                ),
-            ));
-        }
-        if entry.seq > answer.head_seq && entry.wall_ms < answer.wall_ms {
-            return Err(contradiction(
-                idx,
-                format!(
-                    "written at {} ms, before the answer, yet after its head",
-                    entry.wall_ms
-                ),
-            ));
-        }
+    // Time order first: it names the first entry of a backfilled stretch. Seqs are
+    // consecutive here, so entries `..split` are the ones at or before the head.
+    let split = (answer.head_seq + 1)
+        .saturating_sub(first_seq)
+        .min(entries.len() as u64) as usize;
+    if split > 0 && index.prefix_max[split - 1] > answer.wall_ms {
+        let idx = entries[..split]
+            .iter()
+            .position(|p| p.entry.wall_ms > answer.wall_ms)
+            .unwrap_or(0);
+        return Err(contradiction(
+            idx,
+            format!(
+                "written at {} ms, after the answer, yet at or before its head",
+                entries[idx].entry.wall_ms
+            ),
+        ));
+    }
+    if split < entries.len() && index.suffix_min[split] < answer.wall_ms {
+        let idx = split
+            + entries[split..]
+                .iter()
+                .position(|p| p.entry.wall_ms < answer.wall_ms)
+                .unwrap_or(0);
+        return Err(contradiction(
+            idx,
+            format!(
+                "written at {} ms, before the answer, yet after its head",
+                entries[idx].entry.wall_ms
+            ),
+        ));
     }
     if let Some(idx) = index_of(answer.head_seq)
         && entries[idx].hash != answer.head_hash
@@ -553,9 +609,7 @@ fn check_probe(
     if answer.head_seq == 0 && answer.head_hash != GENESIS_HASH {
         return Err(contradiction(0, "an empty head with a hash".to_owned()));
     }
-    let recorded_at = entries
-        .iter()
-        .position(|p| p.entry.anchors.iter().any(|a| a.nonce == answer.nonce));
+    let recorded_at = index.nonce_at.get(answer.nonce.as_str()).copied();
     let next = index_of(answer.head_seq + 1);
     match (recorded_at, next) {
         (Some(found), Some(expected)) if found != expected => Err(contradiction(

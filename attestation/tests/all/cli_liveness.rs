@@ -113,17 +113,30 @@ fn plinth_verify_liveness_exit_codes_and_reports() {
     .unwrap();
 
     let (code, out, err) = run(
-        &["liveness", "ledger.jsonl", "--node-key", &key_hex, "--probes", "probes.jsonl"],
+        &[
+            "liveness",
+            "ledger.jsonl",
+            "--node-key",
+            &key_hex,
+            "--probes",
+            "probes.jsonl",
+        ],
         dir.path(),
     );
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("liveness: VERIFIED"), "{out}");
     assert!(out.contains("outages: 1"), "{out}");
     assert!(out.contains("for 2460 s: unclean (before seq 11)"), "{out}");
-    assert!(out.contains("[pass] liveness.probes: 1 probe answers"), "{out}");
+    assert!(
+        out.contains("[pass] liveness.probes: 1 probe answers"),
+        "{out}"
+    );
 
     // The SLA: availability (30%) is met, the 41-minute outage is too long.
-    let (code, out, _) = run(&["liveness", "ledger.jsonl", "--sla", "sla.toml", "--json"], dir.path());
+    let (code, out, _) = run(
+        &["liveness", "ledger.jsonl", "--sla", "sla.toml", "--json"],
+        dir.path(),
+    );
     assert_eq!(code, 1, "{out}");
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["verified"], false);
@@ -136,7 +149,10 @@ fn plinth_verify_liveness_exit_codes_and_reports() {
     };
     assert_eq!(status("sla.availability").as_deref(), Some("pass"));
     assert_eq!(status("sla.max_outage").as_deref(), Some("fail"));
-    assert_eq!(report["appraisals"][0]["claims"]["outages"][0]["cause"], "unclean");
+    assert_eq!(
+        report["appraisals"][0]["claims"]["outages"][0]["cause"],
+        "unclean"
+    );
 
     // An edited entry: rejected, the entry named.
     let mut edited = entries.clone();
@@ -151,15 +167,24 @@ fn plinth_verify_liveness_exit_codes_and_reports() {
     let (code, _, err) = run(&["liveness", "missing.jsonl"], dir.path());
     assert_eq!(code, 2);
     assert!(err.contains("missing.jsonl"), "{err}");
-    let (code, _, err) = run(&["liveness", "ledger.jsonl", "--from", "yesterday"], dir.path());
+    let (code, _, err) = run(
+        &["liveness", "ledger.jsonl", "--from", "yesterday"],
+        dir.path(),
+    );
     assert_eq!(code, 2);
     assert!(err.contains("--from 'yesterday'"), "{err}");
     std::fs::write(dir.path().join("typo.toml"), "max_outage_minuts = 3\n").unwrap();
-    let (code, _, err) = run(&["liveness", "ledger.jsonl", "--sla", "typo.toml"], dir.path());
+    let (code, _, err) = run(
+        &["liveness", "ledger.jsonl", "--sla", "typo.toml"],
+        dir.path(),
+    );
     assert_eq!(code, 2);
     assert!(err.contains("max_outage_minuts"), "{err}");
     std::fs::write(dir.path().join("bad-probes.jsonl"), "{}\n").unwrap();
-    let (code, _, err) = run(&["liveness", "ledger.jsonl", "--probes", "bad-probes.jsonl"], dir.path());
+    let (code, _, err) = run(
+        &["liveness", "ledger.jsonl", "--probes", "bad-probes.jsonl"],
+        dir.path(),
+    );
     assert_eq!(code, 2);
     assert!(err.contains("bad-probes.jsonl:1"), "{err}");
 }
