@@ -14,9 +14,10 @@
 //! - [`ear`]: the signed EAR result token (draft-ietf-rats-ear).
 //! - [`check`]: the named pass/fail checks every verifier returns.
 //! - [`bundle`]: the signed evidence bundle (`plinth-evidence/1`) that binds all of it to one nonce.
-//! - [`canonical`]: the canonical JSON that bundles and receipts sign.
+//! - [`canonical`]: the canonical JSON that bundles, receipts and liveness ledgers sign.
 //! - [`challenge`]: the GPU capacity challenge (`plinth-challenge/1`): PRG, Merkle
 //!   commitment, Freivalds verifier, the CPU prover and the capacity policy.
+//! - [`liveness`]: the signed liveness ledger, checkers' probe answers, uptime, outages and SLAs.
 //!
 //! - [`collect`]: the agent's side, the collectors (TPM, SEV-SNP, NVIDIA). Whatever
 //!   needs a hardware library (tss-esapi, the `sev` ioctls, NVML) sits behind a cargo
@@ -34,6 +35,7 @@ pub mod crypto;
 pub mod ear;
 pub mod enroll;
 pub mod gpu;
+pub mod liveness;
 pub mod policy;
 pub mod receipt;
 pub mod snp;

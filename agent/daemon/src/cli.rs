@@ -64,6 +64,20 @@ pub enum CtlCommand {
         #[command(subcommand)]
         command: crate::ctl::jobs::JobsCommand,
     },
+    /// The liveness ledger: export it, or probe it as a checker does.
+    Liveness {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::ctl::liveness::LivenessCommand,
+    },
+    /// Print the agent's metrics (Prometheus text: network quality, liveness ledger).
+    Metrics,
+    /// Network quality: measure round-trip time and throughput to configured peers.
+    Net {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::ctl::net::NetCommand,
+    },
     /// Export the usage receipt ledger.
     Receipts {
         /// What to do.

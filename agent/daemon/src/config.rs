@@ -95,6 +95,146 @@ pub struct AgentConfig {
     pub images: ImagesSection,
     /// Attestation evidence: the TPM, the SEV-SNP guest device, NVIDIA GPUs.
     pub attestation: AttestationSection,
+    /// The liveness ledger.
+    pub liveness: LivenessSection,
+}
+
+/// The `[liveness]` section: how often the agent appends to its liveness ledger, and
+/// the network-quality measurements of `[liveness.net]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LivenessSection {
+    /// Seconds between ledger entries (1 to 3600).
+    pub interval_s: u64,
+    /// Network quality: the measurement endpoint and the peers to measure.
+    pub net: NetSection,
+}
+
+impl Default for LivenessSection {
+    fn default() -> Self {
+        Self {
+            interval_s: 60,
+            net: NetSection::default(),
+        }
+    }
+}
+
+/// The `[liveness.net]` section: the TLS endpoint peers measure this agent through, and
+/// the peers (pinned by their node keys) this agent measures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetSection {
+    /// `address:port` of the measurement endpoint; empty: no endpoint.
+    pub listen: String,
+    /// Seconds between measurements of every peer; 0: only `plinthctl net probe`.
+    pub interval_s: u64,
+    /// Round trips measured per peer (1 to 100).
+    pub samples: u32,
+    /// Bytes of the throughput transfer (at most 64 MiB; 0: no transfer).
+    pub transfer_bytes: u64,
+    /// Requests one peer may make of the endpoint per minute.
+    pub requests_per_minute: u32,
+    /// The peers, the only hosts measured and the only clients served.
+    pub peers: Vec<NetPeerSection>,
+}
+
+impl Default for NetSection {
+    fn default() -> Self {
+        Self {
+            listen: String::new(),
+            interval_s: 300,
+            samples: 10,
+            transfer_bytes: 8 * 1024 * 1024,
+            requests_per_minute: 60,
+            peers: Vec::new(),
+        }
+    }
+}
+
+/// One `[[liveness.net.peers]]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetPeerSection {
+    /// The name `plinthctl net probe` and the metrics use.
+    pub name: String,
+    /// `host:port` of the peer's measurement endpoint.
+    pub address: String,
+    /// The peer's node key (hex Ed25519 public key), pinned for TLS both ways.
+    pub node_key: String,
+}
+
+impl LivenessSection {
+    /// Checks `[liveness]` and `[liveness.net]`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Validate {
+            key: key.to_owned(),
+            message,
+        };
+        if !(1..=3600).contains(&self.interval_s) {
+            return Err(invalid(
+                "liveness.interval_s",
+                format!("{} is not between 1 and 3600 seconds", self.interval_s),
+            ));
+        }
+        let net = &self.net;
+        if !net.listen.is_empty() && net.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "liveness.net.listen",
+                format!(
+                    "{:?} is not an address:port such as \"0.0.0.0:7443\"",
+                    net.listen
+                ),
+            ));
+        }
+        if !(1..=100).contains(&net.samples) {
+            return Err(invalid(
+                "liveness.net.samples",
+                format!("{} is not between 1 and 100", net.samples),
+            ));
+        }
+        if net.transfer_bytes > 64 * 1024 * 1024 {
+            return Err(invalid(
+                "liveness.net.transfer_bytes",
+                format!("{} is more than 64 MiB", net.transfer_bytes),
+            ));
+        }
+        if net.requests_per_minute == 0 {
+            return Err(invalid(
+                "liveness.net.requests_per_minute",
+                "must be greater than 0".to_owned(),
+            ));
+        }
+        for (idx, peer) in net.peers.iter().enumerate() {
+            let key = |field: &str| format!("liveness.net.peers[{idx}].{field}");
+            if peer.name.is_empty() || net.peers[..idx].iter().any(|p| p.name == peer.name) {
+                return Err(invalid(
+                    &key("name"),
+                    format!("{:?} is empty or not unique", peer.name),
+                ));
+            }
+            if !peer.address.contains(':') {
+                return Err(invalid(
+                    &key("address"),
+                    format!("{:?} is not host:port", peer.address),
+                ));
+            }
+            let hex_ok = peer.node_key.len() == 64
+                && peer
+                    .node_key
+                    .bytes()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+            if !hex_ok {
+                return Err(invalid(
+                    &key("node_key"),
+                    format!(
+                        "{:?} is not a node key (64 lowercase hex digits)",
+                        peer.node_key
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The `[images]` section: where registry images come from, who must have signed them,
@@ -556,6 +696,7 @@ impl AgentConfig {
         }
         self.images.validate()?;
         self.attestation.validate()?;
+        self.liveness.validate()?;
         tracing_subscriber::EnvFilter::try_new(&self.agent.log_level).map_err(|err| {
             ConfigError::Validate {
                 key: "agent.log_level".to_owned(),
@@ -860,6 +1001,7 @@ mod tests {
             "jobs",
             "images",
             "attestation",
+            "liveness",
         ] {
             texts.push(format!("[{section}]\n"));
         }

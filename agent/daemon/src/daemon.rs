@@ -152,6 +152,18 @@ pub async fn run(loaded: LoadedConfig, options: RunOptions) -> Result<(), Daemon
         plugins.clone(),
     ));
     tracing::info!(collectors = %attestation.summary(), "attestation collectors");
+    let liveness = crate::liveness::start(
+        &config,
+        store.clone(),
+        identity.clone(),
+        run_id,
+        crate::liveness::HealthSources {
+            gpus: Some(gpus.clone()),
+            plugins: plugins.clone(),
+        },
+    );
+    let net =
+        crate::liveness::net::start(&config.liveness.net, identity.clone(), liveness.clone()).await;
 
     let socket_path = config.socket_path();
     // Held until `run` returns: its lock keeps other agents off this socket.
@@ -177,6 +189,8 @@ pub async fn run(loaded: LoadedConfig, options: RunOptions) -> Result<(), Daemon
         plugins: plugins.clone(),
         attestation,
         gpus: gpus.clone(),
+        liveness: liveness.clone(),
+        net,
     });
     let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
@@ -226,6 +240,11 @@ pub async fn run(loaded: LoadedConfig, options: RunOptions) -> Result<(), Daemon
         jobs.stop();
     }
     gpus.shutdown();
+    if let Some(liveness) = &liveness
+        && let Err(err) = liveness.stop()
+    {
+        tracing::error!(error = %crate::error_chain(&err), "cannot write the liveness stop entry");
+    }
     match tokio::time::timeout(Duration::from_secs(10), &mut server).await {
         Ok(_) => {}
         Err(_) => tracing::warn!("in-flight requests did not finish within 10 s; closing"),

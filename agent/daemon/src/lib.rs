@@ -15,6 +15,7 @@ pub mod gpu;
 pub mod hardware;
 pub mod identity;
 pub mod jobs;
+pub mod liveness;
 pub mod migrations;
 pub mod plugins;
 pub mod store;

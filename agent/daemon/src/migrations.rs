@@ -11,6 +11,7 @@ pub const MIGRATIONS: &[Migration] = &[
     crate::jobs::schema::MIGRATION,
     crate::jobs::schema::IMAGE_MIGRATION,
     crate::gpu::drain::MIGRATION,
+    crate::liveness::LIVENESS_MIGRATION,
 ];
 
 /// The schema version this build writes.

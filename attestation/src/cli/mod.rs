@@ -3,8 +3,9 @@
 //! `main.rs` only parses arguments with [`Cli`], calls [`run`] and maps the
 //! outcome to an exit code: 0 verified, 1 evidence rejected, 2 bad usage.
 //! Evidence bundles (`bundle`, `batch`) are in [`bundle`], AK enrollment
-//! (`enroll challenge|finish`) in [`enroll`]. `challenge` re-checks a capacity-challenge
-//! transcript ([`crate::challenge`]) against the policy's `[challenge]` section.
+//! (`enroll challenge|finish`) in [`enroll`], liveness ledgers (`liveness`) in
+//! [`liveness`]. `challenge` re-checks a capacity-challenge transcript
+//! ([`crate::challenge`]) against the policy's `[challenge]` section.
 //!
 //! Evidence that does not parse (a truncated report, a quote with trailing
 //! bytes, a VCEK that is not X.509) is a verdict, not a usage error: the
@@ -22,9 +23,11 @@ use thiserror::Error;
 
 mod bundle;
 mod enroll;
+pub mod liveness;
 
 pub use bundle::{BatchArgs, BundleArgs};
 pub use enroll::{EnrollArgs, EnrollCommand};
+pub use liveness::LivenessArgs;
 
 use crate::check::{Appraisal, Aspect, Check};
 use crate::ear::{self, EarError, EarSigner};
@@ -125,6 +128,9 @@ pub enum Command {
     Batch(BatchArgs),
     /// Enroll an AK: issue a credential challenge, then check the answer.
     Enroll(EnrollArgs),
+    /// Verify a liveness ledger (`plinthctl liveness export`) against probe answers;
+    /// report uptime, outages and an SLA verdict.
+    Liveness(LivenessArgs),
     /// Re-check a saved capacity-challenge transcript (`plinthctl challenge run -o`).
     Challenge(ChallengeArgs),
 }
@@ -331,6 +337,7 @@ pub fn run(cli: &Cli) -> Result<Outcome, CliError> {
         Command::Enroll(args) => {
             return enroll::run(args, &policy, cli.policy.as_deref(), at, cli.json);
         }
+        Command::Liveness(args) => return liveness::run(args, cli.json),
     };
     if let Some(ear_path) = &cli.ear {
         let key_path = cli.ear_key.as_ref().ok_or_else(|| {

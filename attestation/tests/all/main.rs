@@ -8,6 +8,7 @@ mod chain;
 mod challenge;
 mod cli;
 mod cli_bundle;
+mod cli_liveness;
 #[cfg(feature = "collect-tpm")]
 mod collect_tpm;
 mod common;

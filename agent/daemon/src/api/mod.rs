@@ -27,6 +27,8 @@ pub mod attestation;
 pub mod gpus;
 pub mod images;
 pub mod jobs;
+pub mod liveness;
+pub mod net;
 pub mod plugins;
 pub mod status;
 
@@ -98,6 +100,11 @@ pub struct AgentState {
     pub attestation: Arc<crate::attestation::AttestationService>,
     /// GPUs: inventory, health, drain, the capacity challenge.
     pub gpus: Arc<crate::gpu::GpuService>,
+    /// The liveness ledger; `None` when it could not be started.
+    pub liveness: Option<Arc<crate::liveness::LivenessService>>,
+    /// Network-quality measurements; `None` when `[liveness.net]` sets neither an
+    /// endpoint nor peers.
+    pub net: Option<Arc<crate::liveness::net::NetService>>,
 }
 
 /// Shared handler state.
@@ -112,6 +119,8 @@ pub fn router(state: SharedState) -> Router {
         .merge(plugins::routes())
         .merge(attestation::routes())
         .merge(gpus::routes())
+        .merge(liveness::routes())
+        .merge(net::routes())
         .fallback(not_found)
         .with_state(state)
 }

@@ -12,6 +12,8 @@ pub mod attest;
 pub mod gpus;
 pub mod images;
 pub mod jobs;
+pub mod liveness;
+pub mod net;
 pub mod plugin;
 pub mod status;
 
@@ -42,6 +44,9 @@ pub enum CtlError {
     /// A `plinthctl gpus` or `plinthctl challenge` step failed.
     #[error(transparent)]
     Gpus(#[from] gpus::GpusCtlError),
+    /// A `plinthctl liveness` argument is wrong.
+    #[error(transparent)]
+    Liveness(#[from] liveness::LivenessCtlError),
 }
 
 impl CtlError {
@@ -84,6 +89,9 @@ pub async fn run(cli: CtlCli) -> Result<(), CtlError> {
         CtlCommand::Attest(args) => attest::run(&client, args).await,
         CtlCommand::Gpus(args) => gpus::run(&client, args).await,
         CtlCommand::Challenge { command } => gpus::run_challenge(&client, command).await,
+        CtlCommand::Liveness { command } => liveness::run(&client, command).await,
+        CtlCommand::Net { command } => net::run(&client, command).await,
+        CtlCommand::Metrics => net::metrics(&client).await,
         CtlCommand::Completions { shell } => {
             let mut command = CtlCli::command();
             clap_complete::generate(shell, &mut command, "plinthctl", &mut std::io::stdout());
