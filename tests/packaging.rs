@@ -24,7 +24,10 @@ fn vendor_config_is_valid_and_matches_defaults() {
     packaged_jobs.runner_socket = Some("/run/plinth-runner/runner.sock".into());
     assert_eq!(loaded.config.jobs, packaged_jobs);
     let runner = plinth_runner::config::RunnerConfig::default();
-    assert_eq!(loaded.config.jobs.runner_socket.as_ref(), Some(&runner.socket));
+    assert_eq!(
+        loaded.config.jobs.runner_socket.as_ref(),
+        Some(&runner.socket)
+    );
     assert_eq!(loaded.config.api.socket_group.as_deref(), Some("plinth"));
 }
 

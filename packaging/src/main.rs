@@ -49,8 +49,16 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot write man pages into {}", man.display()))?;
     written.push(write_runner_man(&man)?);
     write_completions(&dir, &mut plinth_agent::cli::CtlCli::command(), "plinthctl")?;
-    write_completions(&dir, &mut plinth_agent::cli::AgentCli::command(), "plinth-agent")?;
-    write_completions(&dir, &mut plinth_runner::cli::RunnerCli::command(), "plinth-runner")?;
+    write_completions(
+        &dir,
+        &mut plinth_agent::cli::AgentCli::command(),
+        "plinth-agent",
+    )?;
+    write_completions(
+        &dir,
+        &mut plinth_runner::cli::RunnerCli::command(),
+        "plinth-runner",
+    )?;
     for path in written {
         println!("{}", path.display());
     }

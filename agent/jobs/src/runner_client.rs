@@ -246,7 +246,12 @@ impl RunnerClient {
         .map(|_| ())
     }
 
-    fn runtime_error(&self, command: &'static str, id: &str, err: RunnerClientError) -> RuntimeError {
+    fn runtime_error(
+        &self,
+        command: &'static str,
+        id: &str,
+        err: RunnerClientError,
+    ) -> RuntimeError {
         RuntimeError::Failed {
             binary: self.socket.clone(),
             command,
@@ -327,7 +332,9 @@ mod tests {
     #[test]
     fn a_missing_runner_is_an_io_error_naming_the_socket() {
         let client = RunnerClient::new(Path::new("/nonexistent/plinth-runner.sock"));
-        let err = client.start(Path::new("/var/lib/plinth/jobs/j1")).unwrap_err();
+        let err = client
+            .start(Path::new("/var/lib/plinth/jobs/j1"))
+            .unwrap_err();
         assert!(matches!(err, RunnerClientError::Io { .. }), "{err}");
         assert!(err.to_string().contains("/nonexistent/plinth-runner.sock"));
     }

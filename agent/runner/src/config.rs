@@ -102,7 +102,10 @@ impl RunnerConfig {
     pub fn load(path: &Path) -> Result<RunnerConfig, ConfigError> {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound && path == Path::new(DEFAULT_CONFIG) => {
+            Err(err)
+                if err.kind() == std::io::ErrorKind::NotFound
+                    && path == Path::new(DEFAULT_CONFIG) =>
+            {
                 String::new()
             }
             Err(source) => {
@@ -139,14 +142,21 @@ impl RunnerConfig {
         }
         for dir in config.image_dirs.iter().chain(&config.allowed_mounts) {
             if !dir.is_absolute() {
-                return Err(invalid("image_dirs/allowed_mounts", dir, "must be absolute"));
+                return Err(invalid(
+                    "image_dirs/allowed_mounts",
+                    dir,
+                    "must be absolute",
+                ));
             }
         }
         if config.allowed_mounts.iter().any(|m| m == Path::new("/")) {
-            return Err(invalid("allowed_mounts", Path::new("/"), "the host root cannot be allowed"));
+            return Err(invalid(
+                "allowed_mounts",
+                Path::new("/"),
+                "the host root cannot be allowed",
+            ));
         }
-        if config.cgroup_parent.trim_matches('/').is_empty()
-            || config.cgroup_parent.contains("..")
+        if config.cgroup_parent.trim_matches('/').is_empty() || config.cgroup_parent.contains("..")
         {
             return Err(invalid(
                 "cgroup_parent",

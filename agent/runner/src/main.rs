@@ -4,13 +4,11 @@
 //! Exit codes: 0 done, 1 a failure at run time, 78 invalid configuration
 //! (the unit's `RestartPreventExitStatus`).
 
-use std::process::ExitCode;
-use std::time::Duration;
-
 use clap::Parser;
 use plinth_runner::cli::{RunnerCli, RunnerCommand};
 use plinth_runner::config::RunnerConfig;
 use plinth_runner::server::{Runner, ServerError};
+use std::process::ExitCode;
 use tracing_subscriber::prelude::*;
 
 /// Invalid configuration (sysexits `EX_CONFIG`).
@@ -40,13 +38,12 @@ fn serve(config: RunnerConfig) -> Result<(), ServerError> {
     let runner = Runner::new(config)?;
     let listener = runner.bind()?;
     tracing::info!(socket = %runner.config().socket.display(), "plinth-runner is ready");
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-    let mut usec = 0;
-    if sd_notify::watchdog_enabled(false, &mut usec) {
-        let every = Duration::from_micros(usec / 2);
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    if let Some(interval) = sd_notify::watchdog_enabled() {
+        let every = interval / 2;
         std::thread::spawn(move || {
             loop {
-                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
                 std::thread::sleep(every);
             }
         });
@@ -59,10 +56,14 @@ fn main() -> ExitCode {
     let cli = RunnerCli::parse();
     init_logging();
     match cli.command {
-        RunnerCommand::Supervise { bundle_dir } => match plinth_runner::supervise::run(&bundle_dir) {
+        RunnerCommand::Supervise { bundle_dir } => match plinth_runner::supervise::run(&bundle_dir)
+        {
             Ok(_) => ExitCode::SUCCESS,
             Err(err) => {
-                eprintln!("plinth-runner supervise: {}", plinth_toolbox::error_chain(&err));
+                eprintln!(
+                    "plinth-runner supervise: {}",
+                    plinth_toolbox::error_chain(&err)
+                );
                 ExitCode::FAILURE
             }
         },

@@ -45,10 +45,10 @@ pub const ORDER: &str = "order.json";
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// A request was refused; the reason names the field and value.
-    #[error("refused: {0}")]
+    #[error("{0}")]
     Refused(String),
     /// The bundle failed re-validation.
-    #[error("refused: bundle config.json: {0}")]
+    #[error("bundle config.json")]
     Bundle(#[from] Refusal),
     /// A file or socket operation failed.
     #[error("cannot {op} {path}")]
@@ -181,7 +181,13 @@ impl Runner {
         match fs::remove_file(socket) {
             Ok(()) => {}
             Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => return Err(ServerError::Io { op: "remove the stale socket", path: socket.clone(), source }),
+            Err(source) => {
+                return Err(ServerError::Io {
+                    op: "remove the stale socket",
+                    path: socket.clone(),
+                    source,
+                });
+            }
         }
         let listener = UnixListener::bind(socket).map_err(io_err("bind", socket))?;
         if let Some(group) = &self.config.socket_group {
@@ -225,7 +231,11 @@ impl Runner {
                 self.config.agent_user,
                 self.agent_uid
             );
-            tracing::warn!(peer_uid = peer.uid(), peer_pid = peer.pid(), "refused connection: {reason}");
+            tracing::warn!(
+                peer_uid = peer.uid(),
+                peer_pid = peer.pid(),
+                "refused connection: {reason}"
+            );
             let _ = write_answer(&mut stream, &RunnerAnswer::refused(reason));
             return;
         }
@@ -249,7 +259,12 @@ impl Runner {
                         }
                         Err(err) => {
                             let reason = plinth_toolbox::error_chain(&err);
-                            tracing::warn!(op, peer_pid = peer.pid(), ?request, "refused: {reason}");
+                            tracing::warn!(
+                                op,
+                                peer_pid = peer.pid(),
+                                ?request,
+                                "refused: {reason}"
+                            );
                             RunnerAnswer::refused(reason)
                         }
                     }
@@ -262,7 +277,11 @@ impl Runner {
     }
 
     /// Carries out one request from a peer with uid `peer_uid` (already checked).
-    pub fn execute(&self, request: &RunnerRequest, peer_uid: u32) -> Result<RunnerAnswer, ServerError> {
+    pub fn execute(
+        &self,
+        request: &RunnerRequest,
+        peer_uid: u32,
+    ) -> Result<RunnerAnswer, ServerError> {
         match request {
             RunnerRequest::Start { job_dir } => {
                 self.start(job_dir, peer_uid)?;
@@ -324,7 +343,11 @@ impl Runner {
     /// Checks a job directory: absolute, no symlinks, directly... under the
     /// state directory, named by a valid job id, a real directory owned by the
     /// peer. Returns the job id and the owner's uid and gid.
-    fn check_job_dir(&self, job_dir: &Path, peer_uid: u32) -> Result<(String, u32, u32), ServerError> {
+    fn check_job_dir(
+        &self,
+        job_dir: &Path,
+        peer_uid: u32,
+    ) -> Result<(String, u32, u32), ServerError> {
         let shown = job_dir.display();
         if !job_dir.is_absolute() {
             return Err(refused(format!("job directory {shown} is not absolute")));
@@ -377,7 +400,11 @@ impl Runner {
             .map_err(|err| refused(format!("{} does not parse: {err}", config_path.display())))?;
         let cgroup = JobCgroup::new(
             detect_cgroup_version(),
-            &format!("/{}/{}", self.config.cgroup_parent.trim_matches('/'), job_id),
+            &format!(
+                "/{}/{}",
+                self.config.cgroup_parent.trim_matches('/'),
+                job_id
+            ),
         );
         let cdi = CdiRegistry::load(&self.config.cdi_dirs);
         let policy = Policy {
@@ -414,8 +441,12 @@ impl Runner {
             .mode(0o700)
             .create(&bundle)
             .map_err(io_err("create", &bundle))?;
-        plinth_jobs::bundle::write_bundle(&bundle, &spec)
-            .map_err(|err| refused(format!("cannot write the validated bundle: {}", plinth_toolbox::error_chain(&err))))?;
+        plinth_jobs::bundle::write_bundle(&bundle, &spec).map_err(|err| {
+            refused(format!(
+                "cannot write the validated bundle: {}",
+                plinth_toolbox::error_chain(&err)
+            ))
+        })?;
         let order = SupervisorOrder {
             job_dir: job_dir.to_path_buf(),
             owner_uid,
@@ -447,7 +478,10 @@ impl Runner {
             .open(&log_path)
             .map_err(io_err("open", &log_path))?;
         if !log.metadata().map_err(io_err("stat", &log_path))?.is_file() {
-            return Err(refused(format!("{} is not a regular file", log_path.display())));
+            return Err(refused(format!(
+                "{} is not a regular file",
+                log_path.display()
+            )));
         }
         let exe = std::env::current_exe().map_err(io_err("find", Path::new("/proc/self/exe")))?;
         let mut command = Command::new(&exe);
@@ -513,14 +547,17 @@ fn give_scratch_to(job_dir: &Path, outputs: &Path, uid: u32, gid: u32) -> Result
     };
     let root = open(job_dir)?;
     let scratch_path = job_dir.join("scratch");
-    let mut dir = openat(&root, "scratch", flags, Mode::empty())
-        .map_err(errno_err("open", &scratch_path))?;
+    let mut dir =
+        openat(&root, "scratch", flags, Mode::empty()).map_err(errno_err("open", &scratch_path))?;
     chown(&dir, &scratch_path)?;
     let relative = outputs.strip_prefix("/scratch").unwrap_or(Path::new(""));
     let mut path = scratch_path;
     for component in relative.components() {
         let std::path::Component::Normal(name) = component else {
-            return Err(refused(format!("outputs path {} is not plain", outputs.display())));
+            return Err(refused(format!(
+                "outputs path {} is not plain",
+                outputs.display()
+            )));
         };
         path.push(name);
         dir = openat(&dir, name, flags, Mode::empty()).map_err(errno_err("open", &path))?;

@@ -70,19 +70,21 @@ pub enum Refusal {
         reason: String,
     },
     /// A mount not on the allow-list.
-    #[error("mounts: {destination} from {source} (type {typ}) is not allowed: {reason}")]
+    #[error("mounts: {destination} from {host_path} (type {typ}) is not allowed: {reason}")]
     Mount {
         /// Destination in the container.
         destination: String,
         /// Source on the host.
-        source: String,
+        host_path: String,
         /// File system type.
         typ: String,
         /// Why.
         reason: String,
     },
     /// A device not produced by the runner's CDI specs.
-    #[error("linux.devices: {path} ({major}:{minor}) is not a device of the runner's CDI specs for this job")]
+    #[error(
+        "linux.devices: {path} ({major}:{minor}) is not a device of the runner's CDI specs for this job"
+    )]
     Device {
         /// Path in the container.
         path: String,
@@ -194,15 +196,29 @@ fn cdi_allowance(policy: &Policy<'_>) -> Result<CdiAllowance, Refusal> {
             .and_then(|r| r.devices().clone())
             .unwrap_or_default(),
         mounts: applied.mounts().clone().unwrap_or_default(),
-        hooks: applied.hooks().as_ref().map(hook_phases).unwrap_or_default(),
+        hooks: applied
+            .hooks()
+            .as_ref()
+            .map(hook_phases)
+            .unwrap_or_default(),
     })
+}
+
+/// `CAP_NAME`, as runc and capabilities(7) spell it.
+fn capability_name(capability: &Capability) -> String {
+    let name = capability.to_string();
+    if name.starts_with("CAP_") {
+        name
+    } else {
+        format!("CAP_{name}")
+    }
 }
 
 fn capability_names(set: &HashSet<Capability>) -> String {
     if set.is_empty() {
         return "none".to_owned();
     }
-    let mut names: Vec<String> = set.iter().map(|c| c.to_string()).collect();
+    let mut names: Vec<String> = set.iter().map(capability_name).collect();
     names.sort();
     names.join(", ")
 }
@@ -224,7 +240,8 @@ fn check_rootfs(spec: &Spec, policy: &Policy<'_>) -> Result<(), Refusal> {
     if !path.is_absolute() {
         return Err(refuse("must be absolute"));
     }
-    let canonical = std::fs::canonicalize(path).map_err(|err| refuse(&format!("cannot resolve: {err}")))?;
+    let canonical =
+        std::fs::canonicalize(path).map_err(|err| refuse(&format!("cannot resolve: {err}")))?;
     if &canonical != path {
         return Err(refuse(&format!(
             "reaches {} through a symlink",
@@ -242,13 +259,17 @@ fn check_rootfs(spec: &Spec, policy: &Policy<'_>) -> Result<(), Refusal> {
     }
     let entry = canonical.parent().unwrap_or(Path::new("/"));
     let hex_ok = entry.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-        n.len() == 64 && n.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        n.len() == 64
+            && n.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     });
     if canonical.file_name() != Some(std::ffi::OsStr::new("rootfs")) || !hex_ok {
         return Err(refuse("is not <image dir>/<64 hex>/rootfs"));
     }
     if !entry.join("image.json").is_file() {
-        return Err(refuse("belongs to an incomplete cache entry (no image.json)"));
+        return Err(refuse(
+            "belongs to an incomplete cache entry (no image.json)",
+        ));
     }
     if root.readonly() != Some(true) {
         return Err(Refusal::Field {
@@ -280,14 +301,19 @@ fn check_process(spec: &Spec, policy: &Policy<'_>) -> Result<(), Refusal> {
         ("ambient", capabilities.ambient()),
     ];
     for (set, caps) in sets {
-        for capability in caps.iter().flatten() {
-            if !policy.allowed_capabilities.contains(capability) {
-                return Err(Refusal::Capability {
-                    set,
-                    capability: capability.to_string(),
-                    allowed: capability_names(policy.allowed_capabilities),
-                });
-            }
+        let mut refused: Vec<String> = caps
+            .iter()
+            .flatten()
+            .filter(|capability| !policy.allowed_capabilities.contains(*capability))
+            .map(capability_name)
+            .collect();
+        refused.sort();
+        if let Some(capability) = refused.into_iter().next() {
+            return Err(Refusal::Capability {
+                set,
+                capability,
+                allowed: capability_names(policy.allowed_capabilities),
+            });
         }
     }
     if capabilities.bounding().is_none() {
@@ -343,7 +369,10 @@ fn check_namespaces(spec: &Spec, policy: &Policy<'_>) -> Result<(), Refusal> {
             LinuxNamespaceType::User | LinuxNamespaceType::Time
         ) {
             return Err(Refusal::Namespace {
-                reason: format!("a {:?} namespace is not part of the sandbox", namespace.typ()),
+                reason: format!(
+                    "a {:?} namespace is not part of the sandbox",
+                    namespace.typ()
+                ),
             });
         }
     }
@@ -381,21 +410,27 @@ const KERNEL_MOUNTS: &[(&str, &[&str], bool)] = &[
     ("mqueue", &["/dev/mqueue"], false),
 ];
 
-fn check_mount(mount: &Mount, policy: &Policy<'_>, allowance: &CdiAllowance) -> Result<(), Refusal> {
+fn check_mount(
+    mount: &Mount,
+    policy: &Policy<'_>,
+    allowance: &CdiAllowance,
+) -> Result<(), Refusal> {
     let typ = mount.typ().clone().unwrap_or_else(|| "bind".to_owned());
     let options = mount.options().clone().unwrap_or_default();
     let source = mount.source().clone().unwrap_or_default();
     let destination = mount.destination().display().to_string();
     let refuse = |reason: String| Refusal::Mount {
         destination: destination.clone(),
-        source: source.display().to_string(),
+        host_path: source.display().to_string(),
         typ: typ.clone(),
         reason,
     };
     let is_bind = typ == "bind" || options.iter().any(|o| o == "bind" || o == "rbind");
     if !is_bind {
         if source.is_absolute() {
-            return Err(refuse("a non-bind mount may not name a host path".to_owned()));
+            return Err(refuse(
+                "a non-bind mount may not name a host path".to_owned(),
+            ));
         }
         if typ == "tmpfs" {
             return Ok(());
@@ -405,7 +440,10 @@ fn check_mount(mount: &Mount, policy: &Policy<'_>, allowance: &CdiAllowance) -> 
             return Err(refuse("not a file system of the sandbox".to_owned()));
         };
         if !destinations.contains(&destination.as_str()) {
-            return Err(refuse(format!("{typ} belongs at {}", destinations.join(" or "))));
+            return Err(refuse(format!(
+                "{typ} belongs at {}",
+                destinations.join(" or ")
+            )));
         }
         if *read_only && !options.iter().any(|o| o == "ro") {
             return Err(refuse("must be read-only".to_owned()));
@@ -425,13 +463,21 @@ fn check_mount(mount: &Mount, policy: &Policy<'_>, allowance: &CdiAllowance) -> 
     }
     if canonical == policy.job_dir.join("scratch") {
         if destination != "/scratch" {
-            return Err(refuse("the job's scratch directory belongs at /scratch".to_owned()));
+            return Err(refuse(
+                "the job's scratch directory belongs at /scratch".to_owned(),
+            ));
         }
         return Ok(());
     }
-    if policy.allowed_mounts.iter().any(|allowed| canonical.starts_with(allowed)) {
+    if policy
+        .allowed_mounts
+        .iter()
+        .any(|allowed| canonical.starts_with(allowed))
+    {
         if !options.iter().any(|o| o == "ro") {
-            return Err(refuse("allowed_mounts are mounted read-only only".to_owned()));
+            return Err(refuse(
+                "allowed_mounts are mounted read-only only".to_owned(),
+            ));
         }
         return Ok(());
     }
@@ -508,17 +554,26 @@ fn check_linux(spec: &Spec, policy: &Policy<'_>) -> Result<(), Refusal> {
         });
     }
     if linux.seccomp().is_none() {
-        return Err(field("linux.seccomp", "missing: jobs run under a seccomp profile"));
+        return Err(field(
+            "linux.seccomp",
+            "missing: jobs run under a seccomp profile",
+        ));
     }
     let masked = linux.masked_paths().clone().unwrap_or_default();
-    if let Some(missing) = MASKED_PATHS.iter().find(|p| !masked.iter().any(|m| m == *p)) {
+    if let Some(missing) = MASKED_PATHS
+        .iter()
+        .find(|p| !masked.iter().any(|m| m == *p))
+    {
         return Err(Refusal::Field {
             field: "linux.maskedPaths",
             reason: format!("{missing} must stay masked"),
         });
     }
     let readonly = linux.readonly_paths().clone().unwrap_or_default();
-    if let Some(missing) = READONLY_PATHS.iter().find(|p| !readonly.iter().any(|m| m == *p)) {
+    if let Some(missing) = READONLY_PATHS
+        .iter()
+        .find(|p| !readonly.iter().any(|m| m == *p))
+    {
         return Err(Refusal::Field {
             field: "linux.readonlyPaths",
             reason: format!("{missing} must stay read-only"),
@@ -531,13 +586,19 @@ fn check_linux(spec: &Spec, policy: &Policy<'_>) -> Result<(), Refusal> {
         return Err(field("linux.uidMappings", "jobs have no user namespace"));
     }
     if linux.net_devices().is_some() {
-        return Err(field("linux.netDevices", "host network devices stay on the host"));
+        return Err(field(
+            "linux.netDevices",
+            "host network devices stay on the host",
+        ));
     }
     if linux.intel_rdt().is_some() {
         return Err(field("linux.intelRdt", "not used by jobs"));
     }
     if let Some(propagation) = linux.rootfs_propagation()
-        && !matches!(propagation.as_str(), "private" | "rprivate" | "slave" | "rslave")
+        && !matches!(
+            propagation.as_str(),
+            "private" | "rprivate" | "slave" | "rslave"
+        )
     {
         return Err(Refusal::Field {
             field: "linux.rootfsPropagation",
@@ -559,7 +620,11 @@ pub fn check_spec(spec: &Spec, policy: &Policy<'_>) -> Result<(), Refusal> {
     }
     check_devices(spec, &allowance)?;
     for (phase, hook) in spec.hooks().as_ref().map(hook_phases).unwrap_or_default() {
-        if !allowance.hooks.iter().any(|(p, h)| *p == phase && *h == hook) {
+        if !allowance
+            .hooks
+            .iter()
+            .any(|(p, h)| *p == phase && *h == hook)
+        {
             return Err(Refusal::Hook {
                 phase,
                 path: hook.path().display().to_string(),

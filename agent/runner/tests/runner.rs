@@ -84,7 +84,11 @@ impl RunnerProcess {
             .unwrap();
         let began = Instant::now();
         while !socket.exists() {
-            assert!(began.elapsed() < WAIT, "the runner never listened: {}", fs::read_to_string(&log).unwrap());
+            assert!(
+                began.elapsed() < WAIT,
+                "the runner never listened: {}",
+                fs::read_to_string(&log).unwrap()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         RunnerProcess { child, socket, log }
@@ -107,7 +111,9 @@ impl Drop for RunnerProcess {
 }
 
 fn cgroup_parent() -> String {
-    format!("plinth-runner-test-{}", std::process::id())
+    // The agent role (a child process) uses its parent's, which the runner was given.
+    std::env::var("PLINTH_RUNNER_TEST_CGROUP_PARENT")
+        .unwrap_or_else(|_| format!("plinth-runner-test-{}", std::process::id()))
 }
 
 fn engine_config(base: &Path, runner_socket: Option<PathBuf>) -> EngineConfig {
@@ -159,8 +165,12 @@ fn layout(base: &Path) {
     for dir in ["state/jobs", "state/images", "import", "cdi", "run"] {
         fs::create_dir_all(base.join(dir)).unwrap();
     }
-    plinth_tests::busybox_layout(&base.join("work"), &base.join("import/busybox"), &["sh", "echo", "sleep", "cat"])
-        .unwrap();
+    plinth_tests::busybox_layout(
+        &base.join("work"),
+        &base.join("import/busybox"),
+        &["sh", "echo", "sleep", "cat"],
+    )
+    .unwrap();
     // TEST FIXTURE: a fake "GPU" vendor whose device node is /dev/null.
     fs::write(
         base.join("cdi/fixture-gpu.yaml"),
@@ -220,7 +230,7 @@ fn tampered_bundles_are_refused_over_the_socket() {
                 v["linux"]["maskedPaths"] = json!([]);
                 v["linux"]["readonlyPaths"] = json!([]);
             }),
-            "process.capabilities.bounding: CAP_SYS_ADMIN is not allowed",
+            "process.capabilities.bounding: CAP_NET_ADMIN is not allowed (allowed: none)",
         ),
         (
             "extra-cap",
@@ -239,14 +249,22 @@ fn tampered_bundles_are_refused_over_the_socket() {
         (
             "host-mount",
             Box::new(|v: &mut Value| {
-                pushed(v, "/mounts", json!({"destination": "/host", "type": "bind", "source": "/", "options": ["rbind", "rw"]}));
+                pushed(
+                    v,
+                    "/mounts",
+                    json!({"destination": "/host", "type": "bind", "source": "/", "options": ["rbind", "rw"]}),
+                );
             }),
             "mounts: /host from / (type bind) is not allowed",
         ),
         (
             "host-proc",
             Box::new(|v: &mut Value| {
-                pushed(v, "/mounts", json!({"destination": "/hostproc", "type": "proc", "source": "proc"}));
+                pushed(
+                    v,
+                    "/mounts",
+                    json!({"destination": "/hostproc", "type": "proc", "source": "proc"}),
+                );
             }),
             "proc belongs at /proc",
         ),
@@ -280,14 +298,19 @@ fn tampered_bundles_are_refused_over_the_socket() {
         (
             "device",
             Box::new(|v: &mut Value| {
-                v["linux"]["devices"] = json!([{"path": "/dev/sda", "type": "b", "major": 8, "minor": 0}]);
+                v["linux"]["devices"] =
+                    json!([{"path": "/dev/sda", "type": "b", "major": 8, "minor": 0}]);
             }),
             "linux.devices: /dev/sda (8:0) is not a device of the runner's CDI specs",
         ),
         (
             "device-rule",
             Box::new(|v: &mut Value| {
-                pushed(v, "/linux/resources/devices", json!({"allow": true, "type": "b", "major": 8, "minor": 0, "access": "rwm"}));
+                pushed(
+                    v,
+                    "/linux/resources/devices",
+                    json!({"allow": true, "type": "b", "major": 8, "minor": 0, "access": "rwm"}),
+                );
             }),
             "linux.resources.devices: allows",
         ),
@@ -328,7 +351,9 @@ fn tampered_bundles_are_refused_over_the_socket() {
         ),
     ];
     for (job, edit, expected) in cases {
-        engine.prepare(job, &spec(base, &["/bin/echo", "ran"]), &[], &mut |_| {}).unwrap();
+        engine
+            .prepare(job, &spec(base, &["/bin/echo", "ran"]), &[], &mut |_| {})
+            .unwrap();
         tamper(&engine, job, edit);
         let job_dir = engine.job_dir(job).unwrap();
         let reason = refusal(client.start(&job_dir));
@@ -336,15 +361,28 @@ fn tampered_bundles_are_refused_over_the_socket() {
         // Nothing ran: no supervisor output, no container, and the runner logged why.
         std::thread::sleep(Duration::from_millis(50));
         assert!(!job_dir.join("result.json").exists(), "{job} ran");
-        assert!(engine.runtime().state(&Engine::container_id(job)).unwrap().is_none());
-        assert!(runner.log().contains(expected), "{job}: the runner did not log the reason: {}", runner.log());
+        assert!(
+            engine
+                .runtime()
+                .state(&Engine::container_id(job))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            runner.log().contains(expected),
+            "{job}: the runner did not log the reason: {}",
+            runner.log()
+        );
     }
 
     // Paths: outside the state directory, through a symlink, not a directory of the agent.
     let outside = base.join("elsewhere/jobs/j1");
     fs::create_dir_all(&outside).unwrap();
     let reason = refusal(client.start(&outside));
-    assert!(reason.contains("is outside the state directory"), "{reason}");
+    assert!(
+        reason.contains("is outside the state directory"),
+        "{reason}"
+    );
     let link = base.join("state/jobs/linked");
     std::os::unix::fs::symlink(&outside, &link).unwrap();
     let reason = refusal(client.start(&link));
@@ -352,9 +390,14 @@ fn tampered_bundles_are_refused_over_the_socket() {
     let reason = refusal(client.start(Path::new("relative/jobs/j1")));
     assert!(reason.contains("not absolute"), "{reason}");
     let reason = refusal(client.start(&base.join("state/jobs/../../elsewhere/jobs/j1")));
-    assert!(reason.contains("through a symlink") || reason.contains("outside"), "{reason}");
+    assert!(
+        reason.contains("through a symlink") || reason.contains("outside"),
+        "{reason}"
+    );
     // A symlinked bundle file is not followed.
-    engine.prepare("linkedcfg", &spec(base, &["/bin/echo"]), &[], &mut |_| {}).unwrap();
+    engine
+        .prepare("linkedcfg", &spec(base, &["/bin/echo"]), &[], &mut |_| {})
+        .unwrap();
     let cfg = config_path(&engine, "linkedcfg");
     fs::remove_file(&cfg).unwrap();
     std::os::unix::fs::symlink("/etc/passwd", &cfg).unwrap();
@@ -362,24 +405,39 @@ fn tampered_bundles_are_refused_over_the_socket() {
     assert!(reason.contains("config.json"), "{reason}");
     // Container ids that are not jobs' are refused for state, kill and delete.
     for request in [
-        RunnerRequest::Delete { container_id: "../../etc".into() },
-        RunnerRequest::State { container_id: "other-container".into() },
+        RunnerRequest::Delete {
+            container_id: "../../etc".into(),
+        },
+        RunnerRequest::State {
+            container_id: "other-container".into(),
+        },
     ] {
         let err = client.call(&request).unwrap_err();
         assert!(err.to_string().contains("is not a job's"), "{err}");
     }
 
     // The untampered bundle of a job with a CDI device runs.
-    let mut with_gpu = spec(base, &["/bin/sh", "-c", "echo ok > /dev/fixture-gpu0 && echo ran"]);
+    let mut with_gpu = spec(
+        base,
+        &["/bin/sh", "-c", "echo ok > /dev/fixture-gpu0 && echo ran"],
+    );
     with_gpu.gpus.count = 1;
     engine
-        .prepare("good", &with_gpu, &["test.plinth.invalid/gpu=0".into()], &mut |_| {})
+        .prepare(
+            "good",
+            &with_gpu,
+            &["test.plinth.invalid/gpu=0".into()],
+            &mut |_| {},
+        )
         .unwrap();
     let runner_engine = Engine::new(engine_config(base, Some(runner.socket.clone()))).unwrap();
     runner_engine.start("good").unwrap();
     let result = runner_engine.wait("good", WAIT).unwrap();
     assert!(result.succeeded(), "{result:?} {}", runner.log());
-    assert_eq!(fs::read_to_string(engine.log_path("good", false).unwrap()).unwrap(), "ran\n");
+    assert_eq!(
+        fs::read_to_string(engine.log_path("good", false).unwrap()).unwrap(),
+        "ran\n"
+    );
 }
 
 #[test]
@@ -395,7 +453,11 @@ fn a_peer_that_is_not_the_agent_is_refused() {
         .start(&dir.path().join("state/jobs/j1"))
         .unwrap_err();
     assert!(err.to_string().contains("peer uid 0"), "{err}");
-    assert!(runner.log().contains("refused connection"), "{}", runner.log());
+    assert!(
+        runner.log().contains("refused connection"),
+        "{}",
+        runner.log()
+    );
 }
 
 /// Run as `nobody` by [`an_unprivileged_agent_runs_jobs_through_the_runner`].
@@ -403,19 +465,28 @@ fn agent_role(base: &Path, socket: &Path) {
     assert_eq!(nix::unistd::geteuid().as_raw(), NOBODY);
     let engine = Engine::new(engine_config(base, Some(socket.to_path_buf()))).unwrap();
     // Output, exit code, logs readable by the agent.
-    let job = spec(base, &["/bin/sh", "-c", "echo hello; echo out > /scratch/f; exit 3"]);
+    let job = spec(
+        base,
+        &["/bin/sh", "-c", "echo hello; echo out > /scratch/f; exit 3"],
+    );
     engine.prepare("plain", &job, &[], &mut |_| {}).unwrap();
     engine.start("plain").unwrap();
     let result = engine.wait("plain", WAIT).unwrap();
     assert_eq!(result.reason, EndReason::Exited, "{result:?}");
     assert_eq!(result.exit_code, Some(3));
-    assert_eq!(fs::read_to_string(engine.log_path("plain", false).unwrap()).unwrap(), "hello\n");
+    assert_eq!(
+        fs::read_to_string(engine.log_path("plain", false).unwrap()).unwrap(),
+        "hello\n"
+    );
     // Cancellation through the job directory.
     let job = spec(base, &["/bin/sh", "-c", "while true; do sleep 0.1; done"]);
     engine.prepare("long", &job, &[], &mut |_| {}).unwrap();
     engine.start("long").unwrap();
     let began = Instant::now();
-    while !matches!(engine.state("long").unwrap(), plinth_jobs::engine::JobState::Running(Some(_))) {
+    while !matches!(
+        engine.state("long").unwrap(),
+        plinth_jobs::engine::JobState::Running(Some(_))
+    ) {
         assert!(began.elapsed() < WAIT, "long never ran");
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -459,15 +530,34 @@ fn an_unprivileged_agent_runs_jobs_through_the_runner() {
     // The agent's directories belong to the agent user, as the package's tmpfiles set up.
     for sub in ["state", "state/jobs", "state/images", "import"] {
         let path = base.join(sub);
-        nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(NOBODY)), Some(nix::unistd::Gid::from_raw(NOBODY))).unwrap();
+        nix::unistd::chown(
+            &path,
+            Some(nix::unistd::Uid::from_raw(NOBODY)),
+            Some(nix::unistd::Gid::from_raw(NOBODY)),
+        )
+        .unwrap();
     }
-    Command::new("chown").args(["-R", "65534:65534"]).arg(base.join("import")).status().unwrap();
+    Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(base.join("import"))
+        .status()
+        .unwrap();
     let runner = RunnerProcess::start(base, &NOBODY.to_string(), "");
-    nix::unistd::chown(&runner.socket, Some(nix::unistd::Uid::from_raw(0)), Some(nix::unistd::Gid::from_raw(NOBODY))).unwrap();
+    nix::unistd::chown(
+        &runner.socket,
+        Some(nix::unistd::Uid::from_raw(0)),
+        Some(nix::unistd::Gid::from_raw(NOBODY)),
+    )
+    .unwrap();
     let output = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "an_unprivileged_agent_runs_jobs_through_the_runner", "--nocapture"])
+        .args([
+            "--exact",
+            "an_unprivileged_agent_runs_jobs_through_the_runner",
+            "--nocapture",
+        ])
         .env("PLINTH_RUNNER_TEST_AGENT_BASE", base)
         .env("PLINTH_RUNNER_TEST_AGENT_SOCKET", &runner.socket)
+        .env("PLINTH_RUNNER_TEST_CGROUP_PARENT", cgroup_parent())
         .env("HOME", "/nonexistent")
         .uid(NOBODY)
         .gid(NOBODY)
@@ -479,6 +569,10 @@ fn an_unprivileged_agent_runs_jobs_through_the_runner() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(output.status.success(), "agent role failed: {text}\nrunner log: {}", runner.log());
+    assert!(
+        output.status.success(),
+        "agent role failed: {text}\nrunner log: {}",
+        runner.log()
+    );
     assert!(text.contains("agent role: all checks passed"), "{text}");
 }
