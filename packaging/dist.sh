@@ -32,10 +32,10 @@ export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/n
 export TZ=UTC LC_ALL=C.UTF-8
 umask 022
 
-install_tool() { # crate version binary
+install_tool() { # crate version binary [cargo install options]
     if [ ! -x "$TOOLS/bin/$3" ] || ! "$TOOLS/bin/$3" --version 2>/dev/null | grep -q "$2"; then
         echo "installing $1 $2 into $TOOLS"
-        "$CARGO" install --locked --quiet --root "$TOOLS" "$1@$2"
+        "$CARGO" install --locked --quiet --root "$TOOLS" "${@:4}" "$1@$2"
     fi
 }
 # Reuse tools a previous build installed elsewhere (PLINTH_DIST_TOOLS), else install.
@@ -44,13 +44,15 @@ if [ -n "${PLINTH_DIST_TOOLS:-}" ] && [ ! -e "$TOOLS" ]; then
 fi
 install_tool cargo-deb "$CARGO_DEB_VERSION" cargo-deb
 install_tool cargo-generate-rpm "$CARGO_GENERATE_RPM_VERSION" cargo-generate-rpm
-install_tool cargo-about "$CARGO_ABOUT_VERSION" cargo-about
+install_tool cargo-about "$CARGO_ABOUT_VERSION" cargo-about --features cli
 export PATH="$TOOLS/bin:$PATH"
 
-BIN=$TARGET/dist
+# PLINTH_DIST_PROFILE=dev packages debug binaries (a quick trial of the packaging itself).
+PROFILE=${PLINTH_DIST_PROFILE:-dist}
+BIN=$TARGET/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
 if [ "${1:-}" != "--packages-only" ]; then
     RUSTFLAGS="${RUSTFLAGS:-} --remap-path-prefix=$ROOT=/build/plinth --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo" \
-        "$CARGO" build --locked --profile dist --workspace --bins
+        "$CARGO" build --locked --profile "$PROFILE" --workspace --bins
 fi
 
 rm -rf "$STAGE"
