@@ -544,6 +544,9 @@ pub struct JobsSection {
     /// Whether a job may ask for the host's network namespace (`"network": "host"`);
     /// off by default, so tenants get a private namespace with loopback only.
     pub allow_host_network: bool,
+    /// The privileged runner's socket (`plinth-runner`); unset, the agent starts job
+    /// supervisors and runc itself, which needs root (tests and development only).
+    pub runner_socket: Option<PathBuf>,
 }
 
 impl Default for JobsSection {
@@ -558,6 +561,7 @@ impl Default for JobsSection {
             kill_grace_seconds: 10,
             receipt_interval_seconds: 300,
             allow_host_network: false,
+            runner_socket: None,
         }
     }
 }

@@ -340,7 +340,7 @@ fn mount(
 }
 
 /// `/proc` paths masked in the container (as Docker does).
-const MASKED_PATHS: &[&str] = &[
+pub const MASKED_PATHS: &[&str] = &[
     "/proc/acpi",
     "/proc/asound",
     "/proc/kcore",
@@ -355,7 +355,7 @@ const MASKED_PATHS: &[&str] = &[
 ];
 
 /// `/proc` paths mounted read-only in the container (as Docker does).
-const READONLY_PATHS: &[&str] = &[
+pub const READONLY_PATHS: &[&str] = &[
     "/proc/bus",
     "/proc/fs",
     "/proc/irq",

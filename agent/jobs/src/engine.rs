@@ -28,6 +28,7 @@ use crate::protocol::{
     STDERR_LOG, STDOUT_LOG, ShimConfig, ShimIdentity, ShimPhase, ShimState,
 };
 use crate::registry::{Puller, RegistryError, RegistrySettings};
+use crate::runner_client::{RunnerClient, RunnerClientError};
 use crate::runtime::{KillSignal, OciRuntime, RuncRuntime, RuntimeError};
 use crate::spec::{JobSpec, JobSpecError};
 use crate::unpack::UnpackLimits;
@@ -104,6 +105,9 @@ pub enum EngineError {
     /// The runtime failed.
     #[error("OCI runtime failed")]
     Runtime(#[from] RuntimeError),
+    /// The privileged runner refused or could not be reached.
+    #[error("the privileged runner did not carry out the request")]
+    Runner(#[from] RunnerClientError),
     /// A job directory file could not be read or written.
     #[error("job directory file is unusable")]
     Protocol(#[from] ProtocolError),
@@ -158,6 +162,11 @@ pub struct EngineConfig {
     /// Bytes the image cache may hold before least-recently-used images that no
     /// job uses are evicted; 0 means unbounded.
     pub cache_max_bytes: u64,
+    /// The privileged runner's socket (`plinth-runner`): when set, supervisors
+    /// are started, and containers signalled and deleted, by the runner, so the
+    /// agent needs no privilege; when `None` the engine spawns supervisors itself
+    /// (tests and development only: the packaged unit uses the runner).
+    pub runner_socket: Option<PathBuf>,
 }
 
 /// Where a job is, as seen from its directory.
@@ -187,6 +196,8 @@ pub struct Engine {
     cgroup_version: CgroupVersion,
     gpu_meter: Arc<dyn GpuMeter>,
     children: Mutex<HashMap<String, Child>>,
+    /// The privileged runner, when configured.
+    runner: Option<RunnerClient>,
 }
 
 /// Checks a job id (used in paths and container ids).
@@ -251,10 +262,13 @@ impl Engine {
         config: EngineConfig,
         gpu_meter: Arc<dyn GpuMeter>,
     ) -> Result<Engine, EngineError> {
-        let runtime = Arc::new(RuncRuntime::new(
-            &config.runtime_binary,
-            &config.runtime_root,
-        ));
+        let runtime: Arc<dyn OciRuntime> = match &config.runner_socket {
+            Some(socket) => Arc::new(RunnerClient::new(socket)),
+            None => Arc::new(RuncRuntime::new(
+                &config.runtime_binary,
+                &config.runtime_root,
+            )),
+        };
         Self::with_runtime(config, gpu_meter, runtime)
     }
 
@@ -266,7 +280,13 @@ impl Engine {
         gpu_meter: Arc<dyn GpuMeter>,
         runtime: Arc<dyn OciRuntime>,
     ) -> Result<Engine, EngineError> {
-        for dir in [&config.jobs_dir, &config.runtime_root] {
+        let own_dirs: &[&PathBuf] = if config.runner_socket.is_some() {
+            // The runtime's state root belongs to the runner.
+            &[&config.jobs_dir]
+        } else {
+            &[&config.jobs_dir, &config.runtime_root]
+        };
+        for dir in own_dirs {
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
@@ -283,6 +303,7 @@ impl Engine {
             cgroup_version: detect_cgroup_version(),
             gpu_meter,
             children: Mutex::new(HashMap::new()),
+            runner: config.runner_socket.as_deref().map(RunnerClient::new),
             config,
         })
     }
@@ -563,6 +584,10 @@ impl Engine {
         let shim_log_path = job_dir.join(SHIM_LOG);
         let shim_log =
             fs::File::create(&shim_log_path).map_err(io_err("create", &shim_log_path))?;
+        if let Some(runner) = &self.runner {
+            drop(shim_log);
+            return runner.start(&job_dir).map_err(EngineError::from);
+        }
         let mut command = Command::new(&self.config.shim_binary);
         for name in crate::runtime::SYSTEMD_ENV {
             command.env_remove(name);
@@ -822,6 +847,10 @@ impl Engine {
                 id: job_id.to_string(),
             });
         }
+        if let Some(runner) = &self.runner {
+            // The outputs may belong to the job's user: the runner removes them.
+            return runner.remove(&job_dir).map_err(EngineError::from);
+        }
         fs::remove_dir_all(&job_dir).map_err(io_err("remove", &job_dir))
     }
 }
@@ -848,6 +877,7 @@ mod tests {
             unpack_limits: UnpackLimits::default(),
             registry: RegistrySettings::default(),
             cache_max_bytes: 0,
+            runner_socket: None,
         }
     }
 

@@ -25,6 +25,7 @@ pub mod image;
 pub mod meter;
 pub mod protocol;
 pub mod registry;
+pub mod runner_client;
 pub mod runtime;
 pub mod shim;
 pub mod signature;

@@ -34,6 +34,7 @@ impl JobsConfig {
             jobs.engine.image_roots = section.image_roots.clone();
         }
         jobs.engine.cdi_dirs = section.cdi_dirs.clone();
+        jobs.engine.runner_socket = section.runner_socket.clone();
         jobs.engine.cgroup_parent = section.cgroup_parent.clone();
         jobs.engine.log_cap_bytes = section.log_cap_bytes;
         jobs.engine.kill_grace = Duration::from_secs(section.kill_grace_seconds);
@@ -67,6 +68,7 @@ impl JobsConfig {
                 unpack_limits: plinth_jobs::unpack::UnpackLimits::default(),
                 registry: registry_settings(&crate::config::ImagesSection::default()),
                 cache_max_bytes: crate::config::ImagesSection::default().cache_max_bytes,
+                runner_socket: section.runner_socket,
             },
             receipt_interval: Duration::from_secs(section.receipt_interval_seconds),
             pricing: FallbackConfig::default(),

@@ -112,7 +112,9 @@ pub fn start_with_gpu_meter(
     }
     let jobs_config = JobsConfig::from_config(config);
     let runtime = &jobs_config.engine.runtime_binary;
-    let found = runtime.is_absolute() && runtime.exists()
+    // With the privileged runner configured, the runner runs the OCI runtime.
+    let found = jobs_config.engine.runner_socket.is_some()
+        || runtime.is_absolute() && runtime.exists()
         || std::env::var_os("PATH").is_some_and(|path| {
             std::env::split_paths(&path).any(|dir| dir.join(runtime).is_file())
         });
