@@ -651,10 +651,7 @@ impl GpuService {
     pub fn retry_drained(
         &self,
         now: std::time::Instant,
-        prover_for: &dyn Fn(
-            &GpuInventory,
-        )
-            -> Result<Box<dyn plinth_attestation::challenge::Prover>, String>,
+        prover_for: &retry::ProverFor<'_>,
     ) -> Vec<(u32, Result<(), String>)> {
         let mut attempts = Vec::new();
         for (position, gpu) in self.inventory.iter().enumerate() {

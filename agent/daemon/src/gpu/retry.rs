@@ -97,6 +97,10 @@ impl Schedule {
     }
 }
 
+/// Makes the prover that burns one GPU in, or says why it cannot.
+pub type ProverFor<'a> = dyn Fn(&super::nvml::GpuInventory) -> Result<Box<dyn plinth_attestation::challenge::Prover>, String>
+    + 'a;
+
 /// The prover the daemon burns GPU `index` in with: the CUDA prover on that GPU
 /// (feature `nvidia`). A burn-in on the CPU would say nothing about the GPU, so there
 /// is no fallback.
