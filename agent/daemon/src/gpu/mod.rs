@@ -215,6 +215,8 @@ pub struct GpuService {
     pub challenges: challenge::Challenges,
     /// When each policy-drained GPU is next burnt in automatically.
     retry: retry::Schedule,
+    /// The transcript of the latest passed burn-in (the evidence bundle's capacity claim).
+    latest_transcript: Mutex<Option<plinth_attestation::challenge::Transcript>>,
 }
 
 impl std::fmt::Debug for GpuService {
@@ -308,6 +310,7 @@ impl GpuService {
             wake: (Mutex::new(false), std::sync::Condvar::new()),
             threads: Mutex::new(Vec::new()),
             retry: schedule,
+            latest_transcript: Mutex::new(None),
             challenges: challenge::Challenges::default(),
         }
     }
@@ -641,6 +644,10 @@ impl GpuService {
         if drain::undrain(&self.store, &gpu.uuid, index, &reason, DrainSource::BurnIn)? {
             tracing::info!(index, uuid = %gpu.uuid, %reason, "GPU returned to service");
         }
+        *self
+            .latest_transcript
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(transcript.clone());
         Ok(transcript)
     }
 
@@ -694,6 +701,15 @@ impl GpuService {
             attempts.push((gpu.index, outcome));
         }
         attempts
+    }
+
+    /// The transcript of the latest burn-in that passed, if any (what the evidence
+    /// bundle carries as its capacity claim).
+    pub fn latest_transcript(&self) -> Option<plinth_attestation::challenge::Transcript> {
+        self.latest_transcript
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Whether the GPU with `uuid` is drained.

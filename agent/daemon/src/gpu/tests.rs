@@ -293,8 +293,10 @@ fn a_burn_in_returns_a_drained_gpu_to_service() {
     assert!(service.is_drained("GPU-test-0"));
     // The burn-in runs the capacity challenge (here with the CPU prover: the test has
     // no GPU) and verifies it; passing undrains with source burn-in.
+    assert!(service.latest_transcript().is_none());
     let transcript = service.burn_in(0, &CpuProver).unwrap();
     assert_eq!(transcript.challenge.n, 64);
+    assert_eq!(service.latest_transcript(), Some(transcript.clone()));
     assert!(!service.is_drained("GPU-test-0"));
     let log = drain::log(&host.store, "GPU-test-0").unwrap();
     assert_eq!(log.last().unwrap().source, DrainSource::BurnIn);
