@@ -8,13 +8,12 @@
 //! `eventlog.*`, `tpm.ak_enrolled`), `snp` (with `snp.report_data`), and
 //! `gpu[N]` for each claimed GPU (the SPDM verifier's checks renamed
 //! `gpu[N].*`, plus `gpu[N].identity`), and `capacity` when the bundle carries a
-//! capacity-challenge transcript (the challenge verifier's `challenge.*` checks, or
-//! `capacity.parse`). An absent piece is a skip naming the
+//! capacity-challenge transcript (the challenge verifier's `challenge.*` checks under
+//! the policy's `[challenge]` section, or `capacity.parse`). An absent piece is a skip naming the
 //! collector's reason, or a failure of `policy.required_evidence` when the
 //! policy requires it.
 
 use crate::bundle::model::{self, EvidenceBundle, Piece};
-use crate::challenge::ChallengePolicy;
 use crate::check::{Appraisal, Aspect, Check};
 use crate::enroll::{self, AkRecord};
 use crate::gpu::spdm::{self, SpdmReport};
@@ -159,7 +158,7 @@ pub fn verify(bundle: &EvidenceBundle, context: &BundleContext<'_>) -> BundleRep
         }
     }
     // The optional capacity-challenge transcript (no member: no appraisal).
-    if let Some(capacity) = super::capacity::appraise(bundle, &ChallengePolicy::default()) {
+    if let Some(capacity) = super::capacity::appraise(bundle, &context.policy.challenge) {
         appraisals.push(capacity);
     }
     BundleReport { appraisals }
