@@ -163,7 +163,14 @@ pub struct AttestationService {
     config_sha256: [u8; 32],
     plugins: Option<Arc<PluginService>>,
     binary_sha256: OnceLock<Result<[u8; 32], String>>,
+    /// Where the latest completed capacity-challenge transcript comes from (the GPU
+    /// module's last passed burn-in), put in `evidence.capacity`.
+    capacity: OnceLock<CapacitySource>,
 }
+
+/// Gives the latest completed capacity-challenge transcript, if there is one.
+pub type CapacitySource =
+    Arc<dyn Fn() -> Option<plinth_attestation::challenge::Transcript> + Send + Sync>;
 
 impl std::fmt::Debug for AttestationService {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -216,6 +223,13 @@ fn sha256_file(path: &Path) -> Result<[u8; 32], String> {
 }
 
 impl AttestationService {
+    /// Puts the transcript `source` gives (the latest completed capacity challenge)
+    /// into every bundle's `evidence.capacity`; `plinth-verify bundle` re-checks it.
+    /// Set once (the daemon wires the GPU module's last passed burn-in).
+    pub fn include_capacity(&self, source: CapacitySource) {
+        let _ = self.capacity.set(source);
+    }
+
     /// The service for `section` with `sources`; `config_sha256` is the running
     /// configuration's digest (hex, as `check-config` prints it).
     pub fn new(
@@ -240,6 +254,7 @@ impl AttestationService {
             config_sha256: digest,
             plugins,
             binary_sha256: OnceLock::new(),
+            capacity: OnceLock::new(),
         }
     }
 
@@ -401,7 +416,11 @@ impl AttestationService {
                 tpm,
                 snp,
                 gpus,
-                capacity: None,
+                capacity: self
+                    .capacity
+                    .get()
+                    .and_then(|source| source())
+                    .and_then(|transcript| serde_json::to_value(transcript).ok()),
             },
         )?;
         let bundle = EvidenceBundle::sign(unsigned, self.identity.key_pair())?;
@@ -556,6 +575,40 @@ mod tests {
         // The binary hash is the running test binary's.
         let exe = sha256_file(&std::env::current_exe().unwrap()).unwrap();
         assert_eq!(bundle.claims.agent.binary_sha256.0, exe);
+    }
+
+    #[test]
+    fn the_latest_capacity_transcript_goes_into_the_bundle_and_verifies() {
+        use plinth_attestation::challenge::{CpuProver, DEFAULT_ROWS, run_local};
+        let dir = tempfile::tempdir().unwrap();
+        let service = service(
+            Sources {
+                snp: Err("none".to_owned()),
+                gpus: Err("none".to_owned()),
+            },
+            dir.path(),
+        );
+        // None yet: no member, as before.
+        let bundle = service.collect(&[1u8; 16]).unwrap();
+        assert!(bundle.evidence.capacity.is_none());
+        let transcript = run_local(&CpuProver, 64, 60_000, DEFAULT_ROWS).unwrap();
+        let given = transcript.clone();
+        service.include_capacity(Arc::new(move || Some(given.clone())));
+        let bundle = service.collect(&[1u8; 16]).unwrap();
+        bundle.verify_node_signature().unwrap();
+        let appraisal = plinth_attestation::bundle::capacity::appraise(
+            &EvidenceBundle::parse(&bundle.to_json_pretty().unwrap()).unwrap(),
+            &plinth_attestation::challenge::ChallengePolicy::default(),
+        )
+        .unwrap();
+        assert!(appraisal.verified(), "{appraisal:?}");
+        assert_eq!(
+            serde_json::from_value::<plinth_attestation::challenge::Transcript>(
+                bundle.evidence.capacity.unwrap()
+            )
+            .unwrap(),
+            transcript
+        );
     }
 
     #[test]

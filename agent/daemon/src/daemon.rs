@@ -151,6 +151,8 @@ pub async fn run(loaded: LoadedConfig, options: RunOptions) -> Result<(), Daemon
         &loaded.sha256,
         plugins.clone(),
     ));
+    let capacity_gpus = gpus.clone();
+    attestation.include_capacity(Arc::new(move || capacity_gpus.latest_transcript()));
     tracing::info!(collectors = %attestation.summary(), "attestation collectors");
     let liveness = crate::liveness::start(
         &config,

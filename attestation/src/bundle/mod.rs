@@ -5,9 +5,11 @@
 //!
 //! [`model`] is the wire format, shared by the agent's collector and the
 //! verifier: the serde types, the binding digest, the node signature and the
-//! strict parser. [`verify`] runs every check of every piece. See
+//! strict parser. [`verify`] runs every check of every piece; [`capacity`] the
+//! optional capacity-challenge transcript's. See
 //! docs/attestation.md, "Evidence bundles".
 
+pub mod capacity;
 pub mod model;
 pub mod verify;
 

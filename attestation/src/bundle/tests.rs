@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use super::model::*;
 
-fn key() -> Ed25519KeyPair {
+pub(super) fn key() -> Ed25519KeyPair {
     Ed25519KeyPair::from_seed_unchecked(&[7; 32]).unwrap()
 }
 
@@ -62,7 +62,7 @@ fn evidence() -> Evidence {
     }
 }
 
-fn unsigned(key: &Ed25519KeyPair) -> UnsignedBundle {
+pub(super) fn unsigned(key: &Ed25519KeyPair) -> UnsignedBundle {
     UnsignedBundle::new(
         &[0x42; 32],
         time::OffsetDateTime::UNIX_EPOCH,

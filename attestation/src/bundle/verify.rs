@@ -7,7 +7,9 @@
 //! `tpm.*` checks with `tpm.nonce` named `tpm.qualifying_data`, the event log's
 //! `eventlog.*`, `tpm.ak_enrolled`), `snp` (with `snp.report_data`), and
 //! `gpu[N]` for each claimed GPU (the SPDM verifier's checks renamed
-//! `gpu[N].*`, plus `gpu[N].identity`). An absent piece is a skip naming the
+//! `gpu[N].*`, plus `gpu[N].identity`), and `capacity` when the bundle carries a
+//! capacity-challenge transcript (the challenge verifier's `challenge.*` checks under
+//! the policy's `[challenge]` section, or `capacity.parse`). An absent piece is a skip naming the
 //! collector's reason, or a failure of `policy.required_evidence` when the
 //! policy requires it.
 
@@ -154,6 +156,10 @@ pub fn verify(bundle: &EvidenceBundle, context: &BundleContext<'_>) -> BundleRep
             // bundle's checks.
             Appraised::Absent(check) => appraisals[0].push(check),
         }
+    }
+    // The optional capacity-challenge transcript (no member: no appraisal).
+    if let Some(capacity) = super::capacity::appraise(bundle, &context.policy.challenge) {
+        appraisals.push(capacity);
     }
     BundleReport { appraisals }
 }

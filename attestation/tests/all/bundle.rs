@@ -381,3 +381,54 @@ fn an_eight_gpu_recorded_bundle_runs_every_check() {
     assert_eq!(check(&report, "tpm.ak_enrolled"), CheckStatus::Fail);
     assert_eq!(first_failure(&report), "tpm.qualifying_data");
 }
+
+#[test]
+fn a_capacity_transcript_in_the_bundle_is_checked_with_the_challenge_verifier() {
+    use plinth_attestation::bundle::capacity;
+    use plinth_attestation::challenge::{CpuProver, DEFAULT_ROWS, run_local};
+
+    let Some((host, record)) = enrolled_host(17) else {
+        return;
+    };
+    let records = [record];
+    let policy = Policy::default();
+    let transcript = run_local(&CpuProver, 128, 60_000, DEFAULT_ROWS).unwrap();
+    let with_capacity = |transcript: &plinth_attestation::challenge::Transcript| {
+        let claims = host.claims();
+        let binding = plinth_attestation::bundle::binding_digest(&NONCE, &claims).unwrap();
+        let (quote, signature, values) = host.quote(&binding);
+        let mut evidence = host.tpm_evidence(quote, signature, &values);
+        capacity::include(&mut evidence, transcript).unwrap();
+        host.sign(&NONCE, claims, evidence)
+    };
+
+    // An honest transcript: the whole bundle verifies, capacity checks included.
+    let bundle = with_capacity(&transcript);
+    let report = run(&bundle, &records, &policy, &NONCE);
+    assert!(report.verified(), "{}", human(&report));
+    assert_eq!(check(&report, "challenge.freivalds"), CheckStatus::Pass);
+    assert_eq!(check(&report, "challenge.merkle"), CheckStatus::Pass);
+
+    // A transcript swapped in after signing: the node signature covers it.
+    let mut swapped = bundle.clone();
+    let mut other = transcript.clone();
+    other.elapsed_ms += 1;
+    capacity::include(&mut swapped.evidence, &other).unwrap();
+    assert_eq!(
+        first_failure(&run(&swapped, &records, &policy, &NONCE)),
+        "bundle.signature"
+    );
+
+    // A signed transcript with a wrong opened row fails the bundle by name.
+    let mut forged = transcript.clone();
+    let mut row = forged.response.rows[0].entries(128, "row").unwrap();
+    row[5] = row[5].wrapping_add(1);
+    forged.response.rows[0].values = plinth_attestation::challenge::OpenedRow::encode(&row);
+    let report = run(&with_capacity(&forged), &records, &policy, &NONCE);
+    assert!(!report.verified());
+    assert!(
+        first_failure(&report).starts_with("challenge."),
+        "{}",
+        human(&report)
+    );
+}

@@ -14,7 +14,10 @@
 //! refused) and from the plugins' `host-state` (so from quotes); a job holding it is
 //! told through `gpu.log` in its job directory and a row of `gpu_job_notices`. It
 //! returns after a burn-in (the capacity challenge, [`GpuService::burn_in`]) passes,
-//! or by an operator's undrain with a reason (both recorded in the drain log).
+//! or by an operator's undrain with a reason (both recorded in the drain log). The
+//! poller retries GPUs drained by the policy with a burn-in after a back-off
+//! ([`retry`], [`GpuService::retry_drained`]); operator drains and lost GPUs are never
+//! retried.
 //!
 //! CDI names are mapped to GPUs from the CDI specs `nvidia-ctk cdi generate` writes
 //! ([`cdi`]). The other subsystems read a summary ([`GpuSummary`]).
@@ -29,6 +32,7 @@ pub mod host_state;
 pub mod meter;
 pub mod nvml;
 pub mod policy;
+pub mod retry;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -93,6 +97,8 @@ pub struct GpuSettings {
     pub jobs_dir: Option<PathBuf>,
     /// The size of a burn-in challenge.
     pub burn_in_n: u32,
+    /// When a GPU drained by the policy is retried by an automatic burn-in.
+    pub burn_in_backoff: retry::Backoff,
 }
 
 impl GpuSettings {
@@ -118,6 +124,7 @@ impl Default for GpuSettings {
                 .collect(),
             jobs_dir: None,
             burn_in_n: 4096,
+            burn_in_backoff: retry::Backoff::default(),
         }
     }
 }
@@ -206,6 +213,10 @@ pub struct GpuService {
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// Challenges answered in round 1, waiting for round 2.
     pub challenges: challenge::Challenges,
+    /// When each policy-drained GPU is next burnt in automatically.
+    retry: retry::Schedule,
+    /// The transcript of the latest passed burn-in (the evidence bundle's capacity claim).
+    latest_transcript: Mutex<Option<plinth_attestation::challenge::Transcript>>,
 }
 
 impl std::fmt::Debug for GpuService {
@@ -285,6 +296,7 @@ impl GpuService {
         let driver = backend.as_ref().map(|backend| backend.describe());
         let cdi = cdi::CdiMap::load(&settings.cdi_dirs, &inventory);
         let states = inventory.iter().map(|_| GpuState::default()).collect();
+        let schedule = retry::Schedule::new(settings.burn_in_backoff);
         Self {
             backend,
             cpu_only,
@@ -297,6 +309,8 @@ impl GpuService {
             stop: Arc::new(AtomicBool::new(false)),
             wake: (Mutex::new(false), std::sync::Condvar::new()),
             threads: Mutex::new(Vec::new()),
+            retry: schedule,
+            latest_transcript: Mutex::new(None),
             challenges: challenge::Challenges::default(),
         }
     }
@@ -319,6 +333,9 @@ impl GpuService {
                 // One wake-up per poll interval, none in between (idle cost).
                 while !poller.stop.load(Ordering::Relaxed) {
                     poller.poll_once();
+                    poller.retry_drained(std::time::Instant::now(), &|gpu| {
+                        retry::gpu_prover(gpu.index, &gpu.name)
+                    });
                     let (flag, condvar) = &poller.wake;
                     let guard = flag
                         .lock()
@@ -627,7 +644,72 @@ impl GpuService {
         if drain::undrain(&self.store, &gpu.uuid, index, &reason, DrainSource::BurnIn)? {
             tracing::info!(index, uuid = %gpu.uuid, %reason, "GPU returned to service");
         }
+        *self
+            .latest_transcript
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(transcript.clone());
         Ok(transcript)
+    }
+
+    /// Retries GPUs drained by the policy: each one due at `now` (see [`retry`]) gets a
+    /// burn-in with the prover `prover_for` makes for it; a pass returns it to service,
+    /// a failure doubles its wait. Operator drains and lost GPUs are skipped. Returns
+    /// the attempts made: the GPU's index and the burn-in's outcome.
+    pub fn retry_drained(
+        &self,
+        now: std::time::Instant,
+        prover_for: &retry::ProverFor<'_>,
+    ) -> Vec<(u32, Result<(), String>)> {
+        let mut attempts = Vec::new();
+        for (position, gpu) in self.inventory.iter().enumerate() {
+            let policy_drained = matches!(
+                drain::get(&self.store, &gpu.uuid),
+                Ok(Some(Drain {
+                    source: DrainSource::Policy,
+                    ..
+                }))
+            );
+            let lost = self
+                .lock_states()
+                .get(position)
+                .is_some_and(|state| state.lost);
+            if !policy_drained || lost {
+                self.retry.forget(&gpu.uuid);
+                continue;
+            }
+            if !self.retry.due(&gpu.uuid, now) {
+                continue;
+            }
+            let outcome = prover_for(gpu).and_then(|prover| {
+                self.burn_in(gpu.index, prover.as_ref())
+                    .map(|_| ())
+                    .map_err(|err| crate::error_chain(&err))
+            });
+            match &outcome {
+                Ok(()) => self.retry.forget(&gpu.uuid),
+                Err(detail) => {
+                    let wait = self.retry.failed(&gpu.uuid, now);
+                    tracing::warn!(
+                        index = gpu.index,
+                        uuid = %gpu.uuid,
+                        %detail,
+                        retry_in_s = wait.as_secs(),
+                        "automatic burn-in did not pass; the GPU stays drained"
+                    );
+                }
+            }
+            attempts.push((gpu.index, outcome));
+        }
+        attempts
+    }
+
+    /// The transcript of the latest burn-in that passed, if any (what the evidence
+    /// bundle carries as its capacity claim).
+    pub fn latest_transcript(&self) -> Option<plinth_attestation::challenge::Transcript> {
+        self.latest_transcript
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Whether the GPU with `uuid` is drained.

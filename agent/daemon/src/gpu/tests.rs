@@ -39,6 +39,10 @@ impl Host {
             cdi_dirs: vec![self.dir.path().join("cdi")],
             jobs_dir: Some(self.dir.path().join("jobs")),
             burn_in_n: 64,
+            burn_in_backoff: super::retry::Backoff {
+                first: Duration::from_secs(600),
+                max: Duration::from_secs(2400),
+            },
         }
     }
 
@@ -289,8 +293,10 @@ fn a_burn_in_returns_a_drained_gpu_to_service() {
     assert!(service.is_drained("GPU-test-0"));
     // The burn-in runs the capacity challenge (here with the CPU prover: the test has
     // no GPU) and verifies it; passing undrains with source burn-in.
+    assert!(service.latest_transcript().is_none());
     let transcript = service.burn_in(0, &CpuProver).unwrap();
     assert_eq!(transcript.challenge.n, 64);
+    assert_eq!(service.latest_transcript(), Some(transcript.clone()));
     assert!(!service.is_drained("GPU-test-0"));
     let log = drain::log(&host.store, "GPU-test-0").unwrap();
     assert_eq!(log.last().unwrap().source, DrainSource::BurnIn);
@@ -455,4 +461,140 @@ fn the_plugins_host_state_comes_from_the_inventory_drains_and_jobs() {
     let pricing = plinth_plugin_host::summarize(&state);
     assert_eq!(pricing.classes.len(), 1);
     assert_eq!((pricing.classes[0].total, pricing.classes[0].free), (3, 1));
+}
+
+/// A prover that gets one entry of C wrong: its burn-ins fail (labelled test double).
+struct WrongEntry;
+
+impl plinth_attestation::challenge::Prover for WrongEntry {
+    fn info(&self) -> plinth_attestation::challenge::ProverInfo {
+        plinth_attestation::challenge::ProverInfo {
+            device: "gpu:0".to_owned(),
+            model: "NVIDIA H200".to_owned(),
+        }
+    }
+    fn multiply(
+        &self,
+        a: &[i8],
+        b: &[i8],
+        n: usize,
+    ) -> Result<Vec<i32>, plinth_attestation::challenge::ProverError> {
+        let mut c = plinth_attestation::challenge::prover::multiply_cpu(a, b, n);
+        c[n + 1] ^= 4;
+        Ok(c)
+    }
+}
+
+#[test]
+fn a_policy_drain_is_retried_with_back_off_and_returns_when_a_burn_in_passes() {
+    use std::cell::Cell;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let host = Host::new(3);
+    let service = host.service();
+    // GPU 0: drained by the policy (XID 79). GPU 1: drained by the operator. GPU 2:
+    // lost (drained by the policy too, but it cannot come back without a reset).
+    service.process_event(&super::nvml::GpuEvent {
+        uuid: "GPU-test-0".to_owned(),
+        kind: GpuEventKind::Xid { code: 79 },
+    });
+    service.drain(1, "maintenance").unwrap();
+    host.nvml.lose("GPU-test-2");
+    service.poll_once();
+    assert!(service.is_drained("GPU-test-0"));
+    assert!(service.is_drained("GPU-test-2"));
+
+    // The burn-in passes only when `healthy` is set; every prover made is counted.
+    let healthy = AtomicBool::new(false);
+    let made = Cell::new(Vec::<u32>::new());
+    let prover_for = |gpu: &super::nvml::GpuInventory| {
+        let mut seen = made.take();
+        seen.push(gpu.index);
+        made.set(seen);
+        Ok::<_, String>(if healthy.load(Ordering::Relaxed) {
+            Box::new(CpuProver) as Box<dyn plinth_attestation::challenge::Prover>
+        } else {
+            Box::new(WrongEntry)
+        })
+    };
+    let minute = Duration::from_secs(60);
+    let t0 = Instant::now();
+    // Seen drained at t0: nothing is due before the first back-off (10 min).
+    assert!(service.retry_drained(t0, &prover_for).is_empty());
+    assert!(
+        service
+            .retry_drained(t0 + 9 * minute, &prover_for)
+            .is_empty()
+    );
+    // At 10 min GPU 0 is tried, and fails: the wait doubles to 20 min.
+    let attempts = service.retry_drained(t0 + 10 * minute, &prover_for);
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].0, 0);
+    let failure = attempts[0].1.as_ref().unwrap_err();
+    assert!(failure.contains("challenge.freivalds"), "{failure}");
+    assert!(service.is_drained("GPU-test-0"));
+    assert!(
+        service
+            .retry_drained(t0 + 29 * minute, &prover_for)
+            .is_empty()
+    );
+    // At 30 min: fails again, wait 40 min (the cap); then 40 min again, not 80.
+    assert!(
+        service.retry_drained(t0 + 30 * minute, &prover_for)[0]
+            .1
+            .is_err()
+    );
+    assert!(
+        service.retry_drained(t0 + 70 * minute, &prover_for)[0]
+            .1
+            .is_err()
+    );
+    assert!(
+        service
+            .retry_drained(t0 + 109 * minute, &prover_for)
+            .is_empty()
+    );
+    // The GPU recovers: the next attempt (at 110 min) passes and returns it to service.
+    healthy.store(true, Ordering::Relaxed);
+    let attempts = service.retry_drained(t0 + 110 * minute, &prover_for);
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0], (0, Ok(())));
+    assert!(!service.is_drained("GPU-test-0"));
+    let log = drain::log(&host.store, "GPU-test-0").unwrap();
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[1].action, "undrain");
+    assert_eq!(log[1].source, DrainSource::BurnIn);
+    // Only GPU 0 was ever tried: never the operator's drain, never the lost GPU.
+    assert_eq!(made.take(), vec![0, 0, 0, 0]);
+    assert!(
+        service
+            .retry_drained(t0 + 1000 * minute, &prover_for)
+            .is_empty()
+    );
+    assert!(service.is_drained("GPU-test-1"));
+    assert!(service.is_drained("GPU-test-2"));
+    assert_eq!(
+        drain::get(&host.store, "GPU-test-1")
+            .unwrap()
+            .unwrap()
+            .source,
+        DrainSource::Operator
+    );
+
+    // Drained again later: the back-off starts over at 10 min.
+    service.process_event(&super::nvml::GpuEvent {
+        uuid: "GPU-test-0".to_owned(),
+        kind: GpuEventKind::Xid { code: 79 },
+    });
+    let t1 = t0 + 2000 * minute;
+    assert!(service.retry_drained(t1, &prover_for).is_empty());
+    assert!(
+        service
+            .retry_drained(t1 + 9 * minute, &prover_for)
+            .is_empty()
+    );
+    assert_eq!(
+        service.retry_drained(t1 + 10 * minute, &prover_for),
+        vec![(0, Ok(()))]
+    );
 }
