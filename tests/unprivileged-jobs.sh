@@ -27,7 +27,13 @@ BASE=$(mktemp -d /tmp/plinth-unprivileged.XXXXXX)
 PARENT=plinth-unpriv-$$
 RUNNER_PID=
 cleanup() {
-    [ -n "$RUNNER_PID" ] && kill "$RUNNER_PID" 2>/dev/null && wait "$RUNNER_PID" 2>/dev/null
+    # `|| true`: under `set -e` a failing last command of an `&&` list ends the trap, and
+    # a runner stopped by SIGTERM makes `wait` return 143, which would become the
+    # script's status although every test passed.
+    if [ -n "$RUNNER_PID" ]; then
+        kill "$RUNNER_PID" 2>/dev/null || true
+        wait "$RUNNER_PID" 2>/dev/null || true
+    fi
     rm -rf "$BASE"
     for controller in memory cpu cpuacct pids cpuset blkio devices freezer systemd ""; do
         rmdir "/sys/fs/cgroup/$controller/$PARENT" 2>/dev/null || true
