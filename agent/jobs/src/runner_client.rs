@@ -209,12 +209,18 @@ impl RunnerClient {
             source,
         })?;
         bytes.push(b'\n');
-        stream.write_all(&bytes).map_err(io_err)?;
-        stream.shutdown(std::net::Shutdown::Write).map_err(io_err)?;
+        let written = stream
+            .write_all(&bytes)
+            .and_then(|()| stream.shutdown(std::net::Shutdown::Write));
         let mut line = String::new();
-        BufReader::new(stream.take(MAX_MESSAGE_BYTES))
-            .read_line(&mut line)
-            .map_err(io_err)?;
+        let read = BufReader::new((&stream).take(MAX_MESSAGE_BYTES)).read_line(&mut line);
+        // A runner that refuses the peer answers without reading the request, so a
+        // failed write (EPIPE) may still have a refusal to read: prefer it.
+        match (written, read) {
+            (_, Ok(n)) if n > 0 => {}
+            (Err(err), _) | (Ok(()), Err(err)) => return Err(io_err(err)),
+            (Ok(()), Ok(_)) => {}
+        }
         let answer: RunnerAnswer =
             serde_json::from_str(&line).map_err(|source| RunnerClientError::Parse {
                 socket: self.socket.clone(),

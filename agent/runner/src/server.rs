@@ -34,6 +34,9 @@ use serde::{Deserialize, Serialize};
 use crate::config::RunnerConfig;
 use crate::validate::{self, Policy, Refusal};
 
+/// How long a refused peer's request is read (and discarded) before the runner closes.
+const REFUSED_DRAIN: Duration = Duration::from_millis(200);
+
 /// The largest `config.json`, `job.json` or `shim.json` the runner reads.
 const MAX_FILE_BYTES: u64 = 1024 * 1024;
 /// The longest a job may run, as the runner bounds `shim.json` (30 days).
@@ -237,6 +240,12 @@ impl Runner {
                 "refused connection: {reason}"
             );
             let _ = write_answer(&mut stream, &RunnerAnswer::refused(reason));
+            // Discard (never parse) what the peer sends, briefly and bounded, before
+            // closing: a close while its request is still being written would make its
+            // write fail with EPIPE before it reads the refusal, hiding the reason.
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            let _ = stream.set_read_timeout(Some(REFUSED_DRAIN));
+            let _ = io::copy(&mut (&stream).take(MAX_MESSAGE_BYTES), &mut io::sink());
             return;
         }
         let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
