@@ -51,8 +51,14 @@ export PATH="$TOOLS/bin:$PATH"
 PROFILE=${PLINTH_DIST_PROFILE:-dist}
 BIN=$TARGET/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
 if [ "${1:-}" != "--packages-only" ]; then
-    RUSTFLAGS="${RUSTFLAGS:-} --remap-path-prefix=$ROOT=/build/plinth --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo" \
-        "$CARGO" build --locked --profile "$PROFILE" --workspace --bins
+    if [ "$PROFILE" = dev ]; then
+        # The trial reuses the test build as it is (same RUSTFLAGS, so nothing is rebuilt
+        # but what changed): CI packages and installs these binaries.
+        "$CARGO" build --locked --workspace --bins
+    else
+        RUSTFLAGS="${RUSTFLAGS:-} --remap-path-prefix=$ROOT=/build/plinth --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo" \
+            "$CARGO" build --locked --profile "$PROFILE" --workspace --bins
+    fi
 fi
 
 rm -rf "$STAGE"
@@ -68,6 +74,8 @@ for bin in $("$CARGO" metadata --no-deps --format-version 1 --locked |
     python3 -c 'import json,sys; print("\n".join(sorted({t["name"] for p in json.load(sys.stdin)["packages"] for t in p["targets"] if "bin" in t["kind"]})))'); do
     case "$DIST_EXCLUDE" in *" $bin "*) continue ;; esac
     install -m 755 "$BIN/$bin" "$STAGE/usr/bin/$bin"
+    # The dist profile strips at link time; debug binaries are stripped here.
+    if [ "$PROFILE" = dev ]; then strip --strip-all "$STAGE/usr/bin/$bin"; fi
 done
 
 install -m 644 systemd/*.service "$STAGE/usr/lib/systemd/system/"

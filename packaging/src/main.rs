@@ -59,6 +59,11 @@ fn main() -> anyhow::Result<()> {
         &mut plinth_runner::cli::RunnerCli::command(),
         "plinth-runner",
     )?;
+    write_completions(
+        &dir,
+        &mut plinth_agent::cli::verify_command(),
+        "plinth-verify",
+    )?;
     for path in written {
         println!("{}", path.display());
     }

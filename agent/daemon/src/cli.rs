@@ -130,15 +130,23 @@ pub struct OutputArgs {
     pub json: bool,
 }
 
-/// Writes man pages for both binaries (and each subcommand) into `dir`.
+/// Writes man pages for plinthctl, plinth-agent and plinth-verify (and each subcommand)
+/// into `dir`.
 pub fn write_man_pages(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
     use clap::CommandFactory;
     std::fs::create_dir_all(dir)?;
     let mut written = Vec::new();
-    for command in [CtlCli::command(), AgentCli::command()] {
+    for command in [CtlCli::command(), AgentCli::command(), verify_command()] {
         write_man_tree(dir, &command, &mut written)?;
     }
     Ok(written)
+}
+
+/// The command-line definition of `plinth-verify` (the auditor's tool, in
+/// `plinth-attestation`), for its man pages and shell completions.
+pub fn verify_command() -> clap::Command {
+    use clap::CommandFactory;
+    plinth_attestation::cli::Cli::command()
 }
 
 fn write_man_tree(
