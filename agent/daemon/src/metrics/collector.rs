@@ -25,9 +25,6 @@ pub const PLUGIN_LATENCY_BUCKETS: [f64; 14] = [
     0.05, 0.1, 0.25,
 ];
 
-/// The label set of a family without labels.
-const NO_LABELS: [(&str, &str); 0] = [];
-
 /// Reads the sources on each scrape.
 #[derive(Debug)]
 pub struct ScrapeCollector {
@@ -71,6 +68,20 @@ where
     Ok(())
 }
 
+/// Describes one family without labels and encodes its one sample, if any.
+fn unlabelled<V: Sample>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: Option<V>,
+) -> fmt::Result {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    match value {
+        Some(value) => value.encode_into(&mut metric),
+        None => Ok(()),
+    }
+}
+
 /// A value that encodes as a gauge or a counter sample.
 trait Sample {
     fn encode_into(&self, metric: &mut MetricEncoder<'_>) -> fmt::Result;
@@ -111,12 +122,11 @@ impl ScrapeCollector {
             MetricType::Gauge,
             [gauge([("version", env!("CARGO_PKG_VERSION"))], 1i64)],
         )?;
-        family(
+        unlabelled(
             encoder,
             "plinth_agent_start_time_seconds",
             "When this agent run started, Unix time.",
-            MetricType::Gauge,
-            [gauge(NO_LABELS, self.started_at_s)],
+            Some(GaugeValue(self.started_at_s)),
         )
     }
 
@@ -358,19 +368,17 @@ impl ScrapeCollector {
 
     fn encode_liveness(&self, encoder: &mut DescriptorEncoder<'_>) -> fmt::Result {
         let liveness = self.sources.liveness.as_ref();
-        family(
+        unlabelled(
             encoder,
             "plinth_liveness_head_seq",
             "Sequence number of the liveness ledger's head.",
-            MetricType::Gauge,
-            liveness.map(|liveness| gauge(NO_LABELS, liveness.head_seq())),
+            liveness.map(|liveness| GaugeValue(liveness.head_seq())),
         )?;
-        family(
+        unlabelled(
             encoder,
             "plinth_liveness_run_id",
             "The agent run writing the ledger.",
-            MetricType::Gauge,
-            liveness.map(|liveness| gauge(NO_LABELS, liveness.run_id())),
+            liveness.map(|liveness| GaugeValue(liveness.run_id())),
         )?;
         let samples = self
             .sources

@@ -87,12 +87,12 @@ impl HttpMetrics {
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "plinth_api_requests",
-            "API requests answered, by API, method, route template and status code.",
+            "API requests answered, by API, method, route template and status code",
             self.requests.clone(),
         );
         registry.register(
             "plinth_api_request_duration_seconds",
-            "Time to answer an API request (until the answer's head), by route template.",
+            "Time to answer an API request (until the answer's head), by route template",
             self.duration.clone(),
         );
     }

@@ -134,12 +134,12 @@ impl AgentMetrics {
             .unwrap_or_default();
         registry.register(
             "plinth_job_start_latency_seconds",
-            "Time from a job's submission to its supervisor being started.",
+            "Time from a job's submission to its supervisor being started",
             job_metrics.start_latency,
         );
         registry.register(
             "plinth_receipts_appended",
-            "Usage receipts (interim and final) appended to the ledger by this run.",
+            "Usage receipts (interim and final) appended to the ledger by this run",
             job_metrics.receipts_appended,
         );
         let http = HttpMetrics::default();
