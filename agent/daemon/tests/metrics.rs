@@ -15,6 +15,24 @@ use common::{Agent, Node};
 
 const NONCE: &str = "00112233445566778899aabbccddeeff";
 
+/// The log without its colour escapes (`ESC [ ... m`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn start() -> (Node, Agent, String) {
     let node = Node::new("");
     let agent = node.start_with_env(&[
@@ -24,7 +42,7 @@ fn start() -> (Node, Agent, String) {
     ]);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let log = std::fs::read_to_string(node.path("agent.log")).unwrap_or_default();
+        let log = strip_ansi(&std::fs::read_to_string(node.path("agent.log")).unwrap_or_default());
         let address = log
             .lines()
             .filter(|line| line.contains("metrics listener serving"))
@@ -147,7 +165,7 @@ fn a_scrape_moves_with_the_agent_and_passes_promtool() {
     drop(agent);
 }
 
-/// Every `plinth_*` metric named in `expr`, with a histogram's `_bucket`, `_sum` and
+/// Every `plinth_*` metric named in `expr` (a panel's query or a variable's definition), with a histogram's `_bucket`, `_sum` and
 /// `_count` suffixes taken off.
 fn metric_names(expr: &str) -> Vec<String> {
     let mut names = Vec::new();
@@ -173,7 +191,9 @@ fn exprs(value: &serde_json::Value, out: &mut Vec<String>) {
         serde_json::Value::Object(map) => {
             for (key, value) in map {
                 match (key.as_str(), value) {
-                    ("expr" | "query", serde_json::Value::String(expr)) => out.push(expr.clone()),
+                    ("expr" | "definition", serde_json::Value::String(expr)) => {
+                        out.push(expr.clone())
+                    }
                     _ => exprs(value, out),
                 }
             }
