@@ -16,7 +16,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # registry (docker-registry), skopeo to push to it and openssl for its test CA.
 APT_PACKAGES := build-essential pkg-config libtss2-dev swtpm swtpm-tools tpm2-tools gnutls-bin \
 	runc busybox-static sqlite3 debootstrap systemd-container docker-registry skopeo openssl \
-	dpkg-dev lintian rpm rpmlint
+	dpkg-dev lintian rpm rpmlint prometheus
 
 .PHONY: demo test deps js-deps fmt clippy unit build fuzz-check bench-idle dist dist-check \
 	unprivileged-jobs install-test

@@ -67,7 +67,7 @@ install -d "$STAGE"/usr/bin "$STAGE"/usr/lib/plinth/plugins "$STAGE"/etc/plinth 
     "$STAGE"/usr/share/man/man1 "$STAGE"/usr/share/man/man8 \
     "$STAGE"/usr/share/bash-completion/completions "$STAGE"/usr/share/zsh/vendor-completions \
     "$STAGE"/usr/share/fish/vendor_completions.d "$STAGE"/usr/share/doc/plinth \
-    "$STAGE"/usr/share/lintian/overrides
+    "$STAGE"/usr/share/lintian/overrides "$STAGE"/usr/share/plinth/grafana
 
 # Binaries: every [[bin]] of the workspace's packages, minus DIST_EXCLUDE.
 for bin in $("$CARGO" metadata --no-deps --format-version 1 --locked |
@@ -85,6 +85,8 @@ install -m 644 packaging/agent.toml "$STAGE/usr/lib/plinth/agent.toml"
 install -m 644 packaging/etc-agent.toml "$STAGE/etc/plinth/agent.toml"
 install -m 644 packaging/runner.toml "$STAGE/etc/plinth/runner.toml"
 install -m 644 packaging/lintian-overrides "$STAGE/usr/share/lintian/overrides/plinth"
+# The Grafana dashboard over the agent's metrics (docs/metrics.md).
+install -m 644 packaging/grafana/plinth-fleet.json "$STAGE/usr/share/plinth/grafana/plinth-fleet.json"
 
 # Man pages (gzip -n: no name or time in the header) and completions.
 DOCS=$(mktemp -d)

@@ -154,6 +154,72 @@ pub struct CollectTimings {
     pub sign: std::time::Duration,
 }
 
+/// Which attestation operation a request asked for (the `operation` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AttestationOperation {
+    /// An evidence bundle for a verifier's nonce.
+    Evidence,
+    /// The AK enrollment request.
+    Enrollment,
+    /// TPM2_ActivateCredential for an enrollment challenge.
+    Activation,
+}
+
+impl AttestationOperation {
+    /// Every operation.
+    pub const ALL: [AttestationOperation; 3] = [
+        AttestationOperation::Evidence,
+        AttestationOperation::Enrollment,
+        AttestationOperation::Activation,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttestationOperation::Evidence => "evidence",
+            AttestationOperation::Enrollment => "enrollment",
+            AttestationOperation::Activation => "activation",
+        }
+    }
+}
+
+/// What the attestation service counts, for the agent's metrics: requests and failed
+/// requests per operation (a bundle with an absent piece is not a failure; an error
+/// answer is).
+#[derive(Debug, Default)]
+pub struct AttestationMetrics {
+    requests: [prometheus_client::metrics::counter::Counter; 3],
+    failures: [prometheus_client::metrics::counter::Counter; 3],
+}
+
+impl AttestationMetrics {
+    fn slot(operation: AttestationOperation) -> usize {
+        match operation {
+            AttestationOperation::Evidence => 0,
+            AttestationOperation::Enrollment => 1,
+            AttestationOperation::Activation => 2,
+        }
+    }
+
+    fn count<T, E>(&self, operation: AttestationOperation, outcome: &Result<T, E>) {
+        let slot = Self::slot(operation);
+        self.requests[slot].inc();
+        if outcome.is_err() {
+            self.failures[slot].inc();
+        }
+    }
+
+    /// Requests of `operation` since the agent started.
+    pub fn requests(&self, operation: AttestationOperation) -> u64 {
+        self.requests[Self::slot(operation)].get()
+    }
+
+    /// Failed requests of `operation` since the agent started.
+    pub fn failures(&self, operation: AttestationOperation) -> u64 {
+        self.failures[Self::slot(operation)].get()
+    }
+}
+
 /// The attestation service of one agent.
 pub struct AttestationService {
     tpm: Option<Mutex<TpmCollector>>,
@@ -166,6 +232,7 @@ pub struct AttestationService {
     /// Where the latest completed capacity-challenge transcript comes from (the GPU
     /// module's last passed burn-in), put in `evidence.capacity`.
     capacity: OnceLock<CapacitySource>,
+    metrics: AttestationMetrics,
 }
 
 /// Gives the latest completed capacity-challenge transcript, if there is one.
@@ -255,7 +322,13 @@ impl AttestationService {
             plugins,
             binary_sha256: OnceLock::new(),
             capacity: OnceLock::new(),
+            metrics: AttestationMetrics::default(),
         }
+    }
+
+    /// Requests and failures per operation.
+    pub fn metrics(&self) -> &AttestationMetrics {
+        &self.metrics
     }
 
     /// One line for the log: which collectors are on.
@@ -314,7 +387,9 @@ impl AttestationService {
 
     /// Collects and signs a bundle for the verifier's `nonce` (16 to 64 bytes).
     pub fn collect(&self, nonce: &[u8]) -> Result<EvidenceBundle, AttestationError> {
-        self.collect_timed(nonce).map(|(bundle, _)| bundle)
+        let outcome = self.collect_timed(nonce).map(|(bundle, _)| bundle);
+        self.metrics.count(AttestationOperation::Evidence, &outcome);
+        outcome
     }
 
     /// [`Self::collect`], with the time each step took.
@@ -439,6 +514,13 @@ impl AttestationService {
     /// The enrollment request (`plinthctl attest enroll`): EK, EK certificate, AK (created
     /// and persisted at `attestation.ak_handle` when missing), node key, host name.
     pub fn enrollment_request(&self) -> Result<EnrollmentRequest, AttestationError> {
+        let outcome = self.build_enrollment_request();
+        self.metrics
+            .count(AttestationOperation::Enrollment, &outcome);
+        outcome
+    }
+
+    fn build_enrollment_request(&self) -> Result<EnrollmentRequest, AttestationError> {
         let identity = self.tpm()?.identity()?;
         Ok(EnrollmentRequest {
             format: REQUEST_FORMAT.to_owned(),
@@ -456,6 +538,16 @@ impl AttestationService {
     /// Answers a verifier's enrollment challenge with TPM2_ActivateCredential, after
     /// checking that it is for this agent's AK.
     pub fn activate(
+        &self,
+        challenge: &EnrollmentChallenge,
+    ) -> Result<EnrollmentResponse, AttestationError> {
+        let outcome = self.activate_credential(challenge);
+        self.metrics
+            .count(AttestationOperation::Activation, &outcome);
+        outcome
+    }
+
+    fn activate_credential(
         &self,
         challenge: &EnrollmentChallenge,
     ) -> Result<EnrollmentResponse, AttestationError> {

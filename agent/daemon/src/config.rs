@@ -97,6 +97,48 @@ pub struct AgentConfig {
     pub attestation: AttestationSection,
     /// The liveness ledger.
     pub liveness: LivenessSection,
+    /// The Prometheus metrics listener.
+    pub metrics: MetricsSection,
+}
+
+/// The `[metrics]` section: where Prometheus scrapes the agent's metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSection {
+    /// `address:port` of the plain-HTTP listener serving `GET /metrics`; empty: no
+    /// listener (the admin socket's `GET /v1/metrics` still serves the same text).
+    pub listen: String,
+}
+
+/// The default metrics listener: loopback only, on the port OpenTelemetry's Prometheus
+/// exporters use.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_METRICS_LISTEN.to_owned(),
+        }
+    }
+}
+
+impl MetricsSection {
+    /// The listener's address; `None` when turned off (empty `listen`).
+    pub fn listen_addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        if self.listen.is_empty() {
+            return Ok(None);
+        }
+        self.listen
+            .parse::<std::net::SocketAddr>()
+            .map(Some)
+            .map_err(|_| ConfigError::Validate {
+                key: "metrics.listen".to_owned(),
+                message: format!(
+                    "{:?} is not an address:port such as \"127.0.0.1:9464\" (empty turns the listener off)",
+                    self.listen
+                ),
+            })
+    }
 }
 
 /// The `[liveness]` section: how often the agent appends to its liveness ledger, and
@@ -701,6 +743,7 @@ impl AgentConfig {
         self.images.validate()?;
         self.attestation.validate()?;
         self.liveness.validate()?;
+        self.metrics.listen_addr()?;
         tracing_subscriber::EnvFilter::try_new(&self.agent.log_level).map_err(|err| {
             ConfigError::Validate {
                 key: "agent.log_level".to_owned(),
@@ -989,6 +1032,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn metrics_listen_is_checked_and_can_be_turned_off() {
+        let fixture = Fixture::new();
+        let loaded = load(&fixture.sources(&[])).unwrap();
+        assert_eq!(
+            loaded.config.metrics.listen_addr().unwrap(),
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        let loaded = load(&fixture.sources(&[("PLINTH_METRICS_LISTEN", "")])).unwrap();
+        assert_eq!(loaded.config.metrics.listen_addr().unwrap(), None);
+        let err = load(&fixture.sources(&[("PLINTH_METRICS_LISTEN", "localhost")])).unwrap_err();
+        let chain = crate::error_chain(&err);
+        assert!(
+            chain.contains("metrics.listen") && chain.contains("localhost"),
+            "{chain}"
+        );
+    }
+
+    #[test]
     fn defaults_have_one_source() {
         // The built-in configuration, an empty file, a file with every section present but
         // empty, and each section alone all mean the same configuration.
@@ -1006,6 +1067,7 @@ mod tests {
             "images",
             "attestation",
             "liveness",
+            "metrics",
         ] {
             texts.push(format!("[{section}]\n"));
         }

@@ -1,7 +1,9 @@
 //! The daemon's life: start-up in a fixed order, serving, reloading and shutdown.
 //!
 //! Start-up order: the store (refusing a corrupt or too-new database), the node key,
-//! hardware detection, the admin socket, then `READY=1`. Shutdown on SIGTERM or SIGINT:
+//! hardware detection, the admin socket, the metrics listener (`[metrics] listen`; a
+//! listener that cannot bind is logged, not fatal: monitoring must not stop billing),
+//! then `READY=1`. Shutdown on SIGTERM or SIGINT:
 //! `STOPPING=1`, stop accepting, finish in-flight requests, record a clean end in the
 //! store, remove the socket. SIGHUP re-reads and re-checks the configuration and tells
 //! subscribers (plugins, jobs) through [`ReloadHandle`].
@@ -167,6 +169,18 @@ pub async fn run(loaded: LoadedConfig, options: RunOptions) -> Result<(), Daemon
     let net =
         crate::liveness::net::start(&config.liveness.net, identity.clone(), liveness.clone()).await;
 
+    let metrics = Arc::new(crate::metrics::AgentMetrics::new(
+        crate::metrics::MetricsSources {
+            jobs: jobs.as_ref().map(|jobs| jobs.manager.clone()),
+            plugins: plugins.clone(),
+            attestation: Some(attestation.clone()),
+            gpus: Some(gpus.clone()),
+            liveness: liveness.clone(),
+            net: net.clone(),
+        },
+    ));
+    let metrics_addr = config.metrics.listen_addr()?;
+
     let socket_path = config.socket_path();
     // Held until `run` returns: its lock keeps other agents off this socket.
     let admin_socket = api::bind_admin_socket(
@@ -193,6 +207,7 @@ pub async fn run(loaded: LoadedConfig, options: RunOptions) -> Result<(), Daemon
         gpus: gpus.clone(),
         liveness: liveness.clone(),
         net,
+        metrics: metrics.clone(),
     });
     let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
@@ -204,6 +219,9 @@ pub async fn run(loaded: LoadedConfig, options: RunOptions) -> Result<(), Daemon
             let _ = shutdown_receiver.wait_for(|stop| *stop).await;
         });
     let mut server = tokio::spawn(async move { server.await });
+    if let Some(addr) = metrics_addr {
+        serve_metrics(addr, metrics, shutdown_sender.subscribe()).await;
+    }
 
     if let Some(interval) = systemd::watchdog_interval() {
         tokio::spawn(watchdog(store.clone(), interval));
@@ -254,6 +272,35 @@ pub async fn run(loaded: LoadedConfig, options: RunOptions) -> Result<(), Daemon
     cleanup(&store, run_id, &socket_path, "clean");
     tracing::info!("plinth-agent stopped");
     Ok(())
+}
+
+/// Serves `GET /metrics` on `addr` until shutdown; a listener that cannot bind is
+/// logged and skipped (the admin socket's `GET /v1/metrics` still answers).
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    metrics: Arc<crate::metrics::AgentMetrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let listener = match crate::metrics::bind(addr).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            tracing::error!(error = %crate::error_chain(&err), "no metrics listener; GET /v1/metrics on the admin socket still serves them");
+            return;
+        }
+    };
+    let address = listener
+        .local_addr()
+        .map_or_else(|_| addr.to_string(), |bound| bound.to_string());
+    tracing::info!(%address, "metrics listener serving GET /metrics");
+    let server =
+        axum::serve(listener, crate::metrics::router(metrics)).with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        });
+    tokio::spawn(async move {
+        if let Err(err) = server.await {
+            tracing::error!(error = %err, "the metrics listener failed");
+        }
+    });
 }
 
 fn cleanup(store: &Store, run_id: i64, socket_path: &PathBuf, outcome: &str) {

@@ -16,6 +16,7 @@ pub mod hardware;
 pub mod identity;
 pub mod jobs;
 pub mod liveness;
+pub mod metrics;
 pub mod migrations;
 pub mod plugins;
 pub mod store;

@@ -692,6 +692,16 @@ impl Plugin {
         self.stats.snapshot()
     }
 
+    /// The call latencies' cumulative counts at `edges_ns` (for a Prometheus histogram).
+    pub fn latency_cumulative(&self, edges_ns: &[u64]) -> crate::stats::CumulativeCounts {
+        self.stats.latency.cumulative(edges_ns)
+    }
+
+    /// Counts one decision the built-in policy made because this plugin's call failed.
+    pub(crate) fn count_fallback(&self) {
+        bump(&self.stats.fallbacks);
+    }
+
     /// Create one instance now and keep it warm, so that the next call does not pay for
     /// instantiation (a JavaScript plugin's first instance costs milliseconds). Does
     /// nothing when the warm pool is full.

@@ -161,6 +161,7 @@ impl PolicySet {
             },
             Err(error) => {
                 self.fallbacks.fetch_add(1, Ordering::Relaxed);
+                plugin.count_fallback();
                 tracing::warn!(plugin = plugin.name(), %kind, %error, "plugin call failed; using the built-in policy");
                 Decided {
                     value: built_in(),

@@ -1,7 +1,9 @@
 //! Per-plugin counters and a lock-free latency histogram.
 //!
 //! The histogram has four sub-buckets per power of two of nanoseconds, so a reported
-//! percentile is the upper edge of a bucket at most 19 % above the true value.
+//! percentile is the upper edge of a bucket at most 19 % above the true value. It also
+//! keeps the sum of what it recorded, and gives cumulative counts at any bucket edges a
+//! caller chooses ([`LatencyHistogram::cumulative`]: the agent's Prometheus histograms).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -14,14 +16,31 @@ const N_BUCKETS: usize = 64 * SUB_BUCKETS;
 /// Latency histogram with logarithmic buckets, safe to update from many threads.
 pub struct LatencyHistogram {
     buckets: Box<[AtomicU64]>,
+    sum_ns: AtomicU64,
 }
 
 impl Default for LatencyHistogram {
     fn default() -> Self {
         LatencyHistogram {
             buckets: (0..N_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            sum_ns: AtomicU64::new(0),
         }
     }
+}
+
+/// Cumulative counts of a [`LatencyHistogram`] at chosen edges, as a Prometheus
+/// histogram has them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CumulativeCounts {
+    /// For each edge asked for (nanoseconds, ascending): how many observations are
+    /// certainly at or below it (their internal bucket's upper edge is). An observation
+    /// whose internal bucket straddles an edge is counted at the next edge, so a count
+    /// can be low by the observations within 19 % below its edge, never high.
+    pub at_or_below: Vec<u64>,
+    /// All observations.
+    pub count: u64,
+    /// Their sum in nanoseconds (saturating).
+    pub sum_ns: u64,
 }
 
 fn bucket_of(nanos: u64) -> usize {
@@ -50,6 +69,38 @@ impl LatencyHistogram {
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         if let Some(bucket) = self.buckets.get(bucket_of(nanos)) {
             bucket.fetch_add(1, Ordering::Relaxed);
+        }
+        // Saturating: a sum past 584 years of calls stays at the maximum.
+        let _ = self
+            .sum_ns
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |sum| {
+                Some(sum.saturating_add(nanos))
+            });
+    }
+
+    /// Cumulative counts at `edges_ns` (ascending), with the total count and sum.
+    pub fn cumulative(&self, edges_ns: &[u64]) -> CumulativeCounts {
+        let mut at_or_below = vec![0u64; edges_ns.len()];
+        let mut count = 0u64;
+        for (bucket_idx, bucket) in self.buckets.iter().enumerate() {
+            let n_observed = bucket.load(Ordering::Relaxed);
+            if n_observed == 0 {
+                continue;
+            }
+            count += n_observed;
+            let upper_edge = bucket_upper_edge(bucket_idx);
+            for (edge_idx, edge) in edges_ns.iter().enumerate() {
+                if upper_edge <= *edge
+                    && let Some(slot) = at_or_below.get_mut(edge_idx)
+                {
+                    *slot += n_observed;
+                }
+            }
+        }
+        CumulativeCounts {
+            at_or_below,
+            count,
+            sum_ns: self.sum_ns.load(Ordering::Relaxed),
         }
     }
 
@@ -89,6 +140,7 @@ pub struct PluginStats {
     pub(crate) instantiations: AtomicU64,
     pub(crate) log_records: AtomicU64,
     pub(crate) log_dropped: AtomicU64,
+    pub(crate) fallbacks: AtomicU64,
     pub(crate) latency: LatencyHistogram,
 }
 
@@ -115,6 +167,9 @@ pub struct PluginStatsSnapshot {
     pub log_records: u64,
     /// Log records dropped because the plugin exceeded its per-call log budget.
     pub log_dropped: u64,
+    /// Decisions the built-in policy made because this plugin's call failed.
+    #[serde(default)]
+    pub fallbacks: u64,
     /// Median call latency in nanoseconds (bucket upper edge).
     pub p50_ns: u64,
     /// 99th percentile call latency in nanoseconds (bucket upper edge).
@@ -135,6 +190,7 @@ impl PluginStats {
             instantiations: self.instantiations.load(Ordering::Relaxed),
             log_records: self.log_records.load(Ordering::Relaxed),
             log_dropped: self.log_dropped.load(Ordering::Relaxed),
+            fallbacks: self.fallbacks.load(Ordering::Relaxed),
             p50_ns: self.latency.quantile_ns(0.50),
             p99_ns: self.latency.quantile_ns(0.99),
         }
@@ -162,6 +218,21 @@ mod tests {
         let p99 = histogram.quantile_ns(0.99);
         assert!((500_000..=600_000).contains(&p99), "p99 {p99}");
         assert_eq!(LatencyHistogram::default().quantile_ns(0.5), 0);
+    }
+
+    #[test]
+    fn cumulative_counts_never_count_above_an_edge() {
+        let histogram = LatencyHistogram::default();
+        for micros in [1u64, 5, 50, 500, 5_000] {
+            histogram.record(Duration::from_micros(micros));
+        }
+        let counts = histogram.cumulative(&[10_000, 100_000, 1_000_000, 10_000_000]);
+        assert_eq!(counts.at_or_below, vec![2, 3, 4, 5]);
+        assert_eq!(counts.count, 5);
+        assert_eq!(counts.sum_ns, 5_556_000);
+        // An edge inside an observation's bucket does not count it yet.
+        let counts = histogram.cumulative(&[1_000, 1_100]);
+        assert_eq!(counts.at_or_below, vec![0, 1]);
     }
 
     #[test]

@@ -105,14 +105,18 @@ pub struct AgentState {
     /// Network-quality measurements; `None` when `[liveness.net]` sets neither an
     /// endpoint nor peers.
     pub net: Option<Arc<crate::liveness::net::NetService>>,
+    /// The agent's Prometheus registry (and the API middleware's instruments).
+    pub metrics: Arc<crate::metrics::AgentMetrics>,
 }
 
 /// Shared handler state.
 pub type SharedState = Arc<AgentState>;
 
-/// Builds the admin API router.
+/// Builds the admin API router, its requests counted by the metrics middleware
+/// (`api="admin"`).
 pub fn router(state: SharedState) -> Router {
-    Router::new()
+    let http = state.metrics.http().clone();
+    let router = Router::new()
         .merge(status::routes())
         .merge(jobs::routes())
         .merge(images::routes())
@@ -122,7 +126,8 @@ pub fn router(state: SharedState) -> Router {
         .merge(liveness::routes())
         .merge(net::routes())
         .fallback(not_found)
-        .with_state(state)
+        .with_state(state);
+    crate::metrics::instrument(router, &http, "admin")
 }
 
 async fn not_found(uri: axum::http::Uri) -> Response {

@@ -3,21 +3,20 @@
 //! - `POST /v1/net/probe` `{"peers": ["name", ...]}` (empty: every configured peer) ->
 //!   `{"results": [{"sample": NetSample} | {"error": "..."}]}`; 400 for a peer that
 //!   `[liveness.net.peers]` does not list, 503 when no peers are configured.
-//! - `GET /v1/metrics` -> Prometheus text: the latest round-trip times and throughput
-//!   per peer, and the liveness ledger's head. The agent has no other metrics surface
-//!   yet; this is it.
+//! - `GET /v1/metrics` -> the agent's metrics (the same text as the `[metrics] listen`
+//!   listener's `GET /metrics`; see `crate::metrics`), network quality included.
 
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use plinth_attestation::liveness::NetSample;
 use serde::{Deserialize, Serialize};
 
 use super::{SharedState, error_response};
-use crate::liveness::net::{self, NetError};
+use crate::liveness::net::NetError;
 
 /// Routes of this module.
 pub fn routes() -> Router<SharedState> {
@@ -80,11 +79,6 @@ async fn probe(State(state): State<SharedState>, Json(request): Json<NetProbeReq
     }
 }
 
-async fn metrics(State(state): State<SharedState>) -> Response {
-    let samples = state.net.as_ref().map(|n| n.latest()).unwrap_or_default();
-    let mut text = net::metrics_text(&samples);
-    if let Some(liveness) = &state.liveness {
-        text.push_str(&liveness.metrics_text());
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+async fn metrics(State(state): State<SharedState>, headers: HeaderMap) -> Response {
+    crate::metrics::scrape(state.metrics.clone(), &headers).await
 }

@@ -143,6 +143,10 @@ impl JobManager {
         )?;
         self.move_to(id, JobState::Preparing, JobState::Running, None)?;
         self.engine.start(id)?;
+        let waited_ms = now_ms().saturating_sub(job.created_at_ms);
+        self.metrics
+            .start_latency
+            .observe(waited_ms as f64 / 1000.0);
         Ok(())
     }
 
@@ -211,6 +215,7 @@ impl JobManager {
             self.append_receipt(&tx, &job, &period, &result.usage)?;
         }
         let end_state = state_of(result);
+        let receipt_appended = result.started_at_ms.is_some();
         state::apply(&tx, id, job.state, end_state, now_ms())?;
         tx.execute(
             "UPDATE jobs SET reason = ?2, exit_code = ?3, signal = ?4, started_at_ms = ?5,
@@ -226,6 +231,9 @@ impl JobManager {
             ],
         )?;
         tx.commit()?;
+        if receipt_appended {
+            self.metrics.receipts_appended.inc();
+        }
         tracing::info!(job = %id, state = %end_state, "job ended");
         Ok(())
     }

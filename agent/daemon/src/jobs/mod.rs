@@ -102,6 +102,33 @@ pub enum JobsError {
     },
 }
 
+/// The buckets of the job start latency histogram, in seconds: a cached image starts in
+/// well under a second, a registry pull of a large image takes minutes.
+pub const START_LATENCY_BUCKETS: [f64; 12] = [
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// What the job manager counts as it works, for the agent's metrics (the `metrics`
+/// module registers these handles; they are cheap clones of shared atomics).
+#[derive(Debug, Clone)]
+pub struct JobMetrics {
+    /// Seconds from a job's submission to its supervisor being started.
+    pub start_latency: prometheus_client::metrics::histogram::Histogram,
+    /// Receipts appended to the ledger (interim and final) by this run of the agent.
+    pub receipts_appended: prometheus_client::metrics::counter::Counter,
+}
+
+impl Default for JobMetrics {
+    fn default() -> Self {
+        JobMetrics {
+            start_latency: prometheus_client::metrics::histogram::Histogram::new(
+                START_LATENCY_BUCKETS,
+            ),
+            receipts_appended: Default::default(),
+        }
+    }
+}
+
 /// The job manager.
 pub struct JobManager {
     store: Arc<Store>,
@@ -109,6 +136,7 @@ pub struct JobManager {
     identity: Arc<NodeIdentity>,
     config: JobsConfig,
     doorbell: Doorbell,
+    metrics: JobMetrics,
 }
 
 impl std::fmt::Debug for JobManager {
@@ -173,7 +201,18 @@ impl JobManager {
             identity,
             config,
             doorbell: Doorbell::default(),
+            metrics: JobMetrics::default(),
         })
+    }
+
+    /// What the manager counts (start latency, receipts appended).
+    pub fn metrics(&self) -> &JobMetrics {
+        &self.metrics
+    }
+
+    /// How many jobs are in each state.
+    pub fn count_by_state(&self) -> Result<Vec<(JobState, u64)>, JobsError> {
+        schema::count_by_state(&self.store.connection())
     }
 
     /// The engine.

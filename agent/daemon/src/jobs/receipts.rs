@@ -64,6 +64,7 @@ impl JobManager {
             params![id, now as i64, usage.cpu_ns as i64, started_at_ms as i64],
         )?;
         tx.commit()?;
+        self.metrics.receipts_appended.inc();
         tracing::info!(job = %id, seq = receipt.seq, "interim receipt");
         Ok(())
     }

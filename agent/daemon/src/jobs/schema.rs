@@ -151,3 +151,19 @@ pub fn ids_in(
     let rows = statement.query_map([state], |row| Ok((row.get(0)?, row.get::<_, i64>(1)? != 0)))?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
+
+/// How many jobs the store holds in each state (every state, zero included).
+pub fn count_by_state(conn: &rusqlite::Connection) -> Result<Vec<(JobState, u64)>, JobsError> {
+    let mut statement = conn.prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
+    let rows = statement.query_map([], |row| {
+        Ok((row.get::<_, JobState>(0)?, row.get::<_, i64>(1)?))
+    })?;
+    let mut counts: Vec<(JobState, u64)> = JobState::ALL.iter().map(|state| (*state, 0)).collect();
+    for row in rows {
+        let (state, n_jobs) = row?;
+        if let Some(slot) = counts.iter_mut().find(|(known, _)| *known == state) {
+            slot.1 = n_jobs.max(0) as u64;
+        }
+    }
+    Ok(counts)
+}

@@ -431,13 +431,14 @@ impl LivenessService {
         export(&self.store, from_ms, to_ms)
     }
 
-    /// Prometheus text for the ledger: its head seq and this run's id.
-    pub fn metrics_text(&self) -> String {
-        let head = read_head(&self.store.connection()).map_or(0, |head| head.seq);
-        format!(
-            "# HELP plinth_liveness_head_seq Sequence number of the liveness ledger's head.\n# TYPE plinth_liveness_head_seq gauge\nplinth_liveness_head_seq {head}\n# HELP plinth_liveness_run_id The agent run writing the ledger.\n# TYPE plinth_liveness_run_id gauge\nplinth_liveness_run_id {}\n",
-            self.run_id
-        )
+    /// The sequence number of the ledger's head (0 before the first entry).
+    pub fn head_seq(&self) -> u64 {
+        read_head(&self.store.connection()).map_or(0, |head| head.seq)
+    }
+
+    /// The agent run writing the ledger (the store's run record).
+    pub fn run_id(&self) -> u64 {
+        self.run_id
     }
 
     /// Entries written between `from_ms` and `to_ms`, parsed (for reporting plugins).

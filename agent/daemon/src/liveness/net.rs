@@ -643,38 +643,6 @@ impl NetService {
             .then(|| Duration::from_secs(self.settings.interval_s))
     }
 }
-
-/// Prometheus text exposition of the latest measurements.
-pub fn metrics_text(samples: &[NetSample]) -> String {
-    let mut out = String::new();
-    out.push_str("# HELP plinth_net_rtt_seconds Round trip to a peer (TCP connect, TLS handshake, request).\n");
-    out.push_str("# TYPE plinth_net_rtt_seconds gauge\n");
-    for sample in samples {
-        for (quantile, us) in [
-            ("0", sample.rtt_min_us),
-            ("0.5", sample.rtt_median_us),
-            ("0.99", sample.rtt_p99_us),
-        ] {
-            out.push_str(&format!(
-                "plinth_net_rtt_seconds{{peer=\"{}\",quantile=\"{quantile}\"}} {:.6}\n",
-                sample.peer,
-                us as f64 / 1e6
-            ));
-        }
-    }
-    out.push_str("# HELP plinth_net_throughput_bytes_per_second Bounded transfer from a peer.\n");
-    out.push_str("# TYPE plinth_net_throughput_bytes_per_second gauge\n");
-    for sample in samples {
-        if let Some(rate) = sample.throughput_bytes_per_s {
-            out.push_str(&format!(
-                "plinth_net_throughput_bytes_per_second{{peer=\"{}\"}} {rate}\n",
-                sample.peer
-            ));
-        }
-    }
-    out
-}
-
 /// Binds the endpoint (when `listen` is set) and starts the periodic measurements
 /// (when `interval_s` and peers are set); measurements also go into the ledger.
 pub async fn start(

@@ -98,6 +98,9 @@ impl Node {
             .arg(self.config())
             .env("NOTIFY_SOCKET", &notify_path)
             .env("WATCHDOG_USEC", "2000000")
+            // No metrics listener unless a test asks for one (its own address): the
+            // default port would be contended by agents started in parallel.
+            .env("PLINTH_METRICS_LISTEN", "")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(stderr)
