@@ -308,6 +308,12 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
 }
 
+/// Signs `signing_bytes` with `sign` and returns the hex signature: the one signing
+/// step shared by ledger entries and probe answers.
+fn signed_hex(signing_bytes: &[u8], sign: impl FnOnce(&[u8]) -> [u8; 64]) -> String {
+    hex::encode(sign(signing_bytes))
+}
+
 fn verify_ed25519(node_key: &str, message: &[u8], signature: &str) -> bool {
     let (Ok(key), Ok(signature)) = (hex::decode(node_key), hex::decode(signature)) else {
         return false;
@@ -392,8 +398,7 @@ impl Entry {
 
     /// Signs the entry with `sign` (the node key's Ed25519 signer).
     pub fn sign_with(&mut self, sign: impl FnOnce(&[u8]) -> [u8; 64]) -> Result<(), LivenessError> {
-        let bytes = self.signing_bytes()?;
-        self.signature = hex::encode(sign(&bytes));
+        self.signature = signed_hex(&self.signing_bytes()?, sign);
         Ok(())
     }
 
@@ -465,8 +470,7 @@ impl ProbeAnswer {
 
     /// Signs the answer with `sign`.
     pub fn sign_with(&mut self, sign: impl FnOnce(&[u8]) -> [u8; 64]) -> Result<(), LivenessError> {
-        let bytes = self.signing_bytes()?;
-        self.signature = hex::encode(sign(&bytes));
+        self.signature = signed_hex(&self.signing_bytes()?, sign);
         Ok(())
     }
 
