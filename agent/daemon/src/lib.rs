@@ -17,6 +17,7 @@ pub mod identity;
 pub mod jobs;
 pub mod liveness;
 pub mod migrations;
+pub mod netapi;
 pub mod plugins;
 pub mod store;
 pub mod systemd;

@@ -112,6 +112,12 @@ pub type SharedState = Arc<AgentState>;
 
 /// Builds the admin API router.
 pub fn router(state: SharedState) -> Router {
+    routes().fallback(not_found).with_state(state)
+}
+
+/// Every admin route, without fallback or state: what the Unix socket serves, and what the
+/// network API serves to clients of the `admin` role.
+pub fn routes() -> Router<SharedState> {
     Router::new()
         .merge(status::routes())
         .merge(jobs::routes())
@@ -121,11 +127,10 @@ pub fn router(state: SharedState) -> Router {
         .merge(gpus::routes())
         .merge(liveness::routes())
         .merge(net::routes())
-        .fallback(not_found)
-        .with_state(state)
 }
 
-async fn not_found(uri: axum::http::Uri) -> Response {
+/// The answer to a path no route serves.
+pub async fn not_found(uri: axum::http::Uri) -> Response {
     error_response(
         StatusCode::NOT_FOUND,
         format!("no such endpoint: {}", uri.path()),
