@@ -173,6 +173,10 @@ pub struct Receipt {
     /// before the field existed keep their canonical bytes and verify unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ReceiptImage>,
+    /// The id of the signed quote whose terms priced the job (jobs started through the
+    /// network API's leases). Omitted when absent, like `image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quote_id: Option<String>,
     /// Hex Ed25519 signature over [`Receipt::signing_bytes`].
     pub signature: String,
 }
@@ -684,6 +688,7 @@ mod tests {
             pricing_policy_sha256: "ab".repeat(32),
             node_key: hex::encode(key.public_key().as_ref()),
             image: None,
+            quote_id: None,
             signature: String::new(),
         };
         receipt

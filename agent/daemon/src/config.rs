@@ -656,6 +656,19 @@ pub struct ApiSection {
     /// Group that owns the socket (its members may administer the agent); unset keeps the
     /// agent's primary group.
     pub socket_group: Option<String>,
+    /// Address (`host:port`) of the remote network API (HTTP/JSON over mutual TLS); unset
+    /// (the default) serves no network API. See docs/api.md.
+    pub listen: Option<String>,
+    /// The clients of the network API, each pinned by its certificate.
+    pub clients: Vec<ApiClientSection>,
+    /// Largest request body the network API reads, in bytes (413 past it).
+    pub max_body_bytes: usize,
+    /// Sustained requests per second each client may make (429 past it).
+    pub rate_per_second: u32,
+    /// Requests a client may make in a burst above the sustained rate.
+    pub rate_burst: u32,
+    /// How long a quote stays valid, in seconds.
+    pub quote_ttl_seconds: u64,
 }
 
 impl Default for ApiSection {
@@ -664,8 +677,99 @@ impl Default for ApiSection {
             socket: PathBuf::from("admin.sock"),
             socket_mode: "0660".to_owned(),
             socket_group: None,
+            listen: None,
+            clients: Vec::new(),
+            max_body_bytes: 256 * 1024,
+            rate_per_second: 2000,
+            rate_burst: 4000,
+            quote_ttl_seconds: 300,
         }
     }
+}
+
+impl ApiSection {
+    /// Checks the network API's settings: a listen address that parses, positive limits,
+    /// and clients with unique names, known roles and 32-byte hex pins.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Validate { key, message };
+        if let Some(listen) = &self.listen
+            && listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(invalid(
+                "api.listen".to_owned(),
+                format!("{listen:?} is not an address such as 0.0.0.0:7443"),
+            ));
+        }
+        for (key, value) in [
+            ("api.max_body_bytes", self.max_body_bytes as u64),
+            ("api.rate_per_second", u64::from(self.rate_per_second)),
+            ("api.rate_burst", u64::from(self.rate_burst)),
+            ("api.quote_ttl_seconds", self.quote_ttl_seconds),
+        ] {
+            if value == 0 {
+                return Err(invalid(key.to_owned(), "must be greater than 0".to_owned()));
+            }
+        }
+        for (position, client) in self.clients.iter().enumerate() {
+            let key = |field: &str| format!("api.clients[{position}].{field}");
+            if client.name.is_empty()
+                || !client
+                    .name
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || b"-_.".contains(&byte))
+            {
+                return Err(invalid(
+                    key("name"),
+                    format!(
+                        "{:?} is not a name of letters, digits, '-', '_' or '.'",
+                        client.name
+                    ),
+                ));
+            }
+            if self.clients[..position]
+                .iter()
+                .any(|other| other.name == client.name)
+            {
+                return Err(invalid(
+                    key("name"),
+                    format!("{:?} is listed twice", client.name),
+                ));
+            }
+            if !["market", "checker", "admin"].contains(&client.role.as_str()) {
+                return Err(invalid(
+                    key("role"),
+                    format!("{:?} is not market, checker or admin", client.role),
+                ));
+            }
+            let pin = &client.cert_sha256;
+            if pin.len() != 64
+                || !pin
+                    .bytes()
+                    .all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
+            {
+                return Err(invalid(
+                    key("cert_sha256"),
+                    format!("{pin:?} is not 64 lowercase hex digits (a SHA-256)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One `[[api.clients]]` entry: a client of the network API, its role, and the pin of its
+/// TLS client certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiClientSection {
+    /// The client's name (quotes, leases and jobs are scoped to it; the tenant of its jobs).
+    pub name: String,
+    /// `market`, `checker` or `admin`.
+    pub role: String,
+    /// Lowercase hex SHA-256 of the client's whole certificate (DER), or of its
+    /// SubjectPublicKeyInfo (DER), so that a renewed certificate over the same key keeps
+    /// the pin.
+    pub cert_sha256: String,
 }
 
 impl AgentConfig {
@@ -740,6 +844,7 @@ impl AgentConfig {
                 message: "must not be empty".to_owned(),
             });
         }
+        self.api.validate()?;
         self.images.validate()?;
         self.attestation.validate()?;
         self.liveness.validate()?;

@@ -18,6 +18,7 @@ pub mod jobs;
 pub mod liveness;
 pub mod metrics;
 pub mod migrations;
+pub mod netapi;
 pub mod plugins;
 pub mod store;
 pub mod systemd;

@@ -12,6 +12,8 @@ pub const MIGRATIONS: &[Migration] = &[
     crate::jobs::schema::IMAGE_MIGRATION,
     crate::gpu::drain::MIGRATION,
     crate::liveness::LIVENESS_MIGRATION,
+    crate::jobs::schema::QUOTE_MIGRATION,
+    crate::netapi::store::MIGRATION,
 ];
 
 /// The schema version this build writes.

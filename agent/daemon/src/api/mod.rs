@@ -116,7 +116,14 @@ pub type SharedState = Arc<AgentState>;
 /// (`api="admin"`).
 pub fn router(state: SharedState) -> Router {
     let http = state.metrics.http().clone();
-    let router = Router::new()
+    let router = routes().fallback(not_found).with_state(state);
+    crate::metrics::instrument(router, &http, "admin")
+}
+
+/// Every admin route, without fallback or state: what the Unix socket serves, and what the
+/// network API serves to clients of the `admin` role.
+pub fn routes() -> Router<SharedState> {
+    Router::new()
         .merge(status::routes())
         .merge(jobs::routes())
         .merge(images::routes())
@@ -125,12 +132,10 @@ pub fn router(state: SharedState) -> Router {
         .merge(gpus::routes())
         .merge(liveness::routes())
         .merge(net::routes())
-        .fallback(not_found)
-        .with_state(state);
-    crate::metrics::instrument(router, &http, "admin")
 }
 
-async fn not_found(uri: axum::http::Uri) -> Response {
+/// The answer to a path no route serves.
+pub async fn not_found(uri: axum::http::Uri) -> Response {
     error_response(
         StatusCode::NOT_FOUND,
         format!("no such endpoint: {}", uri.path()),

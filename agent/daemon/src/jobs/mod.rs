@@ -41,7 +41,7 @@ use rusqlite::params;
 
 pub use self::settings::JobsConfig;
 pub use self::state::{JobState, JobStateError};
-pub use self::types::{JobInfo, SubmitAnswer, SubmitRequest};
+pub use self::types::{JobInfo, QuotedTerms, SubmitAnswer, SubmitRequest};
 pub use self::worker::{
     Doorbell, IDLE_POLL, JobsService, spawn_worker, start, start_with_gpu_meter,
 };
@@ -232,6 +232,16 @@ impl JobManager {
 
     /// Accepts a job: validates it and stores it as `queued`.
     pub fn submit(&self, request: &SubmitRequest) -> Result<String, JobsError> {
+        self.submit_quoted(request, None)
+    }
+
+    /// Accepts a job leased under a signed quote: its receipts carry the quote's id and
+    /// are priced by the quoted `terms` (see [`receipts`]).
+    pub fn submit_quoted(
+        &self,
+        request: &SubmitRequest,
+        terms: Option<&QuotedTerms>,
+    ) -> Result<String, JobsError> {
         let spec_bytes = serde_json::to_vec(&request.spec)?;
         let spec = JobSpec::from_json(&spec_bytes)?;
         check_label("tenant", &request.tenant)?;
@@ -264,8 +274,8 @@ impl JobManager {
         let id = new_job_id();
         let now = now_ms() as i64;
         self.store.connection().execute(
-            "INSERT INTO jobs (id, tenant, lease_id, spec, gpu_devices, state, created_at_ms, updated_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+            "INSERT INTO jobs (id, tenant, lease_id, spec, gpu_devices, state, created_at_ms, updated_at_ms, quote_id, terms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9)",
             params![
                 id,
                 request.tenant,
@@ -273,7 +283,9 @@ impl JobManager {
                 serde_json::to_string(&spec)?,
                 serde_json::to_string(&request.gpu_devices)?,
                 JobState::Queued,
-                now
+                now,
+                terms.map(|terms| terms.quote_id.clone()),
+                terms.map(serde_json::to_string).transpose()?,
             ],
         )?;
         self.doorbell.ring();

@@ -2,19 +2,21 @@
 //! `receipts` table. A receipt is written in the same transaction as the job's billing
 //! state (`billed_until_ms`, `billed_cpu_ns`), so a period is billed exactly once.
 //!
-//! Prices come from the plugin host's built-in pricing policy
-//! ([`plinth_plugin_host::fallback::period_price`]): one default price for quotes and
-//! receipts, named in each receipt by [`plinth_plugin_host::fallback::pricing_sha256`].
+//! A job leased through the network API is priced by its signed quote's terms (the
+//! quoted GPU-hour rate, currency and the pricing plugin's SHA-256), and its receipts
+//! carry the quote's id. Any other job is priced by the plugin host's built-in pricing
+//! policy ([`plinth_plugin_host::fallback::period_price`]), named in each receipt by
+//! [`plinth_plugin_host::fallback::pricing_sha256`].
 
 use plinth_attestation::receipt::{
     GENESIS_HASH, RECEIPT_FORMAT, Receipt, ReceiptKind, ReceiptPrice, ReceiptUsage,
 };
 use plinth_jobs::meter::{GpuUsage, Usage};
 use plinth_jobs::protocol::now_ms;
-use plinth_plugin_host::fallback;
+use plinth_plugin_host::fallback::{self, FallbackConfig};
 use rusqlite::{OptionalExtension, params};
 
-use super::types::JobInfo;
+use super::types::{JobInfo, QuotedTerms};
 use super::{JobManager, JobsError, schema};
 
 /// A period to bill.
@@ -111,7 +113,36 @@ impl JobManager {
             ),
             GpuUsage::Absent { .. } => None,
         };
-        let pricing = &self.config.pricing;
+        let terms: Option<String> = tx
+            .query_row("SELECT terms FROM jobs WHERE id = ?1", [&job.id], |row| {
+                row.get(0)
+            })
+            .optional()?
+            .flatten();
+        let terms: Option<QuotedTerms> = terms
+            .map(|terms| serde_json::from_str(&terms))
+            .transpose()?;
+        // A leased job is priced by its quote's terms; any other by the built-in policy.
+        let (amount_micros, currency, pricing_policy_sha256, quote_id) = match terms {
+            Some(terms) => {
+                let quoted = FallbackConfig {
+                    gpu_hour_micros: terms.gpu_hour_micros,
+                    ..self.config.pricing.clone()
+                };
+                (
+                    fallback::period_price(&quoted, n_gpus, wall_ms),
+                    terms.currency,
+                    terms.pricing_sha256,
+                    Some(terms.quote_id),
+                )
+            }
+            None => (
+                fallback::period_price(&self.config.pricing, n_gpus, wall_ms),
+                self.config.pricing.currency.clone(),
+                fallback::pricing_sha256(&self.config.pricing),
+                None,
+            ),
+        };
         let mut receipt = Receipt {
             format: RECEIPT_FORMAT.to_owned(),
             seq,
@@ -133,12 +164,13 @@ impl JobManager {
                 gpus,
             },
             price: ReceiptPrice {
-                amount_micros: fallback::period_price(pricing, n_gpus, wall_ms),
-                currency: pricing.currency.clone(),
+                amount_micros,
+                currency,
             },
-            pricing_policy_sha256: fallback::pricing_sha256(pricing),
+            pricing_policy_sha256,
             node_key: self.identity.public_key_hex(),
             image: job.image.clone(),
+            quote_id,
             signature: String::new(),
         };
         receipt.sign_with(|bytes| self.identity.sign(bytes))?;

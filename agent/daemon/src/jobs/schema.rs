@@ -51,6 +51,16 @@ pub const IMAGE_MIGRATION: Migration = Migration {
     sql: "ALTER TABLE jobs ADD COLUMN image TEXT;",
 };
 
+/// The migration that records the signed quote a job was leased under (schema version
+/// 6): the quote's id and its terms (a [`super::QuotedTerms`] as JSON), which price the
+/// job's receipts. Jobs submitted on the admin socket have neither.
+pub const QUOTE_MIGRATION: Migration = Migration {
+    version: 6,
+    name: "jobs quoted terms",
+    sql: "ALTER TABLE jobs ADD COLUMN quote_id TEXT;
+          ALTER TABLE jobs ADD COLUMN terms TEXT;",
+};
+
 /// The columns [`row_to_raw`] reads, in order.
 const SELECT: &str =
     "SELECT id, tenant, lease_id, spec, gpu_devices, state, reason, exit_code, signal,

@@ -22,6 +22,22 @@ pub struct SubmitRequest {
     pub gpu_devices: Vec<String>,
 }
 
+/// The terms of the signed quote a job was leased under: they price its receipts in place
+/// of the built-in pricing policy.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct QuotedTerms {
+    /// The quote's id (carried by every receipt of the job).
+    pub quote_id: String,
+    /// Price of one GPU-hour in micro-units, as quoted.
+    pub gpu_hour_micros: u64,
+    /// Currency code, as quoted.
+    pub currency: String,
+    /// SHA-256 (hex) of the pricing policy that quoted: the plugin's wasm, or the built-in
+    /// policy's settings.
+    pub pricing_sha256: String,
+}
+
 /// Answer to a submission.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SubmitAnswer {

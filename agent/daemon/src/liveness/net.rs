@@ -98,7 +98,7 @@ pub fn ed25519_spki(key: &[u8]) -> Vec<u8> {
 
 /// The node key as a rustls signing key (Ed25519 only).
 #[derive(Debug)]
-struct NodeSigningKey(Arc<NodeIdentity>);
+pub(crate) struct NodeSigningKey(pub(crate) Arc<NodeIdentity>);
 
 impl SigningKey for NodeSigningKey {
     fn choose_scheme(&self, offered: &[SignatureScheme]) -> Option<Box<dyn Signer>> {

@@ -1,0 +1,208 @@
+//! Who may call the network API: the clients pinned in `[[api.clients]]`, their roles,
+//! which routes each role reaches, and the per-client token bucket.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use axum::http::Method;
+use serde::{Deserialize, Serialize};
+
+use super::tls::{PeerInfo, certificate_spki, sha256_hex};
+use crate::config::ApiSection;
+
+/// What a client may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Quotes, leases, its own jobs, receipts and reports.
+    Market,
+    /// Attestation, capacity challenges, the liveness probe.
+    Checker,
+    /// Everything the admin socket serves, plus the market's routes.
+    Admin,
+}
+
+impl Role {
+    /// Parses a configured role (validated by [`ApiSection::validate`]).
+    pub fn parse(text: &str) -> Option<Role> {
+        match text {
+            "market" => Some(Role::Market),
+            "checker" => Some(Role::Checker),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+
+    /// The role's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Market => "market",
+            Role::Checker => "checker",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// An authenticated client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// Its configured name.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+}
+
+/// The pinned clients, by the SHA-256 of their certificate or of its SPKI.
+#[derive(Debug, Default)]
+pub struct Clients {
+    by_pin: HashMap<String, Caller>,
+}
+
+impl Clients {
+    /// The clients of `[api]`.
+    pub fn from_config(section: &ApiSection) -> Clients {
+        let by_pin = section
+            .clients
+            .iter()
+            .filter_map(|client| {
+                Some((
+                    client.cert_sha256.clone(),
+                    Caller {
+                        name: client.name.clone(),
+                        role: Role::parse(&client.role)?,
+                    },
+                ))
+            })
+            .collect();
+        Clients { by_pin }
+    }
+
+    /// The client on the other end of `peer`: its certificate's SHA-256, else its SPKI's,
+    /// must be pinned. `Err` says why not, for the 401 answer.
+    pub fn authenticate(&self, peer: &PeerInfo) -> Result<Caller, String> {
+        let Some(certificate) = &peer.certificate else {
+            return Err("no client certificate: the network API needs mutual TLS".to_owned());
+        };
+        let certificate_pin = sha256_hex(certificate);
+        if let Some(caller) = self.by_pin.get(&certificate_pin) {
+            return Ok(caller.clone());
+        }
+        let spki_pin = certificate_spki(certificate).map(|spki| sha256_hex(&spki));
+        if let Some(caller) = spki_pin.as_ref().and_then(|pin| self.by_pin.get(pin)) {
+            return Ok(caller.clone());
+        }
+        Err(format!(
+            "client certificate sha256 {certificate_pin} (spki sha256 {}) is not pinned in [[api.clients]]",
+            spki_pin.as_deref().unwrap_or("unparsable")
+        ))
+    }
+}
+
+/// Whether `role` may call `method path` on the routes that several roles share (the
+/// admin routers it is then forwarded to serve everything else to admins only).
+/// `Market` is answered by its own router and never asks.
+pub fn checker_may(method: &Method, path: &str) -> bool {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    matches!(
+        (method.as_str(), segments.as_slice()),
+        ("POST", ["", "v1", "attestation"])
+            | ("POST", ["", "v1", "challenges"])
+            | ("POST", ["", "v1", "challenges", _, "open"])
+            | ("POST", ["", "v1", "liveness", "probe"])
+            | ("GET", ["", "v1", "openapi.json"])
+    )
+}
+
+/// One client's bucket.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    refilled: Instant,
+}
+
+/// A token bucket per client: `rate` tokens a second, at most `burst` saved.
+#[derive(Debug)]
+pub struct RateLimiter {
+    rate: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+impl RateLimiter {
+    /// A limiter of `rate` requests a second with bursts of `burst`.
+    pub fn new(rate: u32, burst: u32) -> RateLimiter {
+        RateLimiter {
+            rate: f64::from(rate.max(1)),
+            burst: f64::from(burst.max(1)),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one token from `client`'s bucket; `Err` holds the seconds until the next.
+    pub fn take(&self, client: &str, now: Instant) -> Result<(), f64> {
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let bucket = buckets.entry(client.to_owned()).or_insert(Bucket {
+            tokens: self.burst,
+            refilled: now,
+        });
+        let elapsed = now.saturating_duration_since(bucket.refilled).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.burst);
+        bucket.refilled = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err((1.0 - bucket.tokens) / self.rate)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn bucket_allows_the_burst_then_the_rate() {
+        let limiter = RateLimiter::new(10, 3);
+        let start = Instant::now();
+        for _ in 0..3 {
+            limiter.take("a", start).unwrap();
+        }
+        let wait = limiter.take("a", start).unwrap_err();
+        assert!((wait - 0.1).abs() < 1e-6, "{wait}");
+        limiter.take("b", start).unwrap();
+        limiter
+            .take("a", start + Duration::from_millis(100))
+            .unwrap();
+        assert!(
+            limiter
+                .take("a", start + Duration::from_millis(100))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn checker_routes() {
+        assert!(checker_may(&Method::POST, "/v1/attestation"));
+        assert!(checker_may(&Method::POST, "/v1/challenges/abc/open"));
+        assert!(checker_may(&Method::POST, "/v1/liveness/probe"));
+        assert!(!checker_may(&Method::GET, "/v1/attestation"));
+        assert!(!checker_may(&Method::POST, "/v1/attestation/enrollment"));
+        assert!(!checker_may(&Method::POST, "/v1/quotes"));
+        assert!(!checker_may(&Method::GET, "/v1/jobs"));
+    }
+
+    #[test]
+    fn roles_parse() {
+        for role in [Role::Market, Role::Checker, Role::Admin] {
+            assert_eq!(Role::parse(role.as_str()), Some(role));
+        }
+        assert_eq!(Role::parse("root"), None);
+    }
+}
