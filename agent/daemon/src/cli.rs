@@ -38,13 +38,24 @@ pub struct ConfigArg {
     pub config: Option<PathBuf>,
 }
 
-/// plinthctl: administer the local plinth agent.
+/// plinthctl: administer the local plinth agent, or (`--remote`) drive a host's network
+/// API as a marketplace, checker or remote operator.
 #[derive(Debug, Parser)]
 #[command(name = "plinthctl", version, about, long_about = None)]
 pub struct CtlCli {
     /// Admin socket of the agent (default: from the agent's configuration).
     #[arg(long, global = true, env = "PLINTH_SOCKET", value_name = "PATH")]
     pub socket: Option<PathBuf>,
+    /// Talk to a host's network API (`https://HOST:PORT`) instead of the local socket.
+    #[arg(long, global = true, env = "PLINTH_REMOTE", value_name = "URL")]
+    pub remote: Option<String>,
+    /// The client identity for --remote (PEM: certificate and key; `plinthctl identity new`).
+    #[arg(long, global = true, env = "PLINTH_IDENTITY", value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// The node key (hex) the --remote host must prove; without it any node key is
+    /// accepted and printed.
+    #[arg(long, global = true, env = "PLINTH_NODE_KEY", value_name = "HEX")]
+    pub node_key: Option<String>,
     /// Agent configuration to read the socket path from.
     #[arg(long, short = 'c', global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -108,6 +119,21 @@ pub enum CtlCommand {
         /// What to do.
         #[command(subcommand)]
         command: crate::ctl::gpus::ChallengeCommand,
+    },
+    /// Ask the host for a signed quote (the pricing policy prices it).
+    Quote(crate::ctl::market::QuoteArgs),
+    /// Lease a quote: the scheduling policy admits the job and assigns GPUs; it starts.
+    Lease(crate::ctl::market::LeaseArgs),
+    /// The reporting policy's report of a period.
+    Reports(crate::ctl::market::ReportsArgs),
+    /// Load-test a host's quotes: COUNT quotes at RATE a second over keep-alive
+    /// connections; prints throughput and latency percentiles.
+    BenchQuotes(crate::ctl::market::BenchQuotesArgs),
+    /// Client identities for --remote.
+    Identity {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::ctl::market::IdentityCommand,
     },
     /// Print shell completions for plinthctl.
     Completions {

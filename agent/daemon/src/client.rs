@@ -1,7 +1,10 @@
-//! A small HTTP/1.1 client for the admin API over its Unix socket, used by `plinthctl`.
+//! A small HTTP/1.1 client for the agent's APIs, used by `plinthctl`: the admin API over
+//! its Unix socket, or the network API over mutual TLS (`plinthctl --remote`, see
+//! [`crate::remote`]); every command speaks to either.
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -9,7 +12,9 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::net::UnixStream;
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::remote::RemoteTarget;
 
 /// Errors talking to the agent.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +47,25 @@ pub enum ClientError {
         /// The socket path tried.
         socket: PathBuf,
         /// The underlying I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The network API's address cannot be reached.
+    #[error("cannot connect to {address}")]
+    RemoteConnect {
+        /// `host:port`.
+        address: String,
+        /// The underlying I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The TLS handshake with the network API failed (the node key did not match, the
+    /// server is not a plinth agent, ...).
+    #[error("TLS handshake with {address} failed")]
+    Tls {
+        /// `host:port`.
+        address: String,
+        /// The underlying error.
         #[source]
         source: io::Error,
     },
@@ -85,10 +109,11 @@ pub enum ClientError {
     },
 }
 
-/// A client of the admin API.
+/// A client of the admin API (or, [`AdminClient::remote`], of the network API).
 #[derive(Debug, Clone)]
 pub struct AdminClient {
     socket: PathBuf,
+    remote: Option<Arc<RemoteTarget>>,
 }
 
 impl AdminClient {
@@ -96,7 +121,21 @@ impl AdminClient {
     pub fn new(socket: &Path) -> Self {
         Self {
             socket: socket.to_owned(),
+            remote: None,
         }
+    }
+
+    /// A client of the network API at `target`.
+    pub fn remote(target: RemoteTarget) -> Self {
+        Self {
+            socket: PathBuf::from(&target.authority),
+            remote: Some(Arc::new(target)),
+        }
+    }
+
+    /// The network API this client talks to, if it is remote.
+    pub fn remote_target(&self) -> Option<&RemoteTarget> {
+        self.remote.as_deref()
     }
 
     /// The socket this client talks to.
@@ -137,22 +176,38 @@ impl AdminClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Bytes, ClientError> {
-        let stream = UnixStream::connect(&self.socket)
+        let response = self.send(method.clone(), path, body).await?;
+        let bytes = response
+            .into_body()
+            .collect()
             .await
-            .map_err(|source| self.connect_error(source))?;
+            .map_err(|source| ClientError::Http {
+                method,
+                path: path.to_owned(),
+                source,
+            })?
+            .to_bytes();
+        Ok(bytes)
+    }
+
+    /// Sends one request and returns a 2xx answer with its body still to be read (for
+    /// streamed answers such as a followed log).
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
         let http = |source| ClientError::Http {
             method: method.clone(),
             path: path.to_owned(),
             source,
         };
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(http)?;
-        tokio::spawn(connection);
+        let Connection { mut sender, host } = self.connect_for(&method, path).await?;
         let mut builder = Request::builder()
             .method(method.clone())
             .uri(path)
-            .header(hyper::header::HOST, "plinth-agent");
+            .header(hyper::header::HOST, host);
         if body.is_some() {
             builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
         }
@@ -164,24 +219,82 @@ impl AdminClient {
             })?;
         let response = sender.send_request(request).await.map_err(http)?;
         let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
         let bytes = response
             .into_body()
             .collect()
             .await
             .map_err(http)?
             .to_bytes();
-        if status.is_success() {
-            return Ok(bytes);
-        }
+        // `{"error": ...}`, with the policy's `reason` when a policy refused.
         let message = serde_json::from_slice::<serde_json::Value>(&bytes)
             .ok()
-            .and_then(|value| value.get("error")?.as_str().map(str::to_owned))
+            .and_then(|value| {
+                let error = value.get("error")?.as_str()?.to_owned();
+                Some(match value.get("reason").and_then(serde_json::Value::as_str) {
+                    Some(reason) => format!("{error}: {reason}"),
+                    None => error,
+                })
+            })
             .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
         Err(ClientError::Api {
             path: path.to_owned(),
             status,
             message,
         })
+    }
+
+    /// A connection that can carry several requests in turn (HTTP/1.1 keep-alive), for
+    /// load tests.
+    pub async fn connect(&self) -> Result<Connection, ClientError> {
+        self.connect_for(&Method::GET, "/").await
+    }
+
+    async fn connect_for(&self, method: &Method, path: &str) -> Result<Connection, ClientError> {
+        let http = |source| ClientError::Http {
+            method: method.clone(),
+            path: path.to_owned(),
+            source,
+        };
+        match &self.remote {
+            None => {
+                let stream = UnixStream::connect(&self.socket)
+                    .await
+                    .map_err(|source| self.connect_error(source))?;
+                Ok(Connection {
+                    sender: open(stream).await.map_err(http)?,
+                    host: "plinth-agent".to_owned(),
+                })
+            }
+            Some(remote) => {
+                let address = remote.authority.clone();
+                let tcp = TcpStream::connect(&address).await.map_err(|source| {
+                    ClientError::RemoteConnect {
+                        address: address.clone(),
+                        source,
+                    }
+                })?;
+                let _ = tcp.set_nodelay(true);
+                let name = rustls::pki_types::ServerName::try_from(remote.host().to_owned())
+                    .map_err(|err| ClientError::Request {
+                        path: path.to_owned(),
+                        message: format!("{}: {err}", remote.host()),
+                    })?;
+                let tls = tokio_rustls::TlsConnector::from(remote.tls.clone())
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|source| ClientError::Tls {
+                        address: address.clone(),
+                        source,
+                    })?;
+                Ok(Connection {
+                    sender: open(tls).await.map_err(http)?,
+                    host: address,
+                })
+            }
+        }
     }
 
     fn connect_error(&self, source: io::Error) -> ClientError {
@@ -193,6 +306,59 @@ impl AdminClient {
             _ => ClientError::Connect { socket, source },
         }
     }
+}
+
+/// An open connection to the agent.
+#[derive(Debug)]
+pub struct Connection {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    host: String,
+}
+
+impl Connection {
+    /// Sends one JSON request on this connection; answers the status and the body.
+    pub async fn exchange(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let http = |source| ClientError::Http {
+            method: method.clone(),
+            path: path.to_owned(),
+            source,
+        };
+        self.sender.ready().await.map_err(http)?;
+        let request = Request::builder()
+            .method(method.clone())
+            .uri(path)
+            .header(hyper::header::HOST, &self.host)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|err| ClientError::Request {
+                path: path.to_owned(),
+                message: err.to_string(),
+            })?;
+        let response = self.sender.send_request(request).await.map_err(http)?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(http)?
+            .to_bytes();
+        Ok((status, bytes))
+    }
+}
+
+/// An HTTP/1.1 connection over `io`, driven in its own task.
+async fn open<T>(io: T) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, hyper::Error>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(connection);
+    Ok(sender)
 }
 
 fn decode<T: DeserializeOwned>(path: &str, body: &[u8]) -> Result<T, ClientError> {

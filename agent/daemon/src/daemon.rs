@@ -59,6 +59,9 @@ pub enum DaemonError {
     /// The API server failed while serving.
     #[error("the admin API server failed")]
     Serve(#[source] std::io::Error),
+    /// The network API (`api.listen`) could not be started.
+    #[error("cannot start the network API")]
+    NetApi(#[from] crate::netapi::NetApiError),
 }
 
 impl DaemonError {
@@ -180,6 +183,9 @@ pub async fn run(loaded: LoadedConfig, options: RunOptions) -> Result<(), Daemon
         },
     ));
     let metrics_addr = config.metrics.listen_addr()?;
+    // Validated with the configuration: an address that does not parse never gets here.
+    let api_addr: Option<std::net::SocketAddr> =
+        config.api.listen.as_deref().and_then(|listen| listen.parse().ok());
 
     let socket_path = config.socket_path();
     // Held until `run` returns: its lock keeps other agents off this socket.
@@ -208,6 +214,7 @@ pub async fn run(loaded: LoadedConfig, options: RunOptions) -> Result<(), Daemon
         liveness: liveness.clone(),
         net,
         metrics: metrics.clone(),
+        network_api: std::sync::OnceLock::new(),
     });
     let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
@@ -222,15 +229,35 @@ pub async fn run(loaded: LoadedConfig, options: RunOptions) -> Result<(), Daemon
     if let Some(addr) = metrics_addr {
         serve_metrics(addr, metrics, shutdown_sender.subscribe()).await;
     }
+    if let Some(address) = api_addr {
+        let net = crate::netapi::NetApi::new(state.clone());
+        match crate::netapi::serve(net, address, shutdown_sender.subscribe()).await {
+            Ok(status) => {
+                let _ = state.network_api.set(status);
+            }
+            Err(err) => {
+                cleanup(&store, run_id, &socket_path, "network API failure");
+                return Err(err.into());
+            }
+        }
+    }
 
     if let Some(interval) = systemd::watchdog_interval() {
         tokio::spawn(watchdog(store.clone(), interval));
     }
-    let ready = format!(
-        "serving on {}; node {}",
-        socket_path.display(),
-        &identity.public_key_hex()[..16]
-    );
+    let ready = match state.network_api.get() {
+        Some(network) => format!(
+            "serving on {} and https://{}; node {}",
+            socket_path.display(),
+            network.listen,
+            &identity.public_key_hex()[..16]
+        ),
+        None => format!(
+            "serving on {}; node {}",
+            socket_path.display(),
+            &identity.public_key_hex()[..16]
+        ),
+    };
     systemd::notify_ready(&ready);
     tracing::info!(socket = %socket_path.display(), "plinth-agent ready");
 

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod migrations;
 pub mod netapi;
 pub mod plugins;
+pub mod remote;
 pub mod store;
 pub mod systemd;
 

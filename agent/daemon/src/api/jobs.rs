@@ -2,8 +2,9 @@
 //!
 //! - `POST /v1/jobs` (`SubmitRequest`) -> 201 `{"id": ...}`
 //! - `GET /v1/jobs` -> `[JobInfo]`; `GET /v1/jobs/{id}` -> `JobInfo`
-//! - `GET /v1/jobs/{id}/logs?stream=stdout|stderr` -> text (last 1 MiB)
-//! - `POST /v1/jobs/{id}/cancel` -> 202
+//! - `GET /v1/jobs/{id}/logs?stream=stdout|stderr&follow=BOOL` -> text; with `follow`
+//!   streamed (chunked) until the job ends
+//! - `POST /v1/jobs/{id}/cancel` or `DELETE /v1/jobs/{id}` -> 202
 //! - `GET /v1/receipts` -> the ledger as JSON lines (`application/x-ndjson`)
 //!
 //! When the agent runs without a job engine (no OCI runtime), every route
@@ -20,14 +21,17 @@ use serde::Deserialize;
 use super::{SharedState, error_response};
 use crate::jobs::{JobsError, SubmitAnswer, SubmitRequest};
 
-/// Most log bytes returned by one request.
-const MAX_LOG_BYTES: u64 = 1024 * 1024;
+/// How often a followed log is polled for new bytes.
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Most log bytes one chunk of a log answer carries.
+const LOG_CHUNK: usize = 64 * 1024;
 
 /// Routes of this module.
 pub fn routes() -> Router<SharedState> {
     Router::new()
         .route("/v1/jobs", post(submit).get(list))
-        .route("/v1/jobs/{id}", get(show))
+        .route("/v1/jobs/{id}", get(show).delete(cancel))
         .route("/v1/jobs/{id}/logs", get(logs))
         .route("/v1/jobs/{id}/cancel", post(cancel))
         .route("/v1/receipts", get(receipts))
@@ -40,7 +44,17 @@ fn disabled() -> Response {
     )
 }
 
+/// The answer to a job manager's error: 400 for a bad request, 404 for an unknown job,
+/// 409 for one that ended, 500 otherwise.
+pub fn jobs_error_response(err: &JobsError) -> Response {
+    jobs_error_status(err)
+}
+
 fn jobs_error(err: JobsError) -> Response {
+    jobs_error_status(&err)
+}
+
+fn jobs_error_status(err: &JobsError) -> Response {
     let status = match &err {
         JobsError::Spec(_) | JobsError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
         JobsError::NotFound { .. } => StatusCode::NOT_FOUND,
@@ -49,7 +63,7 @@ fn jobs_error(err: JobsError) -> Response {
         }
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    error_response(status, crate::error_chain(&err))
+    error_response(status, crate::error_chain(err))
 }
 
 async fn blocking<T: Send + 'static>(
@@ -108,36 +122,108 @@ async fn show(State(state): State<SharedState>, Path(id): Path<String>) -> Respo
 }
 
 /// Query of the logs endpoint.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct LogsQuery {
     /// `stdout` (default) or `stderr`.
     #[serde(default)]
     pub stream: Option<String>,
+    /// Keep the answer open and send new output until the job ends.
+    #[serde(default)]
+    pub follow: Option<bool>,
+}
+
+impl LogsQuery {
+    /// Whether standard error is asked for; `Err` names the bad value.
+    pub fn stderr(&self) -> Result<bool, String> {
+        match self.stream.as_deref() {
+            None | Some("stdout") => Ok(false),
+            Some("stderr") => Ok(true),
+            Some(other) => Err(format!("stream: {other:?} is not stdout or stderr")),
+        }
+    }
 }
 
 async fn logs(
     State(state): State<SharedState>,
     Path(id): Path<String>,
-    Query(query): Query<LogsQuery>,
+    query: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Some(manager) = state.jobs.clone() else {
         return disabled();
     };
-    let stderr = match query.stream.as_deref() {
-        None | Some("stdout") => false,
-        Some("stderr") => true,
-        Some(other) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                format!("stream {other:?} is not stdout or stderr"),
-            );
-        }
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(err) => return error_response(StatusCode::BAD_REQUEST, err.body_text()),
     };
-    match blocking(move || manager.logs(&id, stderr, MAX_LOG_BYTES)).await {
-        Ok(bytes) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response(),
-        Err(response) => *response,
+    let stderr = match query.stderr() {
+        Ok(stderr) => stderr,
+        Err(message) => return error_response(StatusCode::BAD_REQUEST, message),
+    };
+    let job_id = id.clone();
+    let lookup = manager.clone();
+    if let Err(response) = blocking(move || lookup.get(&job_id)).await {
+        return *response;
     }
+    match manager.log_file(&id, stderr) {
+        Ok(path) => log_answer(manager, id, path, query.follow.unwrap_or(false)),
+        Err(err) => jobs_error(err),
+    }
+}
+
+/// A job's log as a streamed text answer, from its start; with `follow`, new output is
+/// sent as it is written until the job ends (and the log is read to its end).
+pub fn log_answer(
+    manager: std::sync::Arc<crate::jobs::JobManager>,
+    id: String,
+    path: std::path::PathBuf,
+    follow: bool,
+) -> Response {
+    let stream = futures_util::stream::unfold((0u64, false), move |(offset, failed)| {
+        let manager = manager.clone();
+        let path = path.clone();
+        let id = id.clone();
+        async move {
+            if failed {
+                return None;
+            }
+            loop {
+                // Read the job's state before the file: output written before it ended
+                // is then always read before the answer ends.
+                let ended = !follow || manager.get(&id).is_ok_and(|job| job.state.is_terminal());
+                match read_from(&path, offset).await {
+                    Ok(chunk) if !chunk.is_empty() => {
+                        let next = offset + chunk.len() as u64;
+                        return Some((Ok(axum::body::Bytes::from(chunk)), (next, false)));
+                    }
+                    Ok(_) if ended => return None,
+                    Ok(_) => tokio::time::sleep(FOLLOW_POLL).await,
+                    Err(err) => return Some((Err::<axum::body::Bytes, _>(err), (offset, true))),
+                }
+            }
+        }
+    });
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+/// Up to [`LOG_CHUNK`] bytes of `path` from `offset` (nothing when it does not exist yet).
+async fn read_from(path: &std::path::Path, offset: u64) -> std::io::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut file = match tokio::fs::File::open(path).await {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(err),
+    };
+    file.seek(std::io::SeekFrom::Start(offset)).await?;
+    let mut buffer = vec![0; LOG_CHUNK];
+    let read = file.read(&mut buffer).await?;
+    buffer.truncate(read);
+    Ok(buffer)
 }
 
 async fn cancel(State(state): State<SharedState>, Path(id): Path<String>) -> Response {

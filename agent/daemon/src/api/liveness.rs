@@ -61,7 +61,14 @@ fn liveness_error(err: LivenessError) -> Response {
     error_response(status, crate::error_chain(&err))
 }
 
-async fn probe(State(state): State<SharedState>, Json(request): Json<ProbeRequest>) -> Response {
+async fn probe(
+    State(state): State<SharedState>,
+    request: Result<Json<ProbeRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(request) = match request {
+        Ok(request) => request,
+        Err(rejection) => return error_response(StatusCode::BAD_REQUEST, rejection.body_text()),
+    };
     let Some(service) = state.liveness.clone() else {
         return disabled();
     };

@@ -107,6 +107,8 @@ pub struct AgentState {
     pub net: Option<Arc<crate::liveness::net::NetService>>,
     /// The agent's Prometheus registry (and the API middleware's instruments).
     pub metrics: Arc<crate::metrics::AgentMetrics>,
+    /// The network API, once it serves (`api.listen`).
+    pub network_api: std::sync::OnceLock<crate::netapi::NetApiStatus>,
 }
 
 /// Shared handler state.
@@ -143,7 +145,7 @@ pub async fn not_found(uri: axum::http::Uri) -> Response {
 }
 
 /// The JSON body of every error answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// What went wrong, naming the field or value.
     pub error: String,

@@ -28,6 +28,10 @@ pub struct StatusReport {
     pub hardware: HardwareStatus,
     /// The configuration in force.
     pub config: ConfigStatus,
+    /// The network API, when `api.listen` is set: its address, the SHA-256 of the node
+    /// certificate, the number of pinned clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_api: Option<crate::netapi::NetApiStatus>,
 }
 
 /// Node identity facts.
@@ -134,5 +138,6 @@ async fn status(State(state): State<SharedState>) -> Json<StatusReport> {
             files: state.config.files_read.iter().map(|p| display(p)).collect(),
             sha256: state.config.sha256.clone(),
         },
+        network_api: state.network_api.get().cloned(),
     })
 }

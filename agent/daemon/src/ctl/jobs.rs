@@ -53,6 +53,14 @@ pub enum JobsCommand {
         /// Standard error instead of standard output.
         #[arg(long)]
         stderr: bool,
+        /// Keep printing new output until the job ends.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    /// Follow a job until it ends: its state changes, elapsed time and final usage.
+    Watch {
+        /// Job id.
+        id: String,
     },
     /// Cancel a job (SIGTERM, grace period, SIGKILL).
     Cancel {
@@ -110,22 +118,7 @@ pub async fn run(client: &AdminClient, command: JobsCommand) -> Result<(), CtlEr
             let answer: SubmitAnswer = client.post("/v1/jobs", &request).await?;
             println!("{}", answer.id);
             if wait {
-                let mut last_shown = String::new();
-                loop {
-                    let job: JobInfo = client.get(&format!("/v1/jobs/{}", answer.id)).await?;
-                    let shown = match &job.reason {
-                        Some(reason) => format!("{} ({reason})", job.state),
-                        None => job.state.to_string(),
-                    };
-                    if shown != last_shown {
-                        eprintln!("{}: {shown}", answer.id);
-                        last_shown = shown;
-                    }
-                    if job.state.is_terminal() {
-                        break;
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                }
+                watch(client, &answer.id).await?;
             }
             Ok(())
         }
@@ -162,27 +155,81 @@ pub async fn run(client: &AdminClient, command: JobsCommand) -> Result<(), CtlEr
             }
             Ok(())
         }
-        JobsCommand::Logs { id, stderr } => {
+        JobsCommand::Logs { id, stderr, follow } => {
             let stream = if stderr { "stderr" } else { "stdout" };
-            let bytes = client
-                .request(
-                    Method::GET,
-                    &format!("/v1/jobs/{id}/logs?stream={stream}"),
-                    None,
-                )
-                .await?;
-            std::io::stdout()
-                .write_all(&bytes)
-                .map_err(output_error("the log"))?;
+            let path = format!("/v1/jobs/{id}/logs?stream={stream}&follow={follow}");
+            let mut body = client.send(Method::GET, &path, None).await?.into_body();
+            let mut stdout = std::io::stdout();
+            while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+                let frame = frame.map_err(|source| crate::client::ClientError::Http {
+                    method: Method::GET,
+                    path: path.clone(),
+                    source,
+                })?;
+                if let Some(data) = frame.data_ref() {
+                    stdout.write_all(data).map_err(output_error("the log"))?;
+                    stdout.flush().map_err(output_error("the log"))?;
+                }
+            }
             Ok(())
         }
+        JobsCommand::Watch { id } => watch(client, &id).await,
         JobsCommand::Cancel { id } => {
-            let answer: SubmitAnswer = client
-                .post(&format!("/v1/jobs/{id}/cancel"), &serde_json::json!({}))
-                .await?;
+            let answer: SubmitAnswer = client.delete(&format!("/v1/jobs/{id}")).await?;
             println!("cancellation requested for {}", answer.id);
             Ok(())
         }
+    }
+}
+
+/// Follows job `id` until it ends: each state change on its own line (with the
+/// image import's progress while preparing), a live elapsed-time line on a terminal, and
+/// the end: exit code, wall and CPU time, peak memory.
+pub async fn watch(client: &AdminClient, id: &str) -> Result<(), CtlError> {
+    use std::io::IsTerminal as _;
+    let terminal = std::io::stderr().is_terminal();
+    let started = std::time::Instant::now();
+    let mut last_shown = String::new();
+    loop {
+        let job: JobInfo = client.get(&format!("/v1/jobs/{id}")).await?;
+        let shown = match &job.reason {
+            Some(reason) => format!("{} ({reason})", job.state),
+            None => job.state.to_string(),
+        };
+        if shown != last_shown {
+            if terminal {
+                eprint!("\r\x1b[K");
+            }
+            eprintln!("{id}: {shown}");
+            last_shown = shown;
+        } else if terminal {
+            eprint!(
+                "\r\x1b[K{id}: {} for {:.1} s",
+                job.state,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        if job.state.is_terminal() {
+            if terminal {
+                eprint!("\r\x1b[K");
+            }
+            let mut end = format!("{id}: ended {}", job.state);
+            if let Some(code) = job.exit_code {
+                let _ = write!(end, ", exit code {code}");
+            }
+            if let Some(usage) = &job.usage {
+                let _ = write!(
+                    end,
+                    ", wall {:.1} s, cpu {:.2} s, peak memory {} KiB",
+                    usage.wall_ms as f64 / 1000.0,
+                    usage.cpu_ns as f64 / 1e9,
+                    usage.peak_memory_bytes / 1024
+                );
+            }
+            eprintln!("{end}");
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
 

@@ -13,6 +13,7 @@ pub mod gpus;
 pub mod images;
 pub mod jobs;
 pub mod liveness;
+pub mod market;
 pub mod net;
 pub mod plugin;
 pub mod status;
@@ -47,6 +48,12 @@ pub enum CtlError {
     /// A `plinthctl liveness` argument is wrong.
     #[error(transparent)]
     Liveness(#[from] liveness::LivenessCtlError),
+    /// `--remote`, `--identity` or `--node-key` is wrong.
+    #[error(transparent)]
+    Remote(#[from] crate::remote::RemoteError),
+    /// `--remote` needs `--identity`.
+    #[error("--remote needs --identity FILE (a client identity: `plinthctl identity new`)")]
+    NoIdentity,
 }
 
 impl CtlError {
@@ -56,7 +63,8 @@ impl CtlError {
             Self::Client(
                 ClientError::NotRunning { .. }
                 | ClientError::Stale { .. }
-                | ClientError::Connect { .. },
+                | ClientError::Connect { .. }
+                | ClientError::RemoteConnect { .. },
             ) => 69,
             Self::Client(ClientError::PermissionDenied { .. }) => 77,
             _ => 1,
@@ -77,21 +85,51 @@ pub fn socket_path(cli: &CtlCli) -> PathBuf {
     }
 }
 
+/// The client of `cli`: the network API with `--remote`, else the admin socket.
+pub fn client(cli: &CtlCli) -> Result<AdminClient, CtlError> {
+    let Some(url) = &cli.remote else {
+        return Ok(AdminClient::new(&socket_path(cli)));
+    };
+    let path = cli.identity.as_ref().ok_or(CtlError::NoIdentity)?;
+    let identity = crate::remote::ClientIdentity::load(path)?;
+    let target = crate::remote::RemoteTarget::new(url, Some(&identity), cli.node_key.as_deref())?;
+    Ok(AdminClient::remote(target))
+}
+
 /// Runs one `plinthctl` command.
 pub async fn run(cli: CtlCli) -> Result<(), CtlError> {
-    let client = AdminClient::new(&socket_path(&cli));
-    match cli.command {
-        CtlCommand::Status(output) => status::run(&client, output).await,
-        CtlCommand::Jobs { command } => jobs::run(&client, command).await,
-        CtlCommand::Receipts { command } => jobs::run_receipts(&client, command).await,
-        CtlCommand::Plugin { command } => plugin::dispatch(&client, command).await,
-        CtlCommand::Images { command } => images::run(&client, command).await,
-        CtlCommand::Attest(args) => attest::run(&client, args).await,
-        CtlCommand::Gpus(args) => gpus::run(&client, args).await,
-        CtlCommand::Challenge { command } => gpus::run_challenge(&client, command).await,
-        CtlCommand::Liveness { command } => liveness::run(&client, command).await,
-        CtlCommand::Net { command } => net::run(&client, command).await,
-        CtlCommand::Metrics => net::metrics(&client).await,
+    if let CtlCommand::Identity { command } = cli.command {
+        return market::identity(command);
+    }
+    let client = client(&cli)?;
+    let result = dispatch(&client, cli.command).await;
+    if let Some(remote) = client.remote_target()
+        && cli.node_key.is_none()
+        && let Some(key) = remote.node_key()
+    {
+        eprintln!("plinthctl: {} proved node key {key} (pass --node-key to require it)", remote.authority);
+    }
+    result
+}
+
+async fn dispatch(client: &AdminClient, command: CtlCommand) -> Result<(), CtlError> {
+    match command {
+        CtlCommand::Status(output) => status::run(client, output).await,
+        CtlCommand::Jobs { command } => jobs::run(client, command).await,
+        CtlCommand::Receipts { command } => jobs::run_receipts(client, command).await,
+        CtlCommand::Plugin { command } => plugin::dispatch(client, command).await,
+        CtlCommand::Images { command } => images::run(client, command).await,
+        CtlCommand::Attest(args) => attest::run(client, args).await,
+        CtlCommand::Gpus(args) => gpus::run(client, args).await,
+        CtlCommand::Challenge { command } => gpus::run_challenge(client, command).await,
+        CtlCommand::Liveness { command } => liveness::run(client, command).await,
+        CtlCommand::Net { command } => net::run(client, command).await,
+        CtlCommand::Metrics => net::metrics(client).await,
+        CtlCommand::Quote(args) => market::quote(client, args).await,
+        CtlCommand::Lease(args) => market::lease(client, args).await,
+        CtlCommand::Reports(args) => market::reports(client, args).await,
+        CtlCommand::BenchQuotes(args) => market::bench_quotes(client, args).await,
+        CtlCommand::Identity { command } => market::identity(command),
         CtlCommand::Completions { shell } => {
             let mut command = CtlCli::command();
             clap_complete::generate(shell, &mut command, "plinthctl", &mut std::io::stdout());

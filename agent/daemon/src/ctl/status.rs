@@ -61,6 +61,18 @@ pub fn render(report: &StatusReport) -> String {
     };
     let _ = writeln!(text, "  config         {files}");
     let _ = writeln!(text, "  config sha256  {}", report.config.sha256);
+    match &report.network_api {
+        Some(network) => {
+            let _ = writeln!(
+                text,
+                "  network API    https://{} ({} pinned clients; certificate sha256 {})",
+                network.listen, network.clients, network.certificate_sha256
+            );
+        }
+        None => {
+            let _ = writeln!(text, "  network API    off (api.listen unset)");
+        }
+    }
     text
 }
 

@@ -323,6 +323,11 @@ impl JobManager {
         schema::list(&self.store.connection())
     }
 
+    /// The path of job `id`'s standard output (or error) log; it may not exist yet.
+    pub fn log_file(&self, id: &str, stderr: bool) -> Result<PathBuf, JobsError> {
+        Ok(self.engine.log_path(id, stderr)?)
+    }
+
     /// The tail (at most `max_bytes`) of a job's stdout or stderr.
     pub fn logs(&self, id: &str, stderr: bool, max_bytes: u64) -> Result<Vec<u8>, JobsError> {
         self.get(id)?;

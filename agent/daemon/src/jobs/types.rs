@@ -39,7 +39,7 @@ pub struct QuotedTerms {
 }
 
 /// Answer to a submission.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct SubmitAnswer {
     /// The new job's id.
     pub id: String,

@@ -1,14 +1,19 @@
 //! Who may call the network API: the clients pinned in `[[api.clients]]`, their roles,
-//! which routes each role reaches, and the per-client token bucket.
+//! which routes each role reaches, the per-client token bucket, and the [`gate`] every
+//! request passes before its handler.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use axum::http::Method;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::Response;
 use serde::{Deserialize, Serialize};
 
 use super::tls::{PeerInfo, certificate_spki, sha256_hex};
+use crate::api::error_response;
 use crate::config::ApiSection;
 
 /// What a client may do.
@@ -205,4 +210,100 @@ mod tests {
         }
         assert_eq!(Role::parse("root"), None);
     }
+}
+
+/// Whether a `market` client may call `method path`: quotes, leases, its jobs and their
+/// logs, receipts, reports, the OpenAPI document.
+pub fn market_may(method: &Method, path: &str) -> bool {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    matches!(
+        (method.as_str(), segments.as_slice()),
+        ("POST", ["", "v1", "quotes"])
+            | ("POST", ["", "v1", "leases"])
+            | ("GET" | "DELETE", ["", "v1", "jobs", _])
+            | ("GET", ["", "v1", "jobs", _, "logs"])
+            | ("GET", ["", "v1", "receipts"])
+            | ("GET", ["", "v1", "reports"])
+            | ("GET", ["", "v1", "openapi.json"])
+    )
+}
+
+/// Whether `role` may call `method path`: an admin everything, the others their tables.
+pub fn role_may(role: Role, method: &Method, path: &str) -> bool {
+    match role {
+        Role::Admin => true,
+        Role::Checker => checker_may(method, path),
+        Role::Market => market_may(method, path),
+    }
+}
+
+/// The gate every network request passes before its handler: the client must be pinned
+/// (401), within its rate (429, with `Retry-After`) and calling a route of its role
+/// (403). The handler finds the [`Caller`] in the request's extensions.
+pub async fn gate(
+    State(net): State<super::NetState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<PeerInfo>>()
+        .map(|info| info.0.clone());
+    let caller = match peer.as_ref().map(|peer| net.clients.authenticate(peer)) {
+        Some(Ok(caller)) => caller,
+        Some(Err(reason)) => return unauthorized(reason),
+        None => return unauthorized("no TLS peer on this connection".to_owned()),
+    };
+    if let Err(wait) = net.limiter.take(&caller.name, Instant::now()) {
+        let mut response = error_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "client {:?} is over its rate (api.rate_per_second); retry in {wait:.3} s",
+                caller.name
+            ),
+        );
+        let seconds = wait.ceil().max(1.0) as u64;
+        if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return response;
+    }
+    if !role_may(caller.role, request.method(), request.uri().path()) {
+        return error_response(
+            StatusCode::FORBIDDEN,
+            format!(
+                "client {:?} (role {}) may not call {} {}",
+                caller.name,
+                caller.role.as_str(),
+                request.method(),
+                request.uri().path()
+            ),
+        );
+    }
+    let length = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    if let Some(length) = length
+        && length > net.max_body_bytes as u64
+    {
+        return error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the body of {length} bytes is larger than api.max_body_bytes ({})",
+                net.max_body_bytes
+            ),
+        );
+    }
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
+
+fn unauthorized(reason: String) -> Response {
+    let mut response = error_response(StatusCode::UNAUTHORIZED, reason);
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("MutualTLS"),
+    );
+    response
 }

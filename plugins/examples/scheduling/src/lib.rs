@@ -44,7 +44,8 @@ impl Guest for BinPacking {
         let defer_s =
             plinth_plugin_sdk::config_parse("defer-s", 60u32).map_err(PolicyError::BadConfig)?;
         if req.gpu_count == 0 {
-            return Err(PolicyError::InvalidInput("gpu-count is 0".to_string()));
+            // A CPU-only job needs no GPU: admit it without one.
+            return Ok(ScheduleDecision::Admit(Vec::new()));
         }
         let wanted = req.gpu_count as usize;
         let usable: Vec<&Gpu> = state.gpus.iter().filter(|gpu| matches(&req, gpu)).collect();
