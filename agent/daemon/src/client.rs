@@ -233,10 +233,12 @@ impl AdminClient {
             .ok()
             .and_then(|value| {
                 let error = value.get("error")?.as_str()?.to_owned();
-                Some(match value.get("reason").and_then(serde_json::Value::as_str) {
-                    Some(reason) => format!("{error}: {reason}"),
-                    None => error,
-                })
+                Some(
+                    match value.get("reason").and_then(serde_json::Value::as_str) {
+                        Some(reason) => format!("{error}: {reason}"),
+                        None => error,
+                    },
+                )
             })
             .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
         Err(ClientError::Api {
@@ -352,7 +354,9 @@ impl Connection {
 }
 
 /// An HTTP/1.1 connection over `io`, driven in its own task.
-async fn open<T>(io: T) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, hyper::Error>
+async fn open<T>(
+    io: T,
+) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, hyper::Error>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {

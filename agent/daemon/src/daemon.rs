@@ -184,8 +184,11 @@ pub async fn run(loaded: LoadedConfig, options: RunOptions) -> Result<(), Daemon
     ));
     let metrics_addr = config.metrics.listen_addr()?;
     // Validated with the configuration: an address that does not parse never gets here.
-    let api_addr: Option<std::net::SocketAddr> =
-        config.api.listen.as_deref().and_then(|listen| listen.parse().ok());
+    let api_addr: Option<std::net::SocketAddr> = config
+        .api
+        .listen
+        .as_deref()
+        .and_then(|listen| listen.parse().ok());
 
     let socket_path = config.socket_path();
     // Held until `run` returns: its lock keeps other agents off this socket.

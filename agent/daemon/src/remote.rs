@@ -67,8 +67,10 @@ pub struct ClientIdentity {
 impl ClientIdentity {
     /// A new Ed25519 key and a self-signed certificate for `name`.
     pub fn generate(name: &str) -> Result<ClientIdentity, RemoteError> {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(RemoteError::Generate)?;
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(RemoteError::Generate)?;
+        let key =
+            rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(RemoteError::Generate)?;
+        let mut params =
+            rcgen::CertificateParams::new(Vec::<String>::new()).map_err(RemoteError::Generate)?;
         params.distinguished_name = rcgen::DistinguishedName::new();
         params
             .distinguished_name
@@ -157,7 +159,10 @@ impl RemoteTarget {
         if authority.is_empty() || authority.contains('/') {
             return Err(bad("must be https://HOST:PORT with no path"));
         }
-        let authority = if authority.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok()) {
+        let authority = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, port)| port.parse::<u16>().is_ok())
+        {
             authority.to_owned()
         } else {
             format!("{authority}:7443")
@@ -246,8 +251,9 @@ impl ServerCertVerifier for NodeKeyVerifier {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let spki = crate::netapi::tls::certificate_spki(end_entity)
-            .ok_or(rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
+        let spki = crate::netapi::tls::certificate_spki(end_entity).ok_or(
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding),
+        )?;
         let key = spki
             .get(12..)
             .filter(|key| key.len() == 32 && ed25519_spki(key) == spki)
@@ -309,7 +315,11 @@ mod tests {
         assert_eq!(loaded.certificate, identity.certificate);
         assert_eq!(loaded.key, identity.key);
         assert_eq!(loaded.spki_sha256().len(), 64);
-        std::fs::write(&path, "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n").unwrap();
+        std::fs::write(
+            &path,
+            "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
         let error = ClientIdentity::load(&path).unwrap_err().to_string();
         assert!(error.contains("PRIVATE KEY"), "{error}");
     }
@@ -317,11 +327,29 @@ mod tests {
     #[test]
     fn urls_must_be_https_without_a_path() {
         let identity = ClientIdentity::generate("x").unwrap();
-        assert_eq!(RemoteTarget::new("https://127.0.0.1:9", Some(&identity), None).unwrap().authority, "127.0.0.1:9");
-        assert_eq!(RemoteTarget::new("https://host", Some(&identity), None).unwrap().authority, "host:7443");
-        assert_eq!(RemoteTarget::new("https://[::1]:7443/", Some(&identity), None).unwrap().host(), "::1");
+        assert_eq!(
+            RemoteTarget::new("https://127.0.0.1:9", Some(&identity), None)
+                .unwrap()
+                .authority,
+            "127.0.0.1:9"
+        );
+        assert_eq!(
+            RemoteTarget::new("https://host", Some(&identity), None)
+                .unwrap()
+                .authority,
+            "host:7443"
+        );
+        assert_eq!(
+            RemoteTarget::new("https://[::1]:7443/", Some(&identity), None)
+                .unwrap()
+                .host(),
+            "::1"
+        );
         for bad in ["http://h:1", "https://h:1/v1", "https://"] {
-            assert!(RemoteTarget::new(bad, Some(&identity), None).is_err(), "{bad}");
+            assert!(
+                RemoteTarget::new(bad, Some(&identity), None).is_err(),
+                "{bad}"
+            );
         }
         assert!(RemoteTarget::new("https://h:1", Some(&identity), Some("zz")).is_err());
     }

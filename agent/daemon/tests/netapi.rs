@@ -40,13 +40,26 @@ impl Remote {
         }
     }
 
-    fn call(&self, method: Method, path: &str, body: Option<&str>) -> Result<String, (StatusCode, String)> {
+    fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<String, (StatusCode, String)> {
         self.runtime
-            .block_on(self.client.request(method, path, body.map(|b| b.as_bytes().to_vec())))
+            .block_on(
+                self.client
+                    .request(method, path, body.map(|b| b.as_bytes().to_vec())),
+            )
             .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
             .map_err(|err| match err {
-                ClientError::Api { status, message, .. } => (status, message),
-                other => (StatusCode::from_u16(599).unwrap(), plinth_agent::error_chain(&other)),
+                ClientError::Api {
+                    status, message, ..
+                } => (status, message),
+                other => (
+                    StatusCode::from_u16(599).unwrap(),
+                    plinth_agent::error_chain(&other),
+                ),
             })
     }
 
@@ -66,7 +79,11 @@ impl Remote {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn sign_plugin(node: &Node, wasm: &Path, name: &str, kind: &str, key: &Path) -> PathBuf {
@@ -78,8 +95,16 @@ fn sign_plugin(node: &Node, wasm: &Path, name: &str, kind: &str, key: &Path) -> 
     .unwrap();
     let package = node.path(&format!("{name}.plinthpkg"));
     node.ctl_ok(&[
-        "plugin", "sign", "--manifest", manifest.to_str().unwrap(), "--wasm", wasm.to_str().unwrap(),
-        "--key", key.to_str().unwrap(), "-o", package.to_str().unwrap(),
+        "plugin",
+        "sign",
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--wasm",
+        wasm.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "-o",
+        package.to_str().unwrap(),
     ]);
     package
 }
@@ -136,7 +161,10 @@ fn network_api_end_to_end_over_mutual_tls() {
     }
     let node = Node::new("");
     let key = node.path("author.key");
-    let author = node.ctl_ok(&["plugin", "keygen", key.to_str().unwrap()]).trim().to_owned();
+    let author = node
+        .ctl_ok(&["plugin", "keygen", key.to_str().unwrap()])
+        .trim()
+        .to_owned();
     node.configure(&format!(
         "[api]\nlisten = \"127.0.0.1:{port}\"\nmax_body_bytes = 8192\nrate_per_second = 20\nrate_burst = 40\nquote_ttl_seconds = 4\n{clients}\
          [plugins]\ntrusted_keys = [\"{author}\"]\n[jobs]\nreceipt_interval_seconds = 1\n"
@@ -145,10 +173,20 @@ fn network_api_end_to_end_over_mutual_tls() {
     std::fs::create_dir_all(&plugin_dir).unwrap();
     for (wasm, name, kind) in [
         ("plinth_hostile_misbehave", "fixed-pricing", "pricing"),
-        ("plinth_hostile_bad_scheduler", "bad-scheduler", "scheduling"),
+        (
+            "plinth_hostile_bad_scheduler",
+            "bad-scheduler",
+            "scheduling",
+        ),
         ("plinth_example_reporting", "example-reporting", "reporting"),
     ] {
-        let package = sign_plugin(&node, &plugins.join(format!("{wasm}.wasm")), name, kind, &key);
+        let package = sign_plugin(
+            &node,
+            &plugins.join(format!("{wasm}.wasm")),
+            name,
+            kind,
+            &key,
+        );
         std::fs::copy(&package, plugin_dir.join(format!("{kind}.plinthpkg"))).unwrap();
     }
     let tpm = plinth_tests::swtpm::available("network API attestation")
@@ -158,16 +196,29 @@ fn network_api_end_to_end_over_mutual_tls() {
         .iter()
         .map(|tcti| ("PLINTH_ATTESTATION_TPM_TCTI", tcti.as_str()))
         .collect();
+    let layout = node.path("state/import/busybox");
+    std::fs::create_dir_all(&layout).unwrap();
+    plinth_tests::busybox_layout(node.dir.path(), &layout, &["sh", "sleep", "echo"]).unwrap();
     let _agent = node.start_with_env(&env);
-    let status: serde_json::Value = serde_json::from_str(&node.ctl_ok(&["status", "--json"])).unwrap();
+    let status: serde_json::Value =
+        serde_json::from_str(&node.ctl_ok(&["status", "--json"])).unwrap();
     let node_key = status["node"]["public_key"].as_str().unwrap().to_owned();
-    assert_eq!(status["network_api"]["listen"], format!("127.0.0.1:{port}"), "{status}");
+    assert_eq!(
+        status["network_api"]["listen"],
+        format!("127.0.0.1:{port}"),
+        "{status}"
+    );
     let url = format!("https://127.0.0.1:{port}");
     let who = |name: &str| {
         let identity = &identities.iter().find(|(n, _, _)| *n == name).unwrap().2;
         Remote::new(&url, Some(identity), Some(&node_key))
     };
-    let (market_a, market_b, checker, ops) = (who("market-a"), who("market-b"), who("checker-1"), who("ops"));
+    let (market_a, market_b, checker, ops) = (
+        who("market-a"),
+        who("market-b"),
+        who("checker-1"),
+        who("ops"),
+    );
 
     // The certificate carries the node key: pinning another key fails the handshake.
     let wrong = Remote::new(&url, Some(&identities[0].2), Some(&"ab".repeat(32)));
@@ -176,15 +227,29 @@ fn network_api_end_to_end_over_mutual_tls() {
     assert!(message.contains("node key"), "{message}");
     let unpinned = Remote::new(&url, Some(&identities[0].2), None);
     unpinned.ok(Method::GET, "/v1/openapi.json", None);
-    assert_eq!(unpinned.client.remote_target().unwrap().node_key().as_deref(), Some(node_key.as_str()));
+    assert_eq!(
+        unpinned
+            .client
+            .remote_target()
+            .unwrap()
+            .node_key()
+            .as_deref(),
+        Some(node_key.as_str())
+    );
 
     // The served document is the repository's.
-    let served = market_a.call(Method::GET, "/v1/openapi.json", None).unwrap();
-    let stored = std::fs::read_to_string(plinth_tests::repo_root().join("docs/openapi.json")).unwrap();
+    let served = market_a
+        .call(Method::GET, "/v1/openapi.json", None)
+        .unwrap();
+    let stored =
+        std::fs::read_to_string(plinth_tests::repo_root().join("docs/openapi.json")).unwrap();
     assert_eq!(served, stored);
 
     // 401: no certificate, or one that is not pinned; 403: outside the role.
-    for remote in [Remote::new(&url, None, Some(&node_key)), Remote::new(&url, Some(&stranger), Some(&node_key))] {
+    for remote in [
+        Remote::new(&url, None, Some(&node_key)),
+        Remote::new(&url, Some(&stranger), Some(&node_key)),
+    ] {
         let (code, message) = remote.refused(Method::GET, "/v1/openapi.json", None);
         assert_eq!(code, StatusCode::UNAUTHORIZED, "{message}");
     }
@@ -199,78 +264,174 @@ fn network_api_end_to_end_over_mutual_tls() {
         assert_eq!(code, StatusCode::FORBIDDEN, "{method} {path}: {message}");
         assert!(message.contains("may not call"), "{message}");
     }
-    assert_eq!(ops.ok(Method::GET, "/v1/status", None)["node"]["public_key"], node_key.as_str());
+    assert_eq!(
+        ops.ok(Method::GET, "/v1/status", None)["node"]["public_key"],
+        node_key.as_str()
+    );
 
     // Malformed bodies: 400 not JSON, 422 naming the field, 413 too large.
     for (body, code, needle) in [
         ("{not json", StatusCode::BAD_REQUEST, "not JSON"),
-        (r#"{"client_id":"market-a","quote_id":"x"}"#, StatusCode::UNPROCESSABLE_ENTITY, "request"),
-        (r#"{"client_id":"market-a","quote_id":"x","request":{"gpu_count":"one","duration_s":1}}"#, StatusCode::UNPROCESSABLE_ENTITY, "request.gpu_count"),
-        (r#"{"client_id":"market-a","quote_id":"x","request":{"gpu_count":1,"duration_s":0}}"#, StatusCode::UNPROCESSABLE_ENTITY, "request.duration_s"),
-        (r#"{"client_id":"market-a","quote_id":"a b","request":{"gpu_count":1,"duration_s":5}}"#, StatusCode::UNPROCESSABLE_ENTITY, "quote_id"),
-        (r#"{"client_id":"market-a","quote_id":"x","extra":1,"request":{"gpu_count":1,"duration_s":5}}"#, StatusCode::UNPROCESSABLE_ENTITY, "extra"),
-        (r#"{"client_id":"market-b","quote_id":"x","request":{"gpu_count":1,"duration_s":5}}"#, StatusCode::FORBIDDEN, "client_id"),
+        (
+            r#"{"client_id":"market-a","quote_id":"x"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "request",
+        ),
+        (
+            r#"{"client_id":"market-a","quote_id":"x","request":{"gpu_count":"one","duration_s":1}}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "request.gpu_count",
+        ),
+        (
+            r#"{"client_id":"market-a","quote_id":"x","request":{"gpu_count":1,"duration_s":0}}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "request.duration_s",
+        ),
+        (
+            r#"{"client_id":"market-a","quote_id":"a b","request":{"gpu_count":1,"duration_s":5}}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "quote_id",
+        ),
+        (
+            r#"{"client_id":"market-a","quote_id":"x","extra":1,"request":{"gpu_count":1,"duration_s":5}}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "extra",
+        ),
+        (
+            r#"{"client_id":"market-b","quote_id":"x","request":{"gpu_count":1,"duration_s":5}}"#,
+            StatusCode::FORBIDDEN,
+            "client_id",
+        ),
     ] {
         let (status_code, message) = market_a.refused(Method::POST, "/v1/quotes", Some(body));
         assert_eq!(status_code, code, "{body}: {message}");
         assert!(message.contains(needle), "{body}: {message}");
     }
-    let huge = format!(r#"{{"client_id":"market-a","quote_id":"x","pad":"{}"}}"#, "x".repeat(20_000));
-    assert_eq!(market_a.refused(Method::POST, "/v1/quotes", Some(&huge)).0, StatusCode::PAYLOAD_TOO_LARGE);
+    let huge = format!(
+        r#"{{"client_id":"market-a","quote_id":"x","pad":"{}"}}"#,
+        "x".repeat(20_000)
+    );
+    assert_eq!(
+        market_a.refused(Method::POST, "/v1/quotes", Some(&huge)).0,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
 
     // A quote, priced by the plugin and signed; the same request answers the same quote.
-    let quote = market_a.ok(Method::POST, "/v1/quotes", Some(&quote_body("market-a", "ok.1", 0)));
+    let quote = market_a.ok(
+        Method::POST,
+        "/v1/quotes",
+        Some(&quote_body("market-a", "ok.1", 0)),
+    );
     let signed: SignedQuote = serde_json::from_value(quote.clone()).unwrap();
-    signed.check(&node_key, "market-a", signed.issued_at_ms).unwrap();
+    signed
+        .check(&node_key, "market-a", signed.issued_at_ms)
+        .unwrap();
     assert_eq!(signed.pricing.source, "plugin", "{quote}");
     assert_eq!(signed.pricing.name.as_deref(), Some("fixed-pricing"));
-    let wasm_sha256 = hex::encode(common::sha256_file(&plugins.join("plinth_hostile_misbehave.wasm")));
+    let wasm_sha256 = hex::encode(common::sha256_file(
+        &plugins.join("plinth_hostile_misbehave.wasm"),
+    ));
     assert_eq!(signed.pricing.sha256, wasm_sha256);
-    assert_eq!(market_a.ok(Method::POST, "/v1/quotes", Some(&quote_body("market-a", "ok.1", 0))), quote);
-    let (code, message) = market_a.refused(Method::POST, "/v1/quotes", Some(&quote_body("market-a", "ok.1", 2)));
+    assert_eq!(
+        market_a.ok(
+            Method::POST,
+            "/v1/quotes",
+            Some(&quote_body("market-a", "ok.1", 0))
+        ),
+        quote
+    );
+    let (code, message) = market_a.refused(
+        Method::POST,
+        "/v1/quotes",
+        Some(&quote_body("market-a", "ok.1", 2)),
+    );
     assert_eq!(code, StatusCode::CONFLICT, "{message}");
 
     // Leases: refused for another client's, a forged, a foreign node's quote.
     let dir = tempfile::tempdir().unwrap();
-    let layout = dir.path().join("busybox");
-    std::fs::create_dir_all(&layout).unwrap();
-    plinth_tests::busybox_layout(dir.path(), &layout, &["sh", "sleep", "echo"]).unwrap();
     let spec = job_spec(&layout, 0);
-    let (code, message) = market_b.refused(Method::POST, "/v1/leases", Some(&lease_body("l0", &quote, &spec)));
+    let (code, message) = market_b.refused(
+        Method::POST,
+        "/v1/leases",
+        Some(&lease_body("l0", &quote, &spec)),
+    );
     assert_eq!(code, StatusCode::FORBIDDEN, "{message}");
     let mut forged = quote.clone();
     forged["offer"]["gpu_hour_micros"] = serde_json::json!(1);
-    let (code, message) = market_a.refused(Method::POST, "/v1/leases", Some(&lease_body("l0", &forged, &spec)));
+    let (code, message) = market_a.refused(
+        Method::POST,
+        "/v1/leases",
+        Some(&lease_body("l0", &forged, &spec)),
+    );
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{message}");
     assert!(message.contains("quote.signature"), "{message}");
     let other = NodeIdentity::create(&dir.path().join("other.key")).unwrap();
     let mut foreign: SignedQuote = signed.clone();
     foreign.node_key = other.public_key_hex();
     foreign.sign(&other).unwrap();
-    let (code, message) = market_a.refused(Method::POST, "/v1/leases", Some(&lease_body("l0", &serde_json::to_value(&foreign).unwrap(), &spec)));
+    let (code, message) = market_a.refused(
+        Method::POST,
+        "/v1/leases",
+        Some(&lease_body(
+            "l0",
+            &serde_json::to_value(&foreign).unwrap(),
+            &spec,
+        )),
+    );
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{message}");
     assert!(message.contains("quote.node_key"), "{message}");
     let mut wrong_count = spec.clone();
     wrong_count["gpus"]["count"] = serde_json::json!(1);
-    let (code, message) = market_a.refused(Method::POST, "/v1/leases", Some(&lease_body("l0", &quote, &wrong_count)));
+    let (code, message) = market_a.refused(
+        Method::POST,
+        "/v1/leases",
+        Some(&lease_body("l0", &quote, &wrong_count)),
+    );
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{message}");
     assert!(message.contains("spec.gpus.count"), "{message}");
 
     // The lease that works; replaying it answers the same; reusing its quote is 409.
-    let lease = market_a.ok(Method::POST, "/v1/leases", Some(&lease_body("lease-1", &quote, &spec)));
+    let lease = market_a.ok(
+        Method::POST,
+        "/v1/leases",
+        Some(&lease_body("lease-1", &quote, &spec)),
+    );
     assert_eq!(lease["scheduled_by"]["source"], "plugin", "{lease}");
     assert_eq!(lease["scheduled_by"]["name"], "bad-scheduler", "{lease}");
     let job_id = lease["job_id"].as_str().unwrap().to_owned();
-    assert_eq!(market_a.ok(Method::POST, "/v1/leases", Some(&lease_body("lease-1", &quote, &spec))), lease);
-    let (code, message) = market_a.refused(Method::POST, "/v1/leases", Some(&lease_body("lease-2", &quote, &spec)));
+    assert_eq!(
+        market_a.ok(
+            Method::POST,
+            "/v1/leases",
+            Some(&lease_body("lease-1", &quote, &spec))
+        ),
+        lease
+    );
+    let (code, message) = market_a.refused(
+        Method::POST,
+        "/v1/leases",
+        Some(&lease_body("lease-2", &quote, &spec)),
+    );
     assert_eq!(code, StatusCode::CONFLICT, "{message}");
     assert!(message.contains("already used"), "{message}");
 
     // The scheduling plugin refuses, traps, or makes up GPUs: the host says so, contains
     // the trap (the built-in policy answers) and never trusts the made-up assignment.
     let lease_with = |quote_id: &str, gpus: u32| {
-        let quote = market_a.ok(Method::POST, "/v1/quotes", Some(&quote_body("market-a", quote_id, gpus)));
-        market_a.call(Method::POST, "/v1/leases", Some(&lease_body(&format!("lease-{quote_id}"), &quote, &job_spec(&layout, gpus))))
+        let quote = market_a.ok(
+            Method::POST,
+            "/v1/quotes",
+            Some(&quote_body("market-a", quote_id, gpus)),
+        );
+        market_a.call(
+            Method::POST,
+            "/v1/leases",
+            Some(&lease_body(
+                &format!("lease-{quote_id}"),
+                &quote,
+                &job_spec(&layout, gpus),
+            )),
+        )
     };
     let (code, message) = lease_with("reject.1", 0).unwrap_err();
     assert_eq!(code, StatusCode::CONFLICT, "{message}");
@@ -280,22 +441,43 @@ fn network_api_end_to_end_over_mutual_tls() {
     assert!(message.contains("does not exist"), "{message}");
     let (code, message) = lease_with("twice.1", 2).unwrap_err();
     assert_eq!(code, StatusCode::CONFLICT, "{message}");
-    let trapped: serde_json::Value = serde_json::from_str(&lease_with("trap.1", 0).unwrap()).unwrap();
+    let trapped: serde_json::Value =
+        serde_json::from_str(&lease_with("trap.1", 0).unwrap()).unwrap();
     assert_eq!(trapped["scheduled_by"]["source"], "built-in", "{trapped}");
-    assert!(trapped["scheduled_by"]["plugin_error"].is_string(), "{trapped}");
+    assert!(
+        trapped["scheduled_by"]["plugin_error"].is_string(),
+        "{trapped}"
+    );
 
     // An expired quote.
-    let late = market_a.ok(Method::POST, "/v1/quotes", Some(&quote_body("market-a", "late.1", 0)));
+    let late = market_a.ok(
+        Method::POST,
+        "/v1/quotes",
+        Some(&quote_body("market-a", "late.1", 0)),
+    );
     std::thread::sleep(Duration::from_millis(4_100));
-    let (code, message) = market_a.refused(Method::POST, "/v1/leases", Some(&lease_body("lease-late", &late, &spec)));
+    let (code, message) = market_a.refused(
+        Method::POST,
+        "/v1/leases",
+        Some(&lease_body("lease-late", &late, &spec)),
+    );
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{message}");
     assert!(message.contains("quote.expires_at_ms"), "{message}");
 
     // The job: its owner sees it, another market client does not; its log streams.
     let path = format!("/v1/jobs/{job_id}");
-    assert_eq!(market_b.refused(Method::GET, &path, None).0, StatusCode::NOT_FOUND);
-    let followed = market_a.call(Method::GET, &format!("{path}/logs?follow=true"), None).unwrap();
-    assert!(followed.contains("hello from the lease") && followed.contains("done"), "{followed}");
+    assert_eq!(
+        market_b.refused(Method::GET, &path, None).0,
+        StatusCode::NOT_FOUND
+    );
+    let followed = market_a
+        .call(Method::GET, &format!("{path}/logs?follow=true"), None)
+        .unwrap();
+    assert!(
+        followed.contains("hello from the lease") && followed.contains("done"),
+        "{followed:?}: {}",
+        market_a.ok(Method::GET, &path, None)
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     let job = loop {
         let job = market_a.ok(Method::GET, &path, None);
@@ -306,15 +488,22 @@ fn network_api_end_to_end_over_mutual_tls() {
         std::thread::sleep(Duration::from_millis(300));
     };
     assert_eq!(job["tenant"], "market-a");
-    assert_eq!(market_a.refused(Method::DELETE, &path, None).0, StatusCode::CONFLICT);
+    assert_eq!(
+        market_a.refused(Method::DELETE, &path, None).0,
+        StatusCode::CONFLICT
+    );
 
     // Receipts: the lease's carry its quote id and the pricing plugin's hash.
     let deadline = Instant::now() + Duration::from_secs(30);
     let receipts = loop {
         let text = market_a.call(Method::GET, "/v1/receipts", None).unwrap();
-        let receipts: Vec<plinth_attestation::receipt::Receipt> =
-            text.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
-        if receipts.iter().any(|r| r.job_id == job_id && r.kind == plinth_attestation::receipt::ReceiptKind::Final) {
+        let receipts: Vec<plinth_attestation::receipt::Receipt> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        if receipts.iter().any(|r| {
+            r.job_id == job_id && r.kind == plinth_attestation::receipt::ReceiptKind::Final
+        }) {
             break receipts;
         }
         assert!(Instant::now() < deadline, "no final receipt: {text}");
@@ -328,9 +517,16 @@ fn network_api_end_to_end_over_mutual_tls() {
         receipt.verify_signature().unwrap();
     }
     let first = receipts[0].seq;
-    let after = market_a.call(Method::GET, &format!("/v1/receipts?after={first}"), None).unwrap();
+    let after = market_a
+        .call(Method::GET, &format!("/v1/receipts?after={first}"), None)
+        .unwrap();
     assert_eq!(after.lines().count(), receipts.len() - 1);
-    assert!(market_b.call(Method::GET, "/v1/receipts", None).unwrap().is_empty());
+    assert!(
+        market_b
+            .call(Method::GET, "/v1/receipts", None)
+            .unwrap()
+            .is_empty()
+    );
     let all = ops.call(Method::GET, "/v1/receipts", None).unwrap();
     assert!(all.lines().count() >= receipts.len());
 
@@ -338,17 +534,45 @@ fn network_api_end_to_end_over_mutual_tls() {
     let report = market_a.ok(Method::GET, "/v1/reports", None);
     assert_eq!(report["reported_by"]["source"], "plugin", "{report}");
     assert!(report["usage_records"].as_u64().unwrap() >= 1, "{report}");
-    assert!(report["records"].as_array().unwrap().iter().any(|r| r["key"].as_str().unwrap_or("").contains("market-a")), "{report}");
+    assert!(
+        report["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["key"].as_str().unwrap_or("").contains("market-a")),
+        "{report}"
+    );
     let (code, _) = market_a.refused(Method::GET, "/v1/reports?from=10&to=5", None);
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
 
     // The checker: liveness probe, attestation (with a TPM), the capacity challenge.
-    let probe = checker.ok(Method::POST, "/v1/liveness/probe", Some(&format!(r#"{{"nonce":"{}"}}"#, "5a".repeat(16))));
-    assert!(probe.to_string().contains("plinth-liveness-probe/1"), "{probe}");
-    assert_eq!(checker.refused(Method::POST, "/v1/liveness/probe", Some(r#"{"nonce":"zz"}"#)).0, StatusCode::BAD_REQUEST);
+    let probe = checker.ok(
+        Method::POST,
+        "/v1/liveness/probe",
+        Some(&format!(r#"{{"nonce":"{}"}}"#, "5a".repeat(16))),
+    );
+    assert!(
+        probe.to_string().contains("plinth-liveness-probe/1"),
+        "{probe}"
+    );
+    assert_eq!(
+        checker
+            .refused(
+                Method::POST,
+                "/v1/liveness/probe",
+                Some(r#"{"nonce":"zz"}"#)
+            )
+            .0,
+        StatusCode::BAD_REQUEST
+    );
     if tpm.is_some() {
-        let bundle = checker.ok(Method::POST, "/v1/attestation", Some(&format!(r#"{{"nonce":"{}"}}"#, "77".repeat(32))));
-        assert_eq!(bundle["node_key"], node_key.as_str(), "{bundle}");
+        let bundle = checker.ok(
+            Method::POST,
+            "/v1/attestation",
+            Some(&format!(r#"{{"nonce":"{}"}}"#, "77".repeat(32))),
+        );
+        assert_eq!(bundle["claims"]["node_public_key"], node_key.as_str());
+        assert_eq!(bundle["nonce"], "77".repeat(32));
     }
 
     // 429 past the client's rate, with Retry-After.
@@ -356,15 +580,32 @@ fn network_api_end_to_end_over_mutual_tls() {
     let refused = (0..120)
         .filter_map(|_| flood.call(Method::GET, "/v1/openapi.json", None).err())
         .collect::<Vec<_>>();
-    assert!(!refused.is_empty(), "120 requests at once stayed under a burst of 40");
-    assert!(refused.iter().all(|(code, _)| *code == StatusCode::TOO_MANY_REQUESTS), "{refused:?}");
+    assert!(
+        !refused.is_empty(),
+        "120 requests at once stayed under a burst of 40"
+    );
+    assert!(
+        refused
+            .iter()
+            .all(|(code, _)| *code == StatusCode::TOO_MANY_REQUESTS),
+        "{refused:?}"
+    );
     market_a.ok(Method::GET, "/v1/openapi.json", None);
 
     // Every answer was counted by route template under api="network"; none was a 5xx.
     let metrics = node.ctl_ok(&["metrics"]);
-    assert!(metrics.contains(r#"api="network",method="POST",route="/v1/leases",status="201""#), "{metrics}");
-    assert!(metrics.contains(r#"api="network",method="GET",route="/v1/openapi.json",status="429""#), "{metrics}");
-    for line in metrics.lines().filter(|line| line.starts_with("plinth_api_requests_total{api=\"network\"")) {
+    assert!(
+        metrics.contains(r#"api="network",method="POST",route="/v1/leases",status="201""#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"api="network",method="GET",route="/v1/openapi.json",status="429""#),
+        "{metrics}"
+    );
+    for line in metrics
+        .lines()
+        .filter(|line| line.starts_with("plinth_api_requests_total{api=\"network\""))
+    {
         assert!(!line.contains("status=\"5"), "{line}");
     }
 }
@@ -380,7 +621,10 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation() {
         .map(PathBuf::from)
         .unwrap_or_else(|| plinth_tests::repo_root().join("target/py/bin/st"));
     if !st.exists() {
-        eprintln!("SKIP: schemathesis is not installed at {} (make py-deps installs it)", st.display());
+        eprintln!(
+            "SKIP: schemathesis is not installed at {} (make py-deps installs it)",
+            st.display()
+        );
         return;
     }
     if !plinth_tests::jobs_available("the schemathesis run") {
@@ -439,9 +683,15 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     let output = command.output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     eprintln!("{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success(), "schemathesis found failures (above)");
+    assert!(
+        output.status.success(),
+        "schemathesis found failures (above)"
+    );
     let metrics = node.ctl_ok(&["metrics"]);
-    for line in metrics.lines().filter(|line| line.starts_with("plinth_api_requests_total{api=\"network\"")) {
+    for line in metrics
+        .lines()
+        .filter(|line| line.starts_with("plinth_api_requests_total{api=\"network\""))
+    {
         assert!(!line.contains("status=\"5"), "{line}");
     }
 }

@@ -112,14 +112,18 @@ pub fn pricing_sha256(config: &FallbackConfig) -> String {
 }
 
 /// First fit: the lowest-numbered free, usable GPUs; defer when they exist but are busy.
+/// A CPU-only request (no GPU wanted) is admitted without one.
 pub fn schedule(
     config: &FallbackConfig,
     request: &JobRequest,
     state: &HostState,
 ) -> ScheduleDecision {
     let wanted = request.gpu_count as usize;
+    if wanted == 0 {
+        return ScheduleDecision::Admit(Vec::new());
+    }
     let n_usable = state.gpus.iter().filter(|gpu| usable(request, gpu)).count();
-    if wanted == 0 || n_usable < wanted {
+    if n_usable < wanted {
         return ScheduleDecision::Reject(format!(
             "built-in policy: {n_usable} usable gpus, {wanted} wanted"
         ));

@@ -301,7 +301,8 @@ pub async fn bench_quotes(client: &AdminClient, args: BenchQuotesArgs) -> Result
                     break;
                 }
                 if rate > 0 {
-                    let due = started + std::time::Duration::from_secs_f64(index as f64 / rate as f64);
+                    let due =
+                        started + std::time::Duration::from_secs_f64(index as f64 / rate as f64);
                     tokio::time::sleep_until(due.into()).await;
                 }
                 let body = serde_json::json!({
@@ -312,7 +313,10 @@ pub async fn bench_quotes(client: &AdminClient, args: BenchQuotesArgs) -> Result
                 .to_string()
                 .into_bytes();
                 let sent = std::time::Instant::now();
-                match connection.exchange(hyper::Method::POST, "/v1/quotes", body).await {
+                match connection
+                    .exchange(hyper::Method::POST, "/v1/quotes", body)
+                    .await
+                {
                     Ok((status, _)) if status.is_success() => {
                         latencies.push(sent.elapsed().as_micros() as u64);
                     }

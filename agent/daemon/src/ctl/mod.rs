@@ -107,7 +107,10 @@ pub async fn run(cli: CtlCli) -> Result<(), CtlError> {
         && cli.node_key.is_none()
         && let Some(key) = remote.node_key()
     {
-        eprintln!("plinthctl: {} proved node key {key} (pass --node-key to require it)", remote.authority);
+        eprintln!(
+            "plinthctl: {} proved node key {key} (pass --node-key to require it)",
+            remote.authority
+        );
     }
     result
 }

@@ -128,7 +128,9 @@ async fn json_errors(request: axum::extract::Request, next: axum::middleware::Ne
         return response;
     }
     let (parts, body) = response.into_parts();
-    let text = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
     let message = String::from_utf8_lossy(&text).trim().to_owned();
     let message = if message.is_empty() {
         status.canonical_reason().unwrap_or("error").to_owned()
@@ -173,11 +175,8 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|source| NetApiError::Bind { address, source })?;
-    let listener =
-        tls::TlsListener::new(listener, config).map_err(|source| NetApiError::Bind {
-            address,
-            source,
-        })?;
+    let listener = tls::TlsListener::new(listener, config)
+        .map_err(|source| NetApiError::Bind { address, source })?;
     let local = axum::serve::Listener::local_addr(&listener)
         .map(|peer| peer.address)
         .unwrap_or(address);

@@ -71,18 +71,23 @@ struct MutualTls;
 impl Modify for MutualTls {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let error = || {
-            utoipa::openapi::ResponseBuilder::new()
-                .content(
-                    "application/json",
-                    utoipa::openapi::ContentBuilder::new()
-                        .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
-                        .build(),
-                )
+            utoipa::openapi::ResponseBuilder::new().content(
+                "application/json",
+                utoipa::openapi::ContentBuilder::new()
+                    .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
         };
         let common = [
-            ("401", "no client certificate, or one not pinned in [[api.clients]]"),
+            (
+                "401",
+                "no client certificate, or one not pinned in [[api.clients]]",
+            ),
             ("403", "the client's role may not call this route"),
-            ("429", "the client is over its rate (Retry-After says when to retry)"),
+            (
+                "429",
+                "the client is over its rate (Retry-After says when to retry)",
+            ),
         ];
         for item in openapi.paths.paths.values_mut() {
             let operations = [&mut item.get, &mut item.post, &mut item.delete];
@@ -169,7 +174,10 @@ mod tests {
     fn document_in_the_repository_is_current() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json");
         let generated = document_json().unwrap();
-        assert!(generated.contains("\"openapi\": \"3.1.0\""), "not OpenAPI 3.1");
+        assert!(
+            generated.contains("\"openapi\": \"3.1.0\""),
+            "not OpenAPI 3.1"
+        );
         if std::env::var_os("PLINTH_UPDATE_OPENAPI").is_some() {
             std::fs::write(&path, &generated).unwrap();
         }

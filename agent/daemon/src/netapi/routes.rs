@@ -25,7 +25,7 @@ use super::NetState;
 use super::auth::{Caller, Role};
 use super::quotes::{
     LeaseAnswer, LeaseRequest, Priced, QuoteError, QuoteRequest, Refusal, SignedQuote,
-    check_assignment, check_id, pricing_policy, priced, unsigned_quote,
+    check_assignment, check_id, priced, pricing_policy, unsigned_quote,
 };
 use crate::api::error_response;
 use crate::jobs::{JobInfo, QuotedTerms, SubmitRequest};
@@ -208,7 +208,10 @@ fn quote(net: &NetState, request: &QuoteRequest) -> Result<Response, RouteError>
         Some(plugins) => {
             let active = plugins.policies().active(PluginKind::Pricing);
             let decided = plugins.policies().price(&job_request, &pricing_state);
-            (decided, active.map(|plugin| plugin.info().wasm_sha256.clone()))
+            (
+                decided,
+                active.map(|plugin| plugin.info().wasm_sha256.clone()),
+            )
         }
         None => (
             plinth_plugin_host::Decided {
@@ -452,7 +455,12 @@ fn schedule(
         serde_json::to_value(&decided.source).map_err(|err| RouteError::Task(err.to_string()))?;
     let who = match &decided.source {
         plinth_plugin_host::DecisionSource::Plugin { name, .. } => format!("plugin {name}"),
-        plinth_plugin_host::DecisionSource::BuiltIn { .. } => "the built-in policy".to_owned(),
+        plinth_plugin_host::DecisionSource::BuiltIn {
+            plugin_error: Some(error),
+        } => format!("the built-in policy, as the plugin failed: {error}"),
+        plinth_plugin_host::DecisionSource::BuiltIn { plugin_error: None } => {
+            "the built-in policy".to_owned()
+        }
     };
     let indices = match decided.value {
         ScheduleDecision::Admit(indices) => indices,
@@ -471,16 +479,15 @@ fn schedule(
             }));
         }
     };
-    let uuids = check_assignment(&indices, quote.request.gpu_count, &host_state).map_err(
-        |reason| {
+    let uuids =
+        check_assignment(&indices, quote.request.gpu_count, &host_state).map_err(|reason| {
             tracing::warn!(policy = %who, %reason, "refused a scheduling policy's GPU assignment");
             RouteError::Refused(Refusal {
                 error: format!("the host refused the assignment of the scheduling policy ({who})"),
                 reason,
                 retry_after_s: None,
             })
-        },
-    )?;
+        })?;
     let report = agent.gpus.report();
     let mut devices = Vec::with_capacity(uuids.len());
     for uuid in &uuids {
@@ -510,7 +517,9 @@ fn own_job(net: &NetState, caller: &Caller, id: &str) -> Result<JobInfo, RouteEr
     let manager = net.agent.jobs.clone().ok_or(RouteError::NoJobs)?;
     match manager.get(id) {
         Ok(job) if caller.role == Role::Admin || job.tenant == caller.name => Ok(job),
-        Ok(_) | Err(crate::jobs::JobsError::NotFound { .. }) => Err(RouteError::NoJob(id.to_owned())),
+        Ok(_) | Err(crate::jobs::JobsError::NotFound { .. }) => {
+            Err(RouteError::NoJob(id.to_owned()))
+        }
         Err(err) => Err(err.into()),
     }
 }
@@ -546,11 +555,7 @@ pub async fn cancel_job(
         own_job(&net, &caller, &id)?;
         let manager = net.agent.jobs.clone().ok_or(RouteError::NoJobs)?;
         manager.cancel(&id)?;
-        Ok((
-            StatusCode::ACCEPTED,
-            Json(crate::jobs::SubmitAnswer { id }),
-        )
-            .into_response())
+        Ok((StatusCode::ACCEPTED, Json(crate::jobs::SubmitAnswer { id })).into_response())
     })
     .await
 }
@@ -768,7 +773,9 @@ fn report(net: &NetState, caller: &Caller, from: u64, to: u64) -> Result<ReportA
 }
 
 /// The reporting policy's usage record of one receipt.
-pub fn usage_record(receipt: &plinth_attestation::receipt::Receipt) -> plinth_plugin_host::UsageRecord {
+pub fn usage_record(
+    receipt: &plinth_attestation::receipt::Receipt,
+) -> plinth_plugin_host::UsageRecord {
     let gpu_count = receipt.usage.gpus.as_ref().map_or(0, Vec::len) as u32;
     let wall_ms = receipt.usage.wall_ms.max(1);
     let utilisation_pct = match (receipt.usage.gpu_ms, gpu_count) {
