@@ -78,7 +78,7 @@ impl ClientIdentity {
         let certificate = params.self_signed(&key).map_err(RemoteError::Generate)?;
         Ok(ClientIdentity {
             certificate: certificate.der().to_vec(),
-            key: key.serialize_der(),
+            key: pkcs8_v1(&key.serialize_der()),
         })
     }
 
@@ -122,6 +122,28 @@ impl ClientIdentity {
         crate::netapi::tls::certificate_spki(&self.certificate)
             .map(|spki| crate::netapi::tls::sha256_hex(&spki))
             .unwrap_or_default()
+    }
+}
+
+/// The RFC 8410 PKCS#8 v1 form of an Ed25519 key that ring wrote as v2 (with the public
+/// key): OpenSSL 3.0, and so Python, curl and schemathesis, read only v1; rustls reads
+/// both. Any other document is returned as it is.
+fn pkcs8_v1(der: &[u8]) -> Vec<u8> {
+    // SEQUENCE (any length), version 1, the Ed25519 algorithm, the 32-byte seed.
+    const V2_AFTER_LENGTH: [u8; 14] = [
+        0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+    ];
+    const V1_PREFIX: [u8; 16] = [
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    match (der.first(), der.get(2..16), der.get(16..48)) {
+        (Some(0x30), Some(after), Some(seed)) if after == V2_AFTER_LENGTH => {
+            let mut v1 = V1_PREFIX.to_vec();
+            v1.extend_from_slice(seed);
+            v1
+        }
+        _ => der.to_vec(),
     }
 }
 

@@ -663,7 +663,7 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation() {
             "--checks",
             "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
             "--max-examples",
-            "40",
+            "100",
             "--seed",
             "1",
             "--workers",

@@ -121,6 +121,17 @@ async fn show(State(state): State<SharedState>, Path(id): Path<String>) -> Respo
     }
 }
 
+/// Which of a job's logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    /// Standard output (the default).
+    #[default]
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
 /// Query of the logs endpoint.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -128,20 +139,16 @@ async fn show(State(state): State<SharedState>, Path(id): Path<String>) -> Respo
 pub struct LogsQuery {
     /// `stdout` (default) or `stderr`.
     #[serde(default)]
-    pub stream: Option<String>,
+    pub stream: Option<LogStream>,
     /// Keep the answer open and send new output until the job ends.
     #[serde(default)]
     pub follow: Option<bool>,
 }
 
 impl LogsQuery {
-    /// Whether standard error is asked for; `Err` names the bad value.
-    pub fn stderr(&self) -> Result<bool, String> {
-        match self.stream.as_deref() {
-            None | Some("stdout") => Ok(false),
-            Some("stderr") => Ok(true),
-            Some(other) => Err(format!("stream: {other:?} is not stdout or stderr")),
-        }
+    /// Whether standard error is asked for.
+    pub fn stderr(&self) -> bool {
+        self.stream == Some(LogStream::Stderr)
     }
 }
 
@@ -157,10 +164,7 @@ async fn logs(
         Ok(Query(query)) => query,
         Err(err) => return error_response(StatusCode::BAD_REQUEST, err.body_text()),
     };
-    let stderr = match query.stderr() {
-        Ok(stderr) => stderr,
-        Err(message) => return error_response(StatusCode::BAD_REQUEST, message),
-    };
+    let stderr = query.stderr();
     let job_id = id.clone();
     let lookup = manager.clone();
     if let Err(response) = blocking(move || lookup.get(&job_id)).await {

@@ -18,6 +18,7 @@ use super::routes::{ReportAnswer, ReportEntry};
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, ToSchema)]
 pub struct NonceBody {
     /// The checker's nonce: lowercase hex, 16 to 64 bytes.
+    #[schema(pattern = "^([0-9a-f]{2}){16,64}$")]
     pub nonce: String,
 }
 
@@ -147,6 +148,7 @@ impl Modify for MutualTls {
     components(schemas(
         QuoteRequest, JobRequestBody, SignedQuote, QuoteOffer, PricingPolicy, LeaseRequest,
         LeaseAnswer, Refusal, ReportAnswer, ReportEntry, NonceBody, crate::api::ErrorBody,
+        crate::api::jobs::LogStream,
         crate::jobs::SubmitAnswer
     )),
     modifiers(&MutualTls),

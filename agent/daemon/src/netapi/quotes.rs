@@ -60,14 +60,17 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> QuoteError {
 #[serde(deny_unknown_fields)]
 pub struct JobRequestBody {
     /// Number of GPUs wanted.
+    #[schema(maximum = 64)]
     pub gpu_count: u32,
     /// Wanted GPU model (substring of the product name), if the tenant cares.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 128)]
     pub gpu_model: Option<String>,
     /// Minimum memory per GPU in MiB.
     #[serde(default)]
     pub min_gpu_memory_mib: u64,
     /// Expected run time in seconds.
+    #[schema(minimum = 1, maximum = 2592000)]
     pub duration_s: u64,
     /// Highest total price the tenant accepts, in micro-units.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -121,6 +124,7 @@ pub struct QuoteRequest {
     /// The caller's name as configured (must be the authenticated client).
     pub client_id: String,
     /// The caller's id for this quote (idempotency key): 1 to 128 of `[A-Za-z0-9_.:@-]`.
+    #[schema(pattern = "^[A-Za-z0-9_.:@-]{1,128}$")]
     pub quote_id: String,
     /// What the tenant wants.
     pub request: JobRequestBody,
@@ -394,7 +398,8 @@ pub fn check_assignment(
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseRequest {
-    /// The caller's id for this lease (idempotency key).
+    /// The caller's id for this lease (idempotency key): 1 to 128 of `[A-Za-z0-9_.:@-]`.
+    #[schema(pattern = "^[A-Za-z0-9_.:@-]{1,128}$")]
     pub lease_id: String,
     /// The signed quote, exactly as `POST /v1/quotes` answered it.
     pub quote: SignedQuote,

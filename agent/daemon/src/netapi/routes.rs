@@ -575,10 +575,7 @@ pub async fn job_logs(
     query: Result<Query<crate::api::jobs::LogsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, RouteError> {
     let Query(query) = query.map_err(|err| RouteError::NotJson(err.body_text()))?;
-    let stderr = query.stderr().map_err(|reason| RouteError::Field {
-        field: "stream".to_owned(),
-        reason,
-    })?;
+    let stderr = query.stderr();
     let job_net = net.clone();
     let job_id = id.clone();
     blocking(move || own_job(&job_net, &caller, &job_id)).await?;
