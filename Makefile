@@ -18,7 +18,7 @@ APT_PACKAGES := build-essential pkg-config libtss2-dev swtpm swtpm-tools tpm2-to
 	runc busybox-static sqlite3 debootstrap systemd-container docker-registry skopeo openssl \
 	dpkg-dev lintian rpm rpmlint prometheus
 
-.PHONY: demo test deps js-deps fmt clippy unit build fuzz-check bench-idle dist dist-check \
+.PHONY: demo test deps js-deps py-deps fmt clippy unit build fuzz-check bench-idle dist dist-check \
 	unprivileged-jobs install-test
 
 deps:
@@ -45,6 +45,14 @@ js-deps:
 	[ "$$major" -ge 18 ] || { echo "Node.js $$(node --version) is older than 18"; exit 1; }
 	cd plugins/examples/js && npm ci --no-audit --no-fund --prefer-offline
 
+# Python tools of the tests, pinned, in a virtual environment under target/py:
+# schemathesis runs against the network API's OpenAPI document and the live server.
+SCHEMATHESIS_VERSION := 4.32.5
+py-deps:
+	@[ -x target/py/bin/st ] && target/py/bin/st --version 2>/dev/null | grep -q "$(SCHEMATHESIS_VERSION)" || { \
+		echo "installing: schemathesis $(SCHEMATHESIS_VERSION) into target/py"; \
+		python3 -m venv target/py && target/py/bin/pip install -q "schemathesis==$(SCHEMATHESIS_VERSION)"; }
+
 build: deps
 	$(CARGO) build --workspace --bins
 
@@ -68,7 +76,7 @@ clippy:
 unit:
 	$(CARGO) test --workspace --no-fail-fast
 
-test: deps js-deps fmt clippy unit fuzz-check unprivileged-jobs
+test: deps js-deps py-deps fmt clippy unit fuzz-check unprivileged-jobs
 
 # What an idle agent costs (CPU, wake-ups, RSS, fds over 60 s; see docs/ARCHITECTURE.md).
 bench-idle: deps

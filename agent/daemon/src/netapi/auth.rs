@@ -166,52 +166,6 @@ impl RateLimiter {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-
-    #[test]
-    fn bucket_allows_the_burst_then_the_rate() {
-        let limiter = RateLimiter::new(10, 3);
-        let start = Instant::now();
-        for _ in 0..3 {
-            limiter.take("a", start).unwrap();
-        }
-        let wait = limiter.take("a", start).unwrap_err();
-        assert!((wait - 0.1).abs() < 1e-6, "{wait}");
-        limiter.take("b", start).unwrap();
-        limiter
-            .take("a", start + Duration::from_millis(100))
-            .unwrap();
-        assert!(
-            limiter
-                .take("a", start + Duration::from_millis(100))
-                .is_err()
-        );
-    }
-
-    #[test]
-    fn checker_routes() {
-        assert!(checker_may(&Method::POST, "/v1/attestation"));
-        assert!(checker_may(&Method::POST, "/v1/challenges/abc/open"));
-        assert!(checker_may(&Method::POST, "/v1/liveness/probe"));
-        assert!(!checker_may(&Method::GET, "/v1/attestation"));
-        assert!(!checker_may(&Method::POST, "/v1/attestation/enrollment"));
-        assert!(!checker_may(&Method::POST, "/v1/quotes"));
-        assert!(!checker_may(&Method::GET, "/v1/jobs"));
-    }
-
-    #[test]
-    fn roles_parse() {
-        for role in [Role::Market, Role::Checker, Role::Admin] {
-            assert_eq!(Role::parse(role.as_str()), Some(role));
-        }
-        assert_eq!(Role::parse("root"), None);
-    }
-}
-
 /// Whether a `market` client may call `method path`: quotes, leases, its jobs and their
 /// logs, receipts, reports, the OpenAPI document.
 pub fn market_may(method: &Method, path: &str) -> bool {
@@ -306,4 +260,62 @@ fn unauthorized(reason: String) -> Response {
         HeaderValue::from_static("MutualTLS"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn bucket_allows_the_burst_then_the_rate() {
+        let limiter = RateLimiter::new(10, 3);
+        let start = Instant::now();
+        for _ in 0..3 {
+            limiter.take("a", start).unwrap();
+        }
+        let wait = limiter.take("a", start).unwrap_err();
+        assert!((wait - 0.1).abs() < 1e-6, "{wait}");
+        limiter.take("b", start).unwrap();
+        limiter
+            .take("a", start + Duration::from_millis(100))
+            .unwrap();
+        assert!(
+            limiter
+                .take("a", start + Duration::from_millis(100))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn checker_routes() {
+        assert!(checker_may(&Method::POST, "/v1/attestation"));
+        assert!(checker_may(&Method::POST, "/v1/challenges/abc/open"));
+        assert!(checker_may(&Method::POST, "/v1/liveness/probe"));
+        assert!(!checker_may(&Method::GET, "/v1/attestation"));
+        assert!(!checker_may(&Method::POST, "/v1/attestation/enrollment"));
+        assert!(!checker_may(&Method::POST, "/v1/quotes"));
+        assert!(!checker_may(&Method::GET, "/v1/jobs"));
+    }
+
+    #[test]
+    fn market_routes() {
+        assert!(market_may(&Method::POST, "/v1/quotes"));
+        assert!(market_may(&Method::DELETE, "/v1/jobs/j1"));
+        assert!(market_may(&Method::GET, "/v1/jobs/j1/logs"));
+        assert!(!market_may(&Method::GET, "/v1/jobs"));
+        assert!(!market_may(&Method::POST, "/v1/jobs/j1/cancel"));
+        assert!(!market_may(&Method::POST, "/v1/attestation"));
+        assert!(role_may(Role::Admin, &Method::POST, "/v1/plugins/reload"));
+        assert!(!role_may(Role::Checker, &Method::POST, "/v1/leases"));
+    }
+
+    #[test]
+    fn roles_parse() {
+        for role in [Role::Market, Role::Checker, Role::Admin] {
+            assert_eq!(Role::parse(role.as_str()), Some(role));
+        }
+        assert_eq!(Role::parse("root"), None);
+    }
 }
