@@ -657,7 +657,7 @@ pub struct ApiSection {
     /// agent's primary group.
     pub socket_group: Option<String>,
     /// Address (`host:port`) of the remote network API (HTTP/JSON over mutual TLS); unset
-    /// (the default) serves no network API. See docs/api.md.
+    /// (the default) or empty serves no network API. See docs/api.md.
     pub listen: Option<String>,
     /// The clients of the network API, each pinned by its certificate.
     pub clients: Vec<ApiClientSection>,
@@ -693,6 +693,7 @@ impl ApiSection {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: String, message: String| ConfigError::Validate { key, message };
         if let Some(listen) = &self.listen
+            && !listen.is_empty()
             && listen.parse::<std::net::SocketAddr>().is_err()
         {
             return Err(invalid(

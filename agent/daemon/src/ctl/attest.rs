@@ -48,9 +48,19 @@ pub enum AttestCommand {
     },
 }
 
-/// Errors of `plinthctl attest` before the agent is asked.
+/// Errors of `plinthctl attest` before the agent is asked, and of its checks after.
 #[derive(Debug, thiserror::Error)]
 pub enum AttestCtlError {
+    /// The bundle names another node key than the one that served the TLS connection.
+    #[error(
+        "the bundle's node key {bundle} is not the key {served_by} that served this connection: the endpoint is not the attested node"
+    )]
+    OtherNode {
+        /// The bundle's node key.
+        bundle: String,
+        /// The TLS handshake's node key.
+        served_by: String,
+    },
     /// No nonce.
     #[error("--nonce HEX is required: the verifier's nonce (16 to 64 bytes) binds the bundle")]
     NoNonce,
@@ -106,6 +116,23 @@ pub async fn run(client: &AdminClient, args: AttestArgs) -> Result<(), CtlError>
             let bundle: EvidenceBundle = client
                 .post("/v1/attestation", &AttestRequest { nonce })
                 .await?;
+            // Over the network API the bundle must vouch for the endpoint: its node key
+            // is the key that signed this TLS handshake (docs/api.md).
+            if let Some(remote) = client.remote_target() {
+                let served_by = remote.node_key().unwrap_or_default();
+                let claimed = bundle.claims.node_public_key.to_string();
+                if claimed != served_by {
+                    return Err(AttestCtlError::OtherNode {
+                        bundle: claimed,
+                        served_by,
+                    }
+                    .into());
+                }
+                eprintln!(
+                    "the bundle's node key {served_by} is the key that served this TLS connection; \
+                     check the bundle with `plinth-verify bundle --nonce ...`"
+                );
+            }
             emit(&bundle, args.out.as_deref())
         }
         Some(AttestCommand::Enroll { out }) => {
