@@ -18,7 +18,7 @@ APT_PACKAGES := build-essential pkg-config libtss2-dev swtpm swtpm-tools tpm2-to
 	runc busybox-static sqlite3 debootstrap systemd-container docker-registry skopeo openssl \
 	dpkg-dev lintian rpm rpmlint prometheus
 
-.PHONY: demo test deps js-deps py-deps fmt clippy unit build fuzz-check bench-idle dist dist-check \
+.PHONY: demo demo-check test deps js-deps py-deps fmt clippy unit build fuzz-check bench-idle dist dist-check \
 	unprivileged-jobs install-test
 
 deps:
@@ -59,6 +59,11 @@ build: deps
 demo: build
 	bash tests/demo.sh
 
+# The demo as a check (make test): the binaries the tests built, no rebuild.
+demo-check:
+	bash tests/demo.sh > target/demo.log 2>&1 || { tail -n 60 target/demo.log; exit 1; }
+	@tail -n 1 target/demo.log
+
 # The fuzz targets and the example plugins are workspaces of their own.
 fmt:
 	$(CARGO) fmt --all --check
@@ -76,7 +81,7 @@ clippy:
 unit:
 	$(CARGO) test --workspace --no-fail-fast
 
-test: deps js-deps py-deps fmt clippy unit fuzz-check unprivileged-jobs
+test: deps js-deps py-deps fmt clippy unit fuzz-check unprivileged-jobs demo-check
 
 # What an idle agent costs (CPU, wake-ups, RSS, fds over 60 s; see docs/ARCHITECTURE.md).
 bench-idle: deps

@@ -46,8 +46,17 @@ fn usable(request: &JobRequest, gpu: &crate::Gpu) -> bool {
 }
 
 /// Flat-rate pricing: refuse when the host cannot run the request now or the tenant's
-/// maximum is below the price.
+/// maximum is below the price. The policy prices GPU time only: a CPU-only request is
+/// offered at 0, as its receipts will charge ([`period_price`] of no GPUs).
 pub fn price(config: &FallbackConfig, request: &JobRequest, state: &PricingState) -> PriceDecision {
+    if request.gpu_count == 0 {
+        return PriceDecision::Offer(Quote {
+            price_micros: 0,
+            currency: config.currency.clone(),
+            billable_s: request.duration_s.max(config.min_billable_s),
+            gpu_hour_micros: config.gpu_hour_micros,
+        });
+    }
     let n_free: u64 = state
         .classes
         .iter()
@@ -62,7 +71,7 @@ pub fn price(config: &FallbackConfig, request: &JobRequest, state: &PricingState
         })
         .map(|class| u64::from(class.free))
         .sum();
-    if request.gpu_count == 0 || n_free < u64::from(request.gpu_count) {
+    if n_free < u64::from(request.gpu_count) {
         return PriceDecision::Refuse(format!(
             "built-in policy: {n_free} matching free gpus, {} wanted",
             request.gpu_count
@@ -87,12 +96,11 @@ pub fn price(config: &FallbackConfig, request: &JobRequest, state: &PricingState
 }
 
 /// Name and version of the built-in pricing policy, part of what [`pricing_sha256`] hashes.
-pub const PRICING_POLICY_NAME: &str = "plinth-builtin-pricing/2";
+pub const PRICING_POLICY_NAME: &str = "plinth-builtin-pricing/3";
 
 /// The built-in rate applied to a metered period, for usage receipts: `gpu_hour_micros`
 /// per GPU-hour of wall time, rounded up to a whole micro-unit. A job without GPUs costs
-/// nothing under the built-in policy (its quote would be refused); a pricing plugin can
-/// charge for CPU time. The quote's `min_billable_s` applies to quotes, not to periods.
+/// nothing under the built-in policy (its quote is 0 too). The quote's `min_billable_s` applies to quotes, not to periods.
 pub fn period_price(config: &FallbackConfig, n_gpus: u64, wall_ms: u64) -> u64 {
     u128::from(config.gpu_hour_micros)
         .checked_mul(u128::from(n_gpus))

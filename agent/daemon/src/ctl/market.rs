@@ -131,15 +131,23 @@ pub async fn quote(client: &AdminClient, args: QuoteArgs) -> Result<(), CtlError
     };
     let quote: SignedQuote = client.post("/v1/quotes", &request).await?;
     eprintln!(
-        "quote {}: {} micro-{} for {} s ({} per GPU-hour), priced by {} {} (sha256 {}), valid until {} ms",
+        "quote {}: {} micro-{} for {} s ({} per GPU-hour), priced by {} (sha256 {}){}, valid until {} ms",
         quote.quote_id,
         quote.offer.price_micros,
         quote.offer.currency,
         quote.offer.billable_s,
         quote.offer.gpu_hour_micros,
-        quote.pricing.source,
-        quote.pricing.name.as_deref().unwrap_or(""),
+        match (&quote.pricing.name, &quote.pricing.version) {
+            (Some(name), Some(version)) => format!("plugin {name} {version}"),
+            _ => "the built-in policy".to_owned(),
+        },
         &quote.pricing.sha256[..quote.pricing.sha256.len().min(16)],
+        quote
+            .pricing
+            .plugin_error
+            .as_ref()
+            .map(|error| format!(" because the plugin failed: {error}"))
+            .unwrap_or_default(),
         quote.expires_at_ms
     );
     let mut text = serde_json::to_string_pretty(&quote)?;
