@@ -19,7 +19,7 @@ APT_PACKAGES := build-essential pkg-config libtss2-dev swtpm swtpm-tools tpm2-to
 	dpkg-dev lintian rpm rpmlint prometheus
 
 .PHONY: demo demo-check test deps js-deps py-deps fmt clippy unit build fuzz-check bench-idle dist dist-check \
-	unprivileged-jobs install-test
+	unprivileged-jobs install-test bench-quotes
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
@@ -87,6 +87,12 @@ test: deps js-deps py-deps fmt clippy unit fuzz-check unprivileged-jobs demo-che
 bench-idle: deps
 	$(CARGO) build --release -p plinth-agent --bins
 	bash benches/idle-agent.sh
+
+# The network API under load: quotes/s, latency percentiles, agent RSS and CPU idle and
+# under load (docs/api.md, "Benchmark").
+bench-quotes: deps
+	$(CARGO) build --release -p plinth-agent --bins
+	bash benches/quote-load.sh
 
 # Packaging (docs/packaging.md). `make dist` builds the .deb and the .rpm into target/dist/
 # (installing the pinned cargo-deb, cargo-generate-rpm and cargo-about it needs);
