@@ -695,3 +695,50 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation() {
         assert!(!line.contains("status=\"5"), "{line}");
     }
 }
+
+/// A bounded loopback load test: 400 quotes offered at 200 a second over 4 keep-alive
+/// TLS connections, priced by a real wasm plugin, every one answered and signed. The
+/// percentiles are printed, not asserted (timing belongs to `make bench-quotes`, whose
+/// release-build numbers are in docs/api.md).
+#[test]
+fn bounded_load_of_concurrent_quotes_all_answered() {
+    let Some(plugins) = plinth_tests::example_plugins().unwrap() else {
+        return;
+    };
+    let identity = ClientIdentity::generate("load").unwrap();
+    let port = free_port();
+    let node = Node::new("");
+    let key = node.path("author.key");
+    let author = node.ctl_ok(&["plugin", "keygen", key.to_str().unwrap()]).trim().to_owned();
+    node.configure(&format!(
+        "[api]\nlisten = \"127.0.0.1:{port}\"\nrate_per_second = 100000\nrate_burst = 100000\n\
+         [[api.clients]]\nname = \"load\"\nrole = \"market\"\ncert_sha256 = \"{}\"\n\
+         [plugins]\ntrusted_keys = [\"{author}\"]\n",
+        identity.spki_sha256()
+    ));
+    std::fs::create_dir_all(node.path("state/plugins")).unwrap();
+    let package = sign_plugin(&node, &plugins.join("plinth_hostile_misbehave.wasm"), "fixed-pricing", "pricing", &key);
+    std::fs::copy(&package, node.path("state/plugins/pricing.plinthpkg")).unwrap();
+    let pem = node.path("load.pem");
+    std::fs::write(&pem, identity.to_pem()).unwrap();
+    let _agent = node.start();
+    let url = format!("https://127.0.0.1:{port}");
+    let output = node
+        .command(common::CTL)
+        .args(["--remote", &url, "--identity"])
+        .arg(&pem)
+        .args(["bench-quotes", "--client", "load", "--count", "400", "--rate", "200", "--connections", "4", "--max-seconds", "60", "--json"])
+        .output()
+        .unwrap();
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|err| panic!("{err}: {}", common::stderr(&output)));
+    eprintln!("bounded load (debug build): {result}");
+    assert_eq!(result["ok"], 400, "{result}");
+    assert_eq!(result["errors"], 0, "{result}");
+    assert!(result["p50_us"].as_u64().unwrap() <= result["p99_us"].as_u64().unwrap());
+    let stored: i64 = rusqlite::Connection::open(node.path("state/plinth.db"))
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM api_quotes WHERE client = 'load'", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(stored, 400, "every quote was stored for its lease");
+}

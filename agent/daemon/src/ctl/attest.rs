@@ -24,6 +24,16 @@ pub struct AttestArgs {
     /// Write the bundle here instead of standard output.
     #[arg(short = 'o', long = "out", value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// Also verify the bundle here, with the auditor's library (what `plinth-verify
+    /// bundle` checks), and fail unless it verifies.
+    #[arg(long)]
+    pub verify: bool,
+    /// AK record of the node's enrolled AK, for --verify (`plinth-verify enroll finish -o`).
+    #[arg(long, value_name = "FILE", requires = "verify")]
+    pub ak_record: Vec<PathBuf>,
+    /// Appraisal policy (TOML) for --verify.
+    #[arg(long, value_name = "FILE", requires = "verify")]
+    pub policy: Option<PathBuf>,
 }
 
 /// The agent's half of AK enrollment.
@@ -51,6 +61,20 @@ pub enum AttestCommand {
 /// Errors of `plinthctl attest` before the agent is asked, and of its checks after.
 #[derive(Debug, thiserror::Error)]
 pub enum AttestCtlError {
+    /// An --ak-record or --policy file cannot be read or parsed.
+    #[error("{path}: {reason}")]
+    VerifyInput {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// --verify: the bundle did not verify; the report says why.
+    #[error("the bundle does not verify: {first_failure}")]
+    NotVerified {
+        /// The first failing check.
+        first_failure: String,
+    },
     /// The bundle names another node key than the one that served the TLS connection.
     #[error(
         "the bundle's node key {bundle} is not the key {served_by} that served this connection: the endpoint is not the attested node"
@@ -108,13 +132,72 @@ fn emit(value: &impl serde::Serialize, out: Option<&Path>) -> Result<(), CtlErro
     }
 }
 
+/// Verifies `bundle` for `nonce` with plinth-attestation (the library behind
+/// plinth-verify) and prints its report to standard error.
+fn verify_bundle(
+    bundle: &EvidenceBundle,
+    nonce: &str,
+    ak_records: &[PathBuf],
+    policy: Option<&Path>,
+) -> Result<(), CtlError> {
+    use plinth_attestation::bundle::verify::{BundleContext, verify};
+    let input = |path: &Path, reason: String| AttestCtlError::VerifyInput {
+        path: path.to_owned(),
+        reason,
+    };
+    let records = ak_records
+        .iter()
+        .map(|path| {
+            let bytes = std::fs::read(path).map_err(|err| input(path, err.to_string()))?;
+            plinth_attestation::enroll::AkRecord::parse(&bytes)
+                .map_err(|err| input(path, crate::error_chain(&err)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let policy = match policy {
+        Some(path) => plinth_attestation::policy::Policy::load(path)
+            .map_err(|err| input(path, crate::error_chain(&err)))?,
+        None => plinth_attestation::policy::Policy::default(),
+    };
+    let nonce = hex::decode(nonce.trim()).map_err(|_| AttestCtlError::NoNonce)?;
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs() as i64);
+    let report = verify(
+        bundle,
+        &BundleContext {
+            nonce: Some(&nonce),
+            policy: &policy,
+            ak_records: &records,
+            at,
+        },
+    );
+    for appraisal in &report.appraisals {
+        eprint!("{}", appraisal.to_human());
+    }
+    match report.first_failure() {
+        None => {
+            eprintln!("bundle: VERIFIED");
+            Ok(())
+        }
+        Some(check) => Err(AttestCtlError::NotVerified {
+            first_failure: format!("{}: {}", check.name, check.detail),
+        }
+        .into()),
+    }
+}
+
 /// Runs `plinthctl attest ...`.
 pub async fn run(client: &AdminClient, args: AttestArgs) -> Result<(), CtlError> {
     match args.command {
         None => {
             let nonce = args.nonce.ok_or(AttestCtlError::NoNonce)?;
             let bundle: EvidenceBundle = client
-                .post("/v1/attestation", &AttestRequest { nonce })
+                .post(
+                    "/v1/attestation",
+                    &AttestRequest {
+                        nonce: nonce.clone(),
+                    },
+                )
                 .await?;
             // Over the network API the bundle must vouch for the endpoint: its node key
             // is the key that signed this TLS handshake (docs/api.md).
@@ -133,7 +216,11 @@ pub async fn run(client: &AdminClient, args: AttestArgs) -> Result<(), CtlError>
                      check the bundle with `plinth-verify bundle --nonce ...`"
                 );
             }
-            emit(&bundle, args.out.as_deref())
+            emit(&bundle, args.out.as_deref())?;
+            if args.verify {
+                verify_bundle(&bundle, &nonce, &args.ak_record, args.policy.as_deref())?;
+            }
+            Ok(())
         }
         Some(AttestCommand::Enroll { out }) => {
             let request: EnrollmentRequest = client
