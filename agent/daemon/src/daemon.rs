@@ -171,6 +171,14 @@ pub async fn run(loaded: LoadedConfig, options: RunOptions) -> Result<(), Daemon
     );
     let net =
         crate::liveness::net::start(&config.liveness.net, identity.clone(), liveness.clone()).await;
+    // Scheduling plugins see the measured network quality, reporting plugins the
+    // ledger's summaries (WIT 0.1.2).
+    if let Some(plugins) = &plugins {
+        plugins.set_facts(Arc::new(crate::liveness::facts::AgentFacts::new(
+            liveness.as_ref(),
+            net.as_ref(),
+        )));
+    }
 
     let metrics = Arc::new(crate::metrics::AgentMetrics::new(
         crate::metrics::MetricsSources {

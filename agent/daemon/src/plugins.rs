@@ -119,6 +119,12 @@ impl PluginService {
         &self.policies
     }
 
+    /// What plugins learn through WIT 0.1.2 (network quality for scheduling, liveness
+    /// summaries for reporting) from now on; see [`crate::liveness::facts`].
+    pub fn set_facts(&self, facts: plinth_plugin_host::Facts) {
+        self.host.set_facts(facts);
+    }
+
     fn install_bytes(&self, bytes: &[u8]) -> Result<PluginInfo, ReloadError> {
         let name = plinth_plugin_host::Package::parse(bytes)
             .map(|package| package.manifest.name)

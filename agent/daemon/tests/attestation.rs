@@ -324,7 +324,7 @@ fn a_plugin_not_in_the_policy_is_rejected() {
         .to_owned();
     std::fs::write(
         dir.join("plugin.toml"),
-        "name = \"example-pricing\"\nversion = \"1.0.0\"\nkind = \"pricing\"\nwit = \"plinth:policy@0.1.1\"\nwasm_sha256 = \"\"\n",
+        "name = \"example-pricing\"\nversion = \"1.0.0\"\nkind = \"pricing\"\nwit = \"plinth:policy@0.1.2\"\nwasm_sha256 = \"\"\n",
     )
     .unwrap();
     let package = dir.join("pricing.plinthpkg");

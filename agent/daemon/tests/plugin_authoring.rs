@@ -214,7 +214,7 @@ fn typescript_scaffolds_build_pass_their_fixtures_and_install() {
     ]);
     let inspected = node.ctl_ok(&["plugin", "inspect", package.to_str().unwrap()]);
     assert!(
-        inspected.contains("signature valid") && inspected.contains("plinth:policy@0.1.1"),
+        inspected.contains("signature valid") && inspected.contains("plinth:policy@0.1.2"),
         "{inspected}"
     );
     node.configure(&format!("\n[plugins]\ntrusted_keys = [\"{public_key}\"]\n"));
@@ -248,12 +248,15 @@ fn plugin_wit_prints_the_frozen_interface() {
         std::fs::read_to_string(root.join("plugins/wit/frozen/0.1.0/policy.wit")).unwrap()
     );
     let listed = node.ctl_ok(&["plugin", "wit", "--list"]);
-    assert_eq!(listed, "plinth:policy@0.1.0\nplinth:policy@0.1.1\n");
+    assert_eq!(
+        listed,
+        "plinth:policy@0.1.0\nplinth:policy@0.1.1\nplinth:policy@0.1.2\n"
+    );
     let unknown = node.ctl(&["plugin", "wit", "--version", "0.9.0"]);
     assert!(!unknown.status.success());
     let message = common::stderr(&unknown);
     assert!(
-        message.contains("\"0.9.0\"") && message.contains("0.1.0, 0.1.1"),
+        message.contains("\"0.9.0\"") && message.contains("0.1.0, 0.1.1, 0.1.2"),
         "{message}"
     );
 }

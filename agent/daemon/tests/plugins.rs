@@ -25,7 +25,7 @@ fn install_list_reload_remove() {
         .to_string();
     std::fs::write(
         dir.join("plugin.toml"),
-        "name = \"example-pricing\"\nversion = \"1.0.0\"\nkind = \"pricing\"\nwit = \"plinth:policy@0.1.1\"\nwasm_sha256 = \"\"\n",
+        "name = \"example-pricing\"\nversion = \"1.0.0\"\nkind = \"pricing\"\nwit = \"plinth:policy@0.1.2\"\nwasm_sha256 = \"\"\n",
     )
     .unwrap();
     let package = dir.join("pricing.plinthpkg");
@@ -46,7 +46,7 @@ fn install_list_reload_remove() {
     ));
     let inspected = ok(ctl(dir, &["plugin", "inspect", package.to_str().unwrap()]));
     assert!(
-        inspected.contains("signature valid") && inspected.contains("plinth:policy@0.1.1"),
+        inspected.contains("signature valid") && inspected.contains("plinth:policy@0.1.2"),
         "{inspected}"
     );
     let tested = ok(ctl(

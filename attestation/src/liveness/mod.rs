@@ -314,7 +314,7 @@ fn signed_hex(signing_bytes: &[u8], sign: impl FnOnce(&[u8]) -> [u8; 64]) -> Str
     hex::encode(sign(signing_bytes))
 }
 
-fn verify_ed25519(node_key: &str, message: &[u8], signature: &str) -> bool {
+pub(crate) fn verify_ed25519(node_key: &str, message: &[u8], signature: &str) -> bool {
     let (Ok(key), Ok(signature)) = (hex::decode(node_key), hex::decode(signature)) else {
         return false;
     };

@@ -684,3 +684,113 @@ fn serde_order_is_the_canonical_form() {
     crate::canonical::write_canonical(&value, &mut expected).unwrap();
     assert_eq!(answer.signing_bytes().unwrap(), expected);
 }
+
+/// Signatures are checked in batches of `SIGNATURE_BATCH`: a ledger of several batches
+/// verifies, and an edit anywhere (first, middle or last entry of a batch, or the last
+/// partial batch) is still named at its own entry, as the one-by-one check names it.
+#[test]
+fn batched_signature_checks_name_the_edited_entry_exactly() {
+    use super::verify::SIGNATURE_BATCH;
+
+    let key = key(4);
+    let mut w = Writer::new(&key);
+    let n = SIGNATURE_BATCH as u64 * 2 + 37;
+    w.append(EntryKind::Start, T0, (BOOT_A, 1000), 1);
+    for i in 1..n {
+        w.append(EntryKind::Tick, T0 + i * MIN, (BOOT_A, 1000 + i * MIN), 1);
+    }
+    let report = verify(&w.text(), &[], &opts(&key)).unwrap();
+    assert_eq!(report.n_entries as u64, n);
+    assert_eq!(report.uptime_ms, (n - 1) * MIN);
+    for idx in [
+        0,
+        SIGNATURE_BATCH - 1,
+        SIGNATURE_BATCH,
+        SIGNATURE_BATCH + 100,
+        n as usize - 1,
+    ] {
+        let mut edited = w.entries.clone();
+        edited[idx].health.running_jobs = 9;
+        let bad = first_bad(&lines(&edited), &[], &key);
+        assert_eq!(
+            bad,
+            (idx + 1, Some(idx as u64 + 1), LivenessFault::BadSignature),
+            "edited entry {idx}"
+        );
+        // Two edits in one batch: the earlier one is named.
+        edited[(idx + 3).min(n as usize - 1)].health.running_jobs = 9;
+        assert_eq!(first_bad(&lines(&edited), &[], &key).0, idx + 1);
+    }
+    // A second key's signature inside a batch signed by the first: a batch mixing keys
+    // is checked one by one, and the entry is named for its key.
+    let other = self::key(5);
+    let mut mixed = w.entries.clone();
+    mixed[SIGNATURE_BATCH + 5].node_key = key_hex(&other);
+    mixed[SIGNATURE_BATCH + 5].sign_with(sign(&other)).unwrap();
+    let bad = first_bad(&lines(&mixed), &[], &key);
+    assert_eq!(bad.0, SIGNATURE_BATCH + 6);
+    assert!(
+        matches!(bad.2, LivenessFault::WrongKey { .. }),
+        "{:?}",
+        bad.2
+    );
+}
+
+/// Probe answers are batched too: one forged answer among many is the one reported.
+#[test]
+fn batched_probe_signature_checks_name_the_forged_answer() {
+    let key = key(6);
+    let mut w = Writer::new(&key);
+    w.append(EntryKind::Start, T0, (BOOT_A, 1000), 1);
+    let mut probes = Vec::new();
+    let mut t = T0;
+    for i in 0..300u32 {
+        let mut answer = w.probe(0, t + 1_000);
+        answer.nonce = format!("{i:032x}");
+        answer.sign_with(sign(&key)).unwrap();
+        t += MIN;
+        w.record(&answer, EntryKind::Tick, t, (BOOT_A, 1000 + (t - T0)));
+        probes.push((probes.len() + 1, answer));
+    }
+    let report = verify(&w.text(), &probes, &opts(&key)).unwrap();
+    assert_eq!(report.n_probes, probes.len());
+    let mut forged = probes.clone();
+    forged[200].1.wall_ms += 1;
+    let err = verify(&w.text(), &forged, &opts(&key)).unwrap_err();
+    assert_eq!(
+        err.fault,
+        LivenessFault::ProbeNotSigned { probe_line: 201 },
+        "{err}"
+    );
+}
+
+/// The writer's own summary (no signature checks) proves what verification proves, and a
+/// window without entries is one `no_evidence` outage.
+#[test]
+fn summarize_agrees_with_verify() {
+    use super::verify::summarize;
+
+    let key = key(7);
+    let w = history(&key);
+    let window = VerifyOptions {
+        from_ms: Some(T0 + 5 * MIN),
+        to_ms: Some(T0 + 45 * MIN),
+        ..opts(&key)
+    };
+    let verified = verify(&w.text(), &[], &window).unwrap();
+    let summary = summarize(&w.entries, &window);
+    assert_eq!(summary, verified);
+    assert!(!summary.outages.is_empty());
+    let empty = summarize(
+        &[],
+        &VerifyOptions {
+            from_ms: Some(T0),
+            to_ms: Some(T0 + MIN),
+            ..VerifyOptions::default()
+        },
+    );
+    assert_eq!(empty.uptime_ms, 0);
+    assert_eq!(empty.outages.len(), 1);
+    assert_eq!(empty.outages[0].cause, OutageCause::NoEvidence);
+    assert_eq!(empty.outages[0].length_ms, MIN);
+}

@@ -1,9 +1,10 @@
-//! Host-side bindings generated from `plugins/wit/policy.wit` (plinth:policy@0.1.1).
+//! Host-side bindings generated from `plugins/wit/policy.wit` (plinth:policy@0.1.2).
 //!
 //! One module per world. The three worlds import the same `host`, `entropy` and `types`
 //! interfaces; the scheduling and reporting bindings reuse the pricing module's
 //! generated code for them (`with:`), so there is one Rust type per WIT type and one
-//! implementation of the host interface.
+//! implementation of the host interface. The scheduling world also imports `network`
+//! and the reporting world `liveness` (both added in 0.1.2), generated in those modules.
 
 /// The `pricing-plugin` world, plus the shared `types`, `host` and `entropy` interfaces.
 pub mod pricing {

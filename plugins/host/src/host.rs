@@ -2,7 +2,7 @@
 //! deny-all WASI, the compiled-code cache, the epoch ticker, and loaded plugins.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -18,6 +18,7 @@ use crate::bindings::scheduling::exports::plinth::policy::scheduling::ScheduleDe
 use crate::bindings::{pricing, reporting, scheduling};
 use crate::cache::{CacheError, CompileCache};
 use crate::config::{HostConfig, Limits, PluginKind};
+use crate::facts::{CallFacts, Facts, NoFacts};
 use crate::package::{Package, PackageError, TrustPolicy, sha256_hex};
 use crate::stats::{PluginStats, PluginStatsSnapshot, bump};
 use crate::store::{CallLimiter, Clocks, StoreState, fresh_seed};
@@ -248,6 +249,15 @@ impl std::fmt::Debug for CompiledComponent {
     }
 }
 
+/// Which instance a call runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Instance {
+    /// A warm instance, reused between calls (the normal path).
+    Warm,
+    /// A fresh instance, dropped after the call (nothing survives from earlier calls).
+    Fresh,
+}
+
 /// What to load, apart from the wasm.
 #[derive(Debug, Clone)]
 pub struct PluginSpec {
@@ -274,6 +284,17 @@ struct HostShared {
     cache: Option<CompileCache>,
     clocks: Clocks,
     ticker: EpochTicker,
+    /// What plugins' `network` and `liveness` calls read (see [`PluginHost::set_facts`]).
+    facts: RwLock<Facts>,
+}
+
+impl HostShared {
+    fn facts(&self) -> Facts {
+        match self.facts.read() {
+            Ok(facts) => Arc::clone(&facts),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
 }
 
 /// The wasmtime host for policy plugins. Cheap to share behind an `Arc`.
@@ -357,6 +378,18 @@ impl PluginHost {
             |state| state,
         )
         .map_err(|error| PluginHostError::Link(format!("{error:#}")))?;
+        // Added in 0.1.2: every plugin's linker has them; `version::check_interfaces`
+        // lets only the kind that uses each import it.
+        scheduling::plinth::policy::network::add_to_linker::<StoreState, HasSelf<StoreState>>(
+            &mut linker,
+            |state| state,
+        )
+        .map_err(|error| PluginHostError::Link(format!("{error:#}")))?;
+        reporting::plinth::policy::liveness::add_to_linker::<StoreState, HasSelf<StoreState>>(
+            &mut linker,
+            |state| state,
+        )
+        .map_err(|error| PluginHostError::Link(format!("{error:#}")))?;
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|error| PluginHostError::Link(format!("{error:#}")))?;
 
@@ -382,8 +415,20 @@ impl PluginHost {
                 cache,
                 clocks,
                 ticker,
+                facts: RwLock::new(Arc::new(NoFacts)),
             }),
         })
+    }
+
+    /// Sets what plugins learn through the 0.1.2 `network` (scheduling) and `liveness`
+    /// (reporting) interfaces, for every later call of every plugin of this host. The
+    /// agent sets it once its measurements and ledger exist; until then plugins see no
+    /// peers and no summary ([`NoFacts`]).
+    pub fn set_facts(&self, facts: Facts) {
+        match self.shared.facts.write() {
+            Ok(mut slot) => *slot = facts,
+            Err(poisoned) => *poisoned.into_inner() = facts,
+        }
     }
 
     /// The host's configuration.
@@ -733,7 +778,7 @@ impl Plugin {
         );
         let mut store = Store::new(&shared.engine, state);
         store.limiter(|state| &mut state.limiter);
-        self.arm(&mut store);
+        self.arm(&mut store, shared.facts());
         bump(&self.stats.instantiations);
         let instantiate_error = |error: wasmtime::Error| PluginCallError::Instantiate {
             plugin: self.name.to_string(),
@@ -753,8 +798,9 @@ impl Plugin {
         Ok(Live { store, bound })
     }
 
-    /// Set the per-call budgets: epoch deadline (and fuel in deterministic mode).
-    fn arm(&self, store: &mut Store<StoreState>) {
+    /// Set the per-call budgets (epoch deadline, and fuel in deterministic mode) and the
+    /// call's facts.
+    fn arm(&self, store: &mut Store<StoreState>, facts: Facts) {
         let shared = &self.shared;
         let limits = &self.info.limits;
         let tick_us = shared.config.epoch_tick.as_micros().max(1) as u64;
@@ -768,7 +814,9 @@ impl Plugin {
         }
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
-        store.data_mut().begin_call(shared.config.deterministic);
+        store
+            .data_mut()
+            .begin_call(shared.config.deterministic, facts);
     }
 
     fn classify(&self, error: wasmtime::Error, state: &StoreState) -> PluginCallError {
@@ -823,6 +871,7 @@ impl Plugin {
     fn run<T: OutputSize>(
         &self,
         fresh: bool,
+        facts: Option<Facts>,
         call: impl FnOnce(&Bound, &mut Store<StoreState>) -> wasmtime::Result<Result<T, PolicyError>>,
         validate: impl FnOnce(&T) -> Result<(), String>,
     ) -> Result<T, PluginCallError> {
@@ -835,13 +884,19 @@ impl Plugin {
         } else {
             self.warm.lock().ok().and_then(|mut warm| warm.pop())
         };
+        let facts = facts.unwrap_or_else(|| self.shared.facts());
         let mut live = match reused {
             Some(mut live) => {
-                self.arm(&mut live.store);
+                self.arm(&mut live.store, facts);
                 live
             }
             None => match self.instantiate() {
-                Ok(live) => live,
+                Ok(mut live) => {
+                    // Armed by `instantiate` (instantiation counts against the call's
+                    // budget); only the call's facts are set here.
+                    live.store.data_mut().facts = CallFacts::new(facts);
+                    live
+                }
                 Err(error) => {
                     bump(&self.stats.traps);
                     return Err(error);
@@ -927,6 +982,7 @@ impl Plugin {
         }
         self.run(
             fresh,
+            None,
             |bound, store| match bound {
                 Bound::Pricing(plugin) => plugin
                     .plinth_policy_pricing()
@@ -958,6 +1014,7 @@ impl Plugin {
     fn schedule_inner(
         &self,
         fresh: bool,
+        facts: Option<Facts>,
         request: &JobRequest,
         state: &HostState,
     ) -> Result<ScheduleDecision, PluginCallError> {
@@ -966,6 +1023,7 @@ impl Plugin {
         }
         self.run(
             fresh,
+            facts,
             |bound, store| match bound {
                 Bound::Scheduling(plugin) => plugin
                     .plinth_policy_scheduling()
@@ -983,7 +1041,7 @@ impl Plugin {
         request: &JobRequest,
         state: &HostState,
     ) -> Result<ScheduleDecision, PluginCallError> {
-        self.schedule_inner(false, request, state)
+        self.schedule_inner(false, None, request, state)
     }
 
     /// [`Self::schedule`] on a fresh instance.
@@ -992,12 +1050,25 @@ impl Plugin {
         request: &JobRequest,
         state: &HostState,
     ) -> Result<ScheduleDecision, PluginCallError> {
-        self.schedule_inner(true, request, state)
+        self.schedule_inner(true, None, request, state)
+    }
+
+    /// [`Self::schedule`] on the `instance` asked for, with `facts` (what
+    /// `network.peers` answers) instead of the host's.
+    pub fn schedule_with(
+        &self,
+        instance: Instance,
+        request: &JobRequest,
+        state: &HostState,
+        facts: Facts,
+    ) -> Result<ScheduleDecision, PluginCallError> {
+        self.schedule_inner(instance == Instance::Fresh, Some(facts), request, state)
     }
 
     fn report_inner(
         &self,
         fresh: bool,
+        facts: Option<Facts>,
         records: &[UsageRecord],
     ) -> Result<Vec<ReportRecord>, PluginCallError> {
         if !matches!(self.pre, Pre::Reporting(_)) {
@@ -1005,6 +1076,7 @@ impl Plugin {
         }
         self.run(
             fresh,
+            facts,
             |bound, store| match bound {
                 Bound::Reporting(plugin) => {
                     plugin.plinth_policy_reporting().call_report(store, records)
@@ -1017,7 +1089,7 @@ impl Plugin {
 
     /// Aggregate usage records, reusing a warm instance.
     pub fn report(&self, records: &[UsageRecord]) -> Result<Vec<ReportRecord>, PluginCallError> {
-        self.report_inner(false, records)
+        self.report_inner(false, None, records)
     }
 
     /// [`Self::report`] on a fresh instance.
@@ -1025,7 +1097,18 @@ impl Plugin {
         &self,
         records: &[UsageRecord],
     ) -> Result<Vec<ReportRecord>, PluginCallError> {
-        self.report_inner(true, records)
+        self.report_inner(true, None, records)
+    }
+
+    /// [`Self::report`] on the `instance` asked for, with `facts` (what
+    /// `liveness.summary` answers) instead of the host's.
+    pub fn report_with(
+        &self,
+        instance: Instance,
+        records: &[UsageRecord],
+        facts: Facts,
+    ) -> Result<Vec<ReportRecord>, PluginCallError> {
+        self.report_inner(instance == Instance::Fresh, Some(facts), records)
     }
 }
 

@@ -20,6 +20,7 @@
 pub mod bindings;
 pub mod cache;
 pub mod config;
+pub mod facts;
 pub mod fallback;
 pub mod host;
 pub mod package;
@@ -40,8 +41,11 @@ pub use bindings::pricing::plinth::policy::types::{
 pub use bindings::reporting::exports::plinth::policy::reporting::{ReportRecord, UsageRecord};
 pub use bindings::scheduling::exports::plinth::policy::scheduling::ScheduleDecision;
 pub use config::{HostConfig, Limits, PluginKind};
+pub use facts::{
+    Facts, FixedFacts, HostFacts, LivenessSummary, NoFacts, Outage, OutageCause, PeerQuality,
+};
 pub use host::{
-    CompiledComponent, Plugin, PluginCallError, PluginHost, PluginHostError, PluginInfo,
+    CompiledComponent, Instance, Plugin, PluginCallError, PluginHost, PluginHostError, PluginInfo,
     PluginLoadError, PluginSpec,
 };
 pub use package::{Manifest, Package, PackageError, TrustPolicy};

@@ -1,5 +1,6 @@
 //! Per-instance store data: the host interface implementation, the deny-all WASI
-//! context, resource limits, clocks and entropy.
+//! context, resource limits, clocks, entropy and the facts (network quality, liveness)
+//! of the current call.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -14,6 +15,9 @@ use wasmtime_wasi::{
 };
 
 use crate::bindings::pricing::plinth::policy::{entropy, host, types};
+use crate::bindings::reporting::plinth::policy::liveness;
+use crate::bindings::scheduling::plinth::policy::network;
+use crate::facts::{CallFacts, Facts, NoFacts};
 use crate::stats::{PluginStats, bump};
 
 /// Longest log message forwarded; longer ones are cut.
@@ -184,6 +188,8 @@ pub struct StoreState {
     pub(crate) log_budget: u32,
     pub(crate) log_limit: u32,
     pub(crate) stats: Arc<PluginStats>,
+    /// What `network.peers` and `liveness.summary` answer during the current call.
+    pub(crate) facts: CallFacts,
     /// Built on first use: most plugins never touch WASI.
     wasi: Option<WasiCtx>,
     table: ResourceTable,
@@ -209,13 +215,16 @@ impl StoreState {
             log_budget: log_limit,
             log_limit,
             stats,
+            facts: CallFacts::new(Arc::new(NoFacts)),
             wasi: None,
             table: ResourceTable::new(),
         }
     }
 
-    /// Reset per-call budgets; in deterministic mode also rewind the entropy.
-    pub(crate) fn begin_call(&mut self, deterministic: bool) {
+    /// Reset per-call budgets and set the call's facts; in deterministic mode also rewind
+    /// the entropy.
+    pub(crate) fn begin_call(&mut self, deterministic: bool, facts: Facts) {
+        self.facts = CallFacts::new(facts);
         self.log_budget = self.log_limit;
         self.limiter.memory_hit = false;
         if deterministic {
@@ -424,6 +433,18 @@ impl host::Host for StoreState {
 }
 
 impl types::Host for StoreState {}
+
+impl network::Host for StoreState {
+    fn peers(&mut self) -> Vec<network::PeerQuality> {
+        self.facts.peers()
+    }
+}
+
+impl liveness::Host for StoreState {
+    fn summary(&mut self, from_s: u64, to_s: u64) -> Option<liveness::LivenessSummary> {
+        self.facts.summary(from_s, to_s)
+    }
+}
 
 impl entropy::Host for StoreState {
     fn next_u64(&mut self) -> u64 {

@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::facts::{FixedFacts, LivenessSummary, PeerQuality};
 use crate::host::{
-    CompiledComponent, Plugin, PluginCallError, PluginHost, PluginInfo, PluginLoadError, PluginSpec,
+    CompiledComponent, Instance, Plugin, PluginCallError, PluginHost, PluginInfo, PluginLoadError,
+    PluginSpec,
 };
 use crate::package::{self, Manifest, Package, PackageError, TrustPolicy};
 use crate::{HostState, JobRequest, Limits, PluginKind, PricingState, UsageRecord};
@@ -265,6 +267,18 @@ pub struct RequestInput {
     pub request: JobRequest,
     /// The host state.
     pub state: HostState,
+    /// What `network.peers` answers during the call (WIT 0.1.2; default none).
+    #[serde(default)]
+    pub network: Vec<PeerQuality>,
+}
+
+impl RequestInput {
+    fn facts(&self) -> Arc<FixedFacts> {
+        Arc::new(FixedFacts {
+            network: self.network.clone(),
+            liveness: Vec::new(),
+        })
+    }
 }
 
 /// Input of a reporting fixture.
@@ -272,6 +286,27 @@ pub struct RequestInput {
 pub struct ReportInput {
     /// The usage records.
     pub records: Vec<UsageRecord>,
+    /// The summaries `liveness.summary` answers during the call, each for exactly the
+    /// period it names (WIT 0.1.2; default none).
+    #[serde(default)]
+    pub liveness: Vec<LivenessSummary>,
+}
+
+impl ReportInput {
+    fn facts(&self) -> Arc<FixedFacts> {
+        Arc::new(FixedFacts {
+            network: Vec::new(),
+            liveness: self.liveness.clone(),
+        })
+    }
+}
+
+fn instance(fresh: bool) -> Instance {
+    if fresh {
+        Instance::Fresh
+    } else {
+        Instance::Warm
+    }
 }
 
 /// Call `plugin` with a JSON fixture input; the answer as JSON: `{"Ok": ...}` or
@@ -300,21 +335,16 @@ pub fn call_json(
         }
         PluginKind::Scheduling => {
             let input: RequestInput = serde_json::from_value(input.clone())?;
-            let result = if fresh {
-                plugin.schedule_fresh(&input.request, &input.state)
-            } else {
-                plugin.schedule(&input.request, &input.state)
-            };
-            to_json(result)
+            to_json(plugin.schedule_with(
+                instance(fresh),
+                &input.request,
+                &input.state,
+                input.facts(),
+            ))
         }
         PluginKind::Reporting => {
             let input: ReportInput = serde_json::from_value(input.clone())?;
-            let result = if fresh {
-                plugin.report_fresh(&input.records)
-            } else {
-                plugin.report(&input.records)
-            };
-            to_json(result)
+            to_json(plugin.report_with(instance(fresh), &input.records, input.facts()))
         }
     })
 }
@@ -803,18 +833,12 @@ impl TypedInput {
                 plugin.price(&input.request, &input.state)
             }
             .map(drop),
-            (TypedInput::Request(input), PluginKind::Scheduling) => if fresh {
-                plugin.schedule_fresh(&input.request, &input.state)
-            } else {
-                plugin.schedule(&input.request, &input.state)
-            }
-            .map(drop),
-            (TypedInput::Report(input), _) => if fresh {
-                plugin.report_fresh(&input.records)
-            } else {
-                plugin.report(&input.records)
-            }
-            .map(drop),
+            (TypedInput::Request(input), PluginKind::Scheduling) => plugin
+                .schedule_with(instance(fresh), &input.request, &input.state, input.facts())
+                .map(drop),
+            (TypedInput::Report(input), _) => plugin
+                .report_with(instance(fresh), &input.records, input.facts())
+                .map(drop),
             _ => return Err(ToolsError::UnknownKind),
         };
         match outcome {

@@ -7,7 +7,7 @@
 //! compatible with H and not newer than H; compatible releases only ever add new
 //! interfaces, so everything such a plugin imports or exports exists in H with the same
 //! types. Wasmtime's linker resolves a plugin's `plinth:policy/host@0.1.0` import to the
-//! host's `@0.1.1` definition by the same rule.
+//! host's `@0.1.2` definition by the same rule.
 
 use crate::config::PluginKind;
 
@@ -15,7 +15,7 @@ use crate::config::PluginKind;
 pub const HOST_WIT_VERSION: WitVersion = WitVersion {
     major: 0,
     minor: 1,
-    patch: 1,
+    patch: 2,
 };
 
 /// A semantic version of the `plinth:policy` package.
@@ -113,12 +113,27 @@ pub const ALLOWED_WASI: &[&str] = &[
     "wasi:random/insecure-seed",
 ];
 
-/// plinth interfaces a plugin may import.
+/// plinth interfaces every plugin may import.
 pub const ALLOWED_PLINTH: &[&str] = &[
     "plinth:policy/host",
     "plinth:policy/types",
     "plinth:policy/entropy",
 ];
+
+/// plinth interfaces only plugins of one kind may import (added in 0.1.2): the
+/// scheduling world's `network` and the reporting world's `liveness`.
+pub const ALLOWED_PLINTH_BY_KIND: &[(PluginKind, &str)] = &[
+    (PluginKind::Scheduling, "plinth:policy/network"),
+    (PluginKind::Reporting, "plinth:policy/liveness"),
+];
+
+/// Whether a plugin of `kind` may import the plinth interface `base` (no version).
+pub fn plinth_import_allowed(kind: PluginKind, base: &str) -> bool {
+    ALLOWED_PLINTH.contains(&base)
+        || ALLOWED_PLINTH_BY_KIND
+            .iter()
+            .any(|(allowed_kind, name)| *allowed_kind == kind && *name == base)
+}
 
 /// Why a component's imports or exports are not acceptable.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,7 +192,7 @@ pub fn check_interfaces(
     };
     for import in imports {
         let (base, version) = split_versioned(import);
-        if ALLOWED_PLINTH.contains(&base) {
+        if plinth_import_allowed(kind, base) {
             let compatible = version
                 .and_then(WitVersion::parse)
                 .is_some_and(|found| found.served_by(HOST_WIT_VERSION));
@@ -204,11 +219,12 @@ mod tests {
 
     #[test]
     fn compatibility_follows_cargo_semver() {
-        let host = v("0.1.1");
+        let host = v("0.1.2");
         assert!(v("0.1.0").served_by(host));
         assert!(v("0.1.1").served_by(host));
+        assert!(v("0.1.2").served_by(host));
         assert!(
-            !v("0.1.2").served_by(host),
+            !v("0.1.3").served_by(host),
             "newer compatible plugin may use what the host lacks"
         );
         assert!(!v("0.2.0").served_by(host));
@@ -253,6 +269,47 @@ mod tests {
             Err(InterfaceProblem::Ungranted(
                 "wasi:filesystem/preopens@0.2.3".to_string()
             ))
+        );
+        let scheduling_network = check_interfaces(
+            PluginKind::Scheduling,
+            &strings(&["plinth:policy/network@0.1.2", "plinth:policy/host@0.1.2"]),
+            &strings(&["plinth:policy/scheduling@0.1.2"]),
+        );
+        assert_eq!(scheduling_network, Ok(v("0.1.2")));
+        let reporting_liveness = check_interfaces(
+            PluginKind::Reporting,
+            &strings(&["plinth:policy/liveness@0.1.2"]),
+            &strings(&["plinth:policy/reporting@0.1.2"]),
+        );
+        assert_eq!(reporting_liveness, Ok(v("0.1.2")));
+        // Each 0.1.2 interface is granted only to the kind whose world imports it.
+        let pricing_network = check_interfaces(
+            PluginKind::Pricing,
+            &strings(&["plinth:policy/network@0.1.2"]),
+            &strings(&["plinth:policy/pricing@0.1.2"]),
+        );
+        assert_eq!(
+            pricing_network,
+            Err(InterfaceProblem::Ungranted(
+                "plinth:policy/network@0.1.2".to_string()
+            ))
+        );
+        let scheduling_liveness = check_interfaces(
+            PluginKind::Scheduling,
+            &strings(&["plinth:policy/liveness@0.1.2"]),
+            &strings(&["plinth:policy/scheduling@0.1.2"]),
+        );
+        assert!(matches!(
+            scheduling_liveness,
+            Err(InterfaceProblem::Ungranted(_))
+        ));
+        let future = check_interfaces(
+            PluginKind::Scheduling,
+            &[],
+            &strings(&["plinth:policy/scheduling@0.1.3"]),
+        );
+        assert!(
+            matches!(future, Err(InterfaceProblem::WrongVersion { ref found, .. }) if found == "0.1.3")
         );
         let wrong_kind = check_interfaces(
             PluginKind::Scheduling,

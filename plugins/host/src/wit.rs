@@ -8,6 +8,7 @@ use crate::version::WitVersion;
 pub const RELEASED: &[(&str, &str)] = &[
     ("0.1.0", include_str!("../../wit/frozen/0.1.0/policy.wit")),
     ("0.1.1", include_str!("../../wit/frozen/0.1.1/policy.wit")),
+    ("0.1.2", include_str!("../../wit/frozen/0.1.2/policy.wit")),
 ];
 
 /// The WIT this host is built from (`plugins/wit/policy.wit`); a test checks that it is
@@ -96,7 +97,7 @@ mod tests {
         );
         let error = text(Some("0.3.0")).unwrap_err().to_string();
         assert!(
-            error.contains("\"0.3.0\"") && error.contains("0.1.0, 0.1.1"),
+            error.contains("\"0.3.0\"") && error.contains("0.1.0, 0.1.1, 0.1.2"),
             "{error}"
         );
     }

@@ -22,13 +22,16 @@
 //! ```
 //!
 //! Build it with `cargo build --release --target wasm32-wasip2`; the output in
-//! `target/wasm32-wasip2/release/*.wasm` is a component for `plinth:policy@0.1.1`.
+//! `target/wasm32-wasip2/release/*.wasm` is a component for `plinth:policy@0.1.2`.
 //! The `log` crate's macros (re-exported as [`log`]) are routed to the host's structured
 //! log once `init_logging()` ran (cheap and idempotent: call it first thing in every
 //! exported function).
 //! Configuration comes from [`config_get`] and [`config_keys`], time from
-//! [`monotonic_now_ns`] and [`wall_now`]. Nothing else is reachable: the host grants no
-//! files, sockets or environment.
+//! [`monotonic_now_ns`] and [`wall_now`]. Since 0.1.2 a scheduling plugin reads the host's
+//! measured network quality to its configured peers with [`scheduling::network_peers`],
+//! and a reporting plugin the liveness ledger's summary of a period with
+//! [`reporting::liveness_summary`]. Nothing else is reachable: the host grants no files,
+//! sockets or environment.
 
 pub use log;
 
@@ -104,9 +107,17 @@ pub mod scheduling {
     pub use crate::scheduling_bindings::exports::plinth::policy::scheduling::{
         Guest, ScheduleDecision,
     };
+    pub use crate::scheduling_bindings::plinth::policy::network::PeerQuality;
     pub use crate::scheduling_bindings::plinth::policy::types::{
         Gpu, HostState, JobRequest, PolicyError,
     };
+
+    /// The host's latest network-quality measurement of every configured peer (round
+    /// trips in microseconds, throughput in bytes per second), ordered by peer name;
+    /// empty when the host measures none (WIT 0.1.2, `network.peers`).
+    pub fn network_peers() -> Vec<PeerQuality> {
+        crate::scheduling_bindings::plinth::policy::network::peers()
+    }
 }
 
 /// Everything a reporting plugin needs.
@@ -114,7 +125,19 @@ pub mod reporting {
     pub use crate::reporting_bindings::exports::plinth::policy::reporting::{
         Guest, ReportRecord, UsageRecord,
     };
+    pub use crate::reporting_bindings::plinth::policy::liveness::{
+        LivenessSummary, Outage, OutageCause,
+    };
     pub use crate::reporting_bindings::plinth::policy::types::PolicyError;
+
+    /// The agent's liveness ledger summarised over `[from_s, to_s)` (Unix seconds):
+    /// entries, covered and provable-uptime seconds, outages with their causes, drained
+    /// GPU time, the head; `None` when the host keeps no ledger, the period is empty or
+    /// longer than 31 days, or the call asked for more than 64 summaries (WIT 0.1.2,
+    /// `liveness.summary`).
+    pub fn liveness_summary(from_s: u64, to_s: u64) -> Option<LivenessSummary> {
+        crate::reporting_bindings::plinth::policy::liveness::summary(from_s, to_s)
+    }
 }
 
 mod host_glue {

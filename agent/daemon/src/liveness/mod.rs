@@ -28,6 +28,7 @@ use crate::identity::NodeIdentity;
 use crate::store::{Migration, Store};
 
 pub mod clock;
+pub mod facts;
 pub mod net;
 
 pub use clock::{LivenessClock, SystemClock, TestClock};

@@ -260,3 +260,85 @@ fn export_selects_by_time() {
     };
     assert_eq!(verify(&part, &[], &partial).unwrap().first_seq, 2);
 }
+
+/// What a reporting plugin gets for a period (WIT 0.1.2 `liveness.summary`): the
+/// entries written in it, the unclean outage with its length, and uptime proven across
+/// the period's edges by the entries just outside it.
+#[test]
+fn a_period_summary_for_reporting_plugins_names_the_outage() {
+    use plinth_plugin_host::{HostFacts, OutageCause as PluginCause};
+
+    let fx = Fixture::new();
+    let (_, service) = fx.run();
+    service.begin().unwrap();
+    fx.ticks(&service, 20);
+    // SIGKILL: no stop entry, no clean end; back after 5 minutes.
+    drop(service);
+    fx.clock.advance(300_000, 300_000);
+    let (_, service) = fx.run();
+    service.begin().unwrap();
+    fx.ticks(&service, 20);
+    let service = Arc::new(service);
+
+    // The period starts 5 entries into the first run and ends 5 before the last entry.
+    let from_s = (T0 + 5 * 60_000) / 1000;
+    let to_s = (T0 + 20 * 60_000 + 300_000 + 15 * 60_000) / 1000;
+    let summary = service.summary(from_s, to_s).unwrap();
+    assert_eq!(
+        (summary.period_start_s, summary.period_end_s),
+        (from_s, to_s)
+    );
+    assert_eq!(summary.outages.len(), 1, "{summary:?}");
+    let outage = &summary.outages[0];
+    assert_eq!(outage.cause, PluginCause::Unclean);
+    assert_eq!(outage.length_s, 300);
+    assert_eq!(outage.start_s, (T0 + 20 * 60_000) / 1000);
+    assert_eq!(summary.uptime_s, to_s - from_s - 300);
+    assert_eq!(summary.covered_s, to_s - from_s);
+    // seqs 6..=21 (first run) and 22..=36 (the gap entry and 14 ticks) are in [from, to).
+    assert_eq!(summary.entries, 31);
+    assert_eq!(summary.head_seq, 36);
+    let head = service.entries(0, u64::MAX).unwrap();
+    let head = head.iter().find(|entry| entry.seq == 36).unwrap();
+    assert_eq!(summary.head_hash, head.hash().unwrap());
+
+    // Through the facts the plugin host reads, and a period past the ledger's end.
+    let facts = facts::AgentFacts::new(Some(&service), None);
+    assert_eq!(facts.liveness_summary(from_s, to_s), Some(summary));
+    let later = facts.liveness_summary(to_s + 3600, to_s + 7200).unwrap();
+    assert_eq!((later.entries, later.uptime_s, later.covered_s), (0, 0, 0));
+    assert_eq!(later.outages[0].cause, PluginCause::NoEvidence);
+    assert!(facts.peers().is_empty(), "no network-quality service");
+    drop(service);
+    assert_eq!(
+        facts.liveness_summary(from_s, to_s),
+        None,
+        "the ledger writer is gone"
+    );
+}
+
+#[test]
+fn network_samples_become_peer_quality_records() {
+    let sample = NetSample {
+        at_ms: 1_780_000_123_456,
+        peer: "b".to_owned(),
+        rtt_median_us: 240,
+        rtt_min_us: 180,
+        rtt_p99_us: 420,
+        samples: 10,
+        throughput_bytes_per_s: Some(1_180_000_000),
+    };
+    let quality = facts::peer_quality(&sample);
+    assert_eq!(quality.peer, "b");
+    assert_eq!(
+        (
+            quality.rtt_min_us,
+            quality.rtt_median_us,
+            quality.rtt_p99_us
+        ),
+        (180, 240, 420)
+    );
+    assert_eq!(quality.samples, 10);
+    assert_eq!(quality.throughput_bytes_per_s, Some(1_180_000_000));
+    assert_eq!(quality.measured_at_s, 1_780_000_123);
+}

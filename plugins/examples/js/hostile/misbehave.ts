@@ -7,8 +7,8 @@
 // With `only-tenant` set it misbehaves only for that tenant, so it passes the host's
 // self-test and turns hostile later.
 
-import type * as Pricing from 'plinth:policy/pricing@0.1.1';
-import type { JobRequest, PricingState } from 'plinth:policy/types@0.1.1';
+import type * as Pricing from 'plinth:policy/pricing@0.1.2';
+import type { JobRequest, PricingState } from 'plinth:policy/types@0.1.2';
 
 import { configString, guarded, info } from '../lib/plinth.js';
 

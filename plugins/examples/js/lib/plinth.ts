@@ -15,8 +15,8 @@ import {
   configKeys,
   log as hostLog,
   type Level,
-} from 'plinth:policy/host@0.1.1';
-import type { PolicyError } from 'plinth:policy/types@0.1.1';
+} from 'plinth:policy/host@0.1.2';
+import type { PolicyError } from 'plinth:policy/types@0.1.2';
 
 /** Emit one structured record into the agent's log (fields as key/value strings). */
 export function log(level: Level, message: string, fields: Record<string, string> = {}): void {

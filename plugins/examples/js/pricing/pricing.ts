@@ -9,8 +9,8 @@
 // `per-gib-hour`, `surcharge.threshold-pct`, `surcharge.pct`, `min-billable-s`,
 // `floor-gpu-hour`, `currency`.
 
-import type * as Pricing from 'plinth:policy/pricing@0.1.1';
-import type { GpuClass, JobRequest, PricingState } from 'plinth:policy/types@0.1.1';
+import type * as Pricing from 'plinth:policy/pricing@0.1.2';
+import type { GpuClass, JobRequest, PricingState } from 'plinth:policy/types@0.1.2';
 
 import {
   asciiLower,

@@ -2,20 +2,27 @@
 // (plugins/examples/scheduling), checked against its fixtures. Best-fit bin-packing that
 // keeps a job's GPUs inside one NVLink domain (else one NUMA node), never hands out
 // drained or leased GPUs, defers when the GPUs exist but are busy, and rejects what
-// this host can never run.
+// this host can never run. Tightly coupled work goes only where the network is fast:
+// with `coupled.max-rtt-us` set, a request of at least `coupled.min-gpus` GPUs is
+// rejected unless the host's measured round trip (p99) to some configured peer is within
+// the limit (WIT 0.1.2 `network.peers`); admitted, it logs the peers fastest first.
 //
 // Operator configuration (all optional): `allow-split` (`true` lets a job span domains
-// when no single domain fits), `defer-s` (retry hint, default 60).
+// when no single domain fits), `defer-s` (retry hint, default 60), `coupled.max-rtt-us`
+// (default 0: no network check), `coupled.min-gpus` (default 8).
 
-import type * as Scheduling from 'plinth:policy/scheduling@0.1.1';
-import type { Gpu, HostState, JobRequest } from 'plinth:policy/types@0.1.1';
+import { peers as networkPeers, type PeerQuality } from 'plinth:policy/network@0.1.2';
+import type * as Scheduling from 'plinth:policy/scheduling@0.1.2';
+import type { Gpu, HostState, JobRequest } from 'plinth:policy/types@0.1.2';
 
 import {
+  compareCodePoints,
   configBool,
   configUnsigned,
   containsIgnoreAsciiCase,
   debug,
   guarded,
+  info,
   invalidInput,
 } from '../lib/plinth.js';
 
@@ -54,6 +61,32 @@ function bestFit(groups: Array<[number, number[]]>, wanted: number): number[] | 
   return best?.slice(0, wanted);
 }
 
+function compareBigints(left: bigint, right: bigint): number {
+  return left < right ? -1 : left > right ? 1 : 0;
+}
+
+/**
+ * For a tightly coupled request: the reason to reject it when no measured peer is within
+ * `maxRttUs` (p99), else the peers that are, fastest first (as the Rust example).
+ */
+function coupledPeers(req: JobRequest, maxRttUs: bigint): PeerQuality[] | string {
+  const peers = networkPeers();
+  peers.sort(
+    (left, right) =>
+      compareBigints(left.rttP99Us, right.rttP99Us) ||
+      compareBigints(left.rttMedianUs, right.rttMedianUs) ||
+      compareCodePoints(left.peer, right.peer),
+  );
+  const fastest = peers[0];
+  if (fastest === undefined) {
+    return `tightly coupled request (${req.gpuCount} gpus): no peer's network quality is measured`;
+  }
+  if (fastest.rttP99Us > maxRttUs) {
+    return `tightly coupled request (${req.gpuCount} gpus): lowest measured rtt p99 is ${fastest.rttP99Us} us (peer ${fastest.peer}), above coupled.max-rtt-us ${maxRttUs}`;
+  }
+  return peers.filter((peer) => peer.rttP99Us <= maxRttUs);
+}
+
 function schedule(req: JobRequest, state: HostState): Scheduling.ScheduleDecision {
   const allowSplit = configBool('allow-split', false);
   const deferS = Number(configUnsigned('defer-s', 60n, 32));
@@ -67,6 +100,16 @@ function schedule(req: JobRequest, state: HostState): Scheduling.ScheduleDecisio
       tag: 'reject',
       val: `host has ${usable.length} usable gpus for this request, ${wanted} wanted`,
     };
+  }
+  const maxRttUs = configUnsigned('coupled.max-rtt-us', 0n);
+  const minGpus = Number(configUnsigned('coupled.min-gpus', 8n, 32));
+  if (maxRttUs > 0n && req.gpuCount >= minGpus) {
+    const coupled = coupledPeers(req, maxRttUs);
+    if (typeof coupled === 'string') {
+      return { tag: 'reject', val: coupled };
+    }
+    const order = coupled.map((peer) => `${peer.peer} (${peer.rttP99Us} us)`).join(', ');
+    info(`${req.requestId}: tightly coupled; peers by rtt p99: ${order}`);
   }
   const free = usable.filter((gpu) => !gpu.allocated);
   const byNvlink = groupBy(free, (gpu) => gpu.nvlinkDomain);

@@ -88,7 +88,7 @@ fn load_js(
         name: name.to_string(),
         version: "0.1.0".to_string(),
         kind,
-        declared_wit: Some("plinth:policy@0.1.1".to_string()),
+        declared_wit: Some("plinth:policy@0.1.2".to_string()),
         limits: js_limits(),
         config,
         signer: None,

@@ -49,7 +49,7 @@ fn pricing_package(author: &Author, version: &str) -> Option<Vec<u8>> {
         "example-pricing",
         version,
         PluginKind::Pricing,
-        "plinth:policy@0.1.1",
+        "plinth:policy@0.1.2",
     );
     Some(tools::sign(manifest, bytes, Some(&author.key)).unwrap())
 }
@@ -73,7 +73,7 @@ fn trusted_package_loads_and_prices() {
     assert_eq!(report.signature_valid, Some(true));
     assert_eq!(report.wasm_digest_matches, Some(true));
     assert_eq!(report.plugin.kind, PluginKind::Pricing);
-    assert_eq!(report.plugin.wit, "plinth:policy@0.1.1");
+    assert_eq!(report.plugin.wit, "plinth:policy@0.1.2");
     assert!(
         report
             .plugin
@@ -92,7 +92,7 @@ fn unsigned_package_is_refused_unless_allowed() {
         "example-pricing",
         "1.0.0",
         PluginKind::Pricing,
-        "plinth:policy@0.1.1",
+        "plinth:policy@0.1.2",
     );
     let unsigned = tools::sign(manifest, bytes, None).unwrap();
     let host = host();

@@ -3,8 +3,8 @@
 // rounded up to a micro-unit; refused when the host has too few free GPUs of the wanted
 // model and memory, or when the tenant's maximum price is below the quote.
 
-import type * as Pricing from 'plinth:policy/pricing@0.1.1';
-import type { JobRequest, PricingState } from 'plinth:policy/types@0.1.1';
+import type * as Pricing from 'plinth:policy/pricing@0.1.2';
+import type { JobRequest, PricingState } from 'plinth:policy/types@0.1.2';
 
 import {
   configString,

@@ -2,7 +2,7 @@
 // sorted by tenant, over the period its usage records cover: `gpu-seconds`,
 // `charged-micros` and the number of usage `records`.
 
-import type * as Reporting from 'plinth:policy/reporting@0.1.1';
+import type * as Reporting from 'plinth:policy/reporting@0.1.2';
 
 import { compareCodePoints, guarded, invalidInput } from './plinth.js';
 

@@ -3,8 +3,8 @@
 // `defer-s`, default 60) when such GPUs exist but are busy; reject what this host can
 // never run. Drained GPUs are never handed out.
 
-import type * as Scheduling from 'plinth:policy/scheduling@0.1.1';
-import type { Gpu, HostState, JobRequest } from 'plinth:policy/types@0.1.1';
+import type * as Scheduling from 'plinth:policy/scheduling@0.1.2';
+import type { Gpu, HostState, JobRequest } from 'plinth:policy/types@0.1.2';
 
 import {
   configUnsigned,
