@@ -51,7 +51,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 
 pin=$("$bin/plinthctl" identity new --name bench --role market -o "$work/bench.pem" 2>/dev/null)
 "$bin/plinthctl" plugin keygen "$work/author.key" >"$work/author.pub"
-printf 'name = "fixed-pricing"\nversion = "1.0.0"\nkind = "pricing"\nwit = "plinth:policy@0.1.1"\nwasm_sha256 = ""\n' >"$work/pricing.toml"
+printf 'name = "fixed-pricing"\nversion = "1.0.0"\nkind = "pricing"\nwit = "plinth:policy@0.1.2"\nwasm_sha256 = ""\n' >"$work/pricing.toml"
 mkdir -p "$work/state/plugins"
 "$bin/plinthctl" plugin sign --manifest "$work/pricing.toml" --wasm "$wasm" --key "$work/author.key" \
 	-o "$work/state/plugins/pricing.plinthpkg" >/dev/null

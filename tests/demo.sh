@@ -114,7 +114,7 @@ if [ ! -f "$wasm_dir/plinth_example_pricing.wasm" ]; then
 	(cd plugins/examples && CARGO_TARGET_DIR=../../target/wasm-examples cargo build -q --release --target wasm32-wasip2)
 fi
 for kind in pricing scheduling reporting; do
-	printf 'name = "example-%s"\nversion = "1.0.0"\nkind = "%s"\nwit = "plinth:policy@0.1.1"\nwasm_sha256 = ""\n' "$kind" "$kind" >"$work/$kind.toml"
+	printf 'name = "example-%s"\nversion = "1.0.0"\nkind = "%s"\nwit = "plinth:policy@0.1.2"\nwasm_sha256 = ""\n' "$kind" "$kind" >"$work/$kind.toml"
 	ctl plugin sign --manifest "$work/$kind.toml" --wasm "$wasm_dir/plinth_example_$kind.wasm" \
 		--key "$work/author.key" -o "$work/$kind.plinthpkg" >/dev/null
 	ctl plugin install "$work/$kind.plinthpkg"

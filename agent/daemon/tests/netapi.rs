@@ -90,7 +90,7 @@ fn sign_plugin(node: &Node, wasm: &Path, name: &str, kind: &str, key: &Path) -> 
     let manifest = node.path(&format!("{name}.toml"));
     std::fs::write(
         &manifest,
-        format!("name = \"{name}\"\nversion = \"1.0.0\"\nkind = \"{kind}\"\nwit = \"plinth:policy@0.1.1\"\nwasm_sha256 = \"\"\n"),
+        format!("name = \"{name}\"\nversion = \"1.0.0\"\nkind = \"{kind}\"\nwit = \"plinth:policy@0.1.2\"\nwasm_sha256 = \"\"\n"),
     )
     .unwrap();
     let package = node.path(&format!("{name}.plinthpkg"));
@@ -709,7 +709,10 @@ fn bounded_load_of_concurrent_quotes_all_answered() {
     let port = free_port();
     let node = Node::new("");
     let key = node.path("author.key");
-    let author = node.ctl_ok(&["plugin", "keygen", key.to_str().unwrap()]).trim().to_owned();
+    let author = node
+        .ctl_ok(&["plugin", "keygen", key.to_str().unwrap()])
+        .trim()
+        .to_owned();
     node.configure(&format!(
         "[api]\nlisten = \"127.0.0.1:{port}\"\nrate_per_second = 100000\nrate_burst = 100000\n\
          [[api.clients]]\nname = \"load\"\nrole = \"market\"\ncert_sha256 = \"{}\"\n\
@@ -717,7 +720,13 @@ fn bounded_load_of_concurrent_quotes_all_answered() {
         identity.spki_sha256()
     ));
     std::fs::create_dir_all(node.path("state/plugins")).unwrap();
-    let package = sign_plugin(&node, &plugins.join("plinth_hostile_misbehave.wasm"), "fixed-pricing", "pricing", &key);
+    let package = sign_plugin(
+        &node,
+        &plugins.join("plinth_hostile_misbehave.wasm"),
+        "fixed-pricing",
+        "pricing",
+        &key,
+    );
     std::fs::copy(&package, node.path("state/plugins/pricing.plinthpkg")).unwrap();
     let pem = node.path("load.pem");
     std::fs::write(&pem, identity.to_pem()).unwrap();
@@ -727,7 +736,20 @@ fn bounded_load_of_concurrent_quotes_all_answered() {
         .command(common::CTL)
         .args(["--remote", &url, "--identity"])
         .arg(&pem)
-        .args(["bench-quotes", "--client", "load", "--count", "400", "--rate", "200", "--connections", "4", "--max-seconds", "60", "--json"])
+        .args([
+            "bench-quotes",
+            "--client",
+            "load",
+            "--count",
+            "400",
+            "--rate",
+            "200",
+            "--connections",
+            "4",
+            "--max-seconds",
+            "60",
+            "--json",
+        ])
         .output()
         .unwrap();
     let result: serde_json::Value = serde_json::from_slice(&output.stdout)
@@ -738,7 +760,23 @@ fn bounded_load_of_concurrent_quotes_all_answered() {
     assert!(result["p50_us"].as_u64().unwrap() <= result["p99_us"].as_u64().unwrap());
     let stored: i64 = rusqlite::Connection::open(node.path("state/plinth.db"))
         .unwrap()
-        .query_row("SELECT COUNT(*) FROM api_quotes WHERE client = 'load'", [], |row| row.get(0))
+        .query_row(
+            "SELECT COUNT(*) FROM api_quotes WHERE client = 'load'",
+            [],
+            |row| row.get(0),
+        )
         .unwrap();
     assert_eq!(stored, 400, "every quote was stored for its lease");
+    let priced_by_plugin: i64 = rusqlite::Connection::open(node.path("state/plinth.db"))
+        .unwrap()
+        .query_row(
+            "SELECT COUNT(*) FROM api_quotes WHERE client = 'load' AND body LIKE '%\"source\":\"plugin\"%'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        priced_by_plugin, 400,
+        "every quote was priced by the wasm plugin"
+    );
 }

@@ -23,7 +23,6 @@ import {
   debug,
   guarded,
   info,
-  invalidInput,
 } from '../lib/plinth.js';
 
 function matches(req: JobRequest, gpu: Gpu): boolean {
@@ -91,7 +90,8 @@ function schedule(req: JobRequest, state: HostState): Scheduling.ScheduleDecisio
   const allowSplit = configBool('allow-split', false);
   const deferS = Number(configUnsigned('defer-s', 60n, 32));
   if (req.gpuCount === 0) {
-    throw invalidInput('gpu-count is 0');
+    // A CPU-only job needs no GPU: admit it without one.
+    return { tag: 'admit', val: new Uint32Array(0) };
   }
   const wanted = req.gpuCount;
   const usable = state.gpus.filter((gpu) => matches(req, gpu));
