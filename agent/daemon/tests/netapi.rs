@@ -602,6 +602,31 @@ fn network_api_end_to_end_over_mutual_tls() {
         metrics.contains(r#"api="network",method="GET",route="/v1/openapi.json",status="429""#),
         "{metrics}"
     );
+    // The plugins and the job moved their series too (the dashboard's panels).
+    let value = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|line| line.starts_with(prefix))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(
+        value("plinth_plugin_calls_total{kind=\"scheduling\",plugin=\"bad-scheduler\"}") >= 5.0,
+        "{metrics}"
+    );
+    assert!(
+        value("plinth_plugin_traps_total{kind=\"scheduling\",plugin=\"bad-scheduler\"}") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        value("plinth_plugin_calls_total{kind=\"reporting\",plugin=\"example-reporting\"}") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        value("plinth_job_start_latency_seconds_count") >= 2.0,
+        "{metrics}"
+    );
+    assert!(value("plinth_receipts_appended_total") >= 1.0, "{metrics}");
     for line in metrics
         .lines()
         .filter(|line| line.starts_with("plinth_api_requests_total{api=\"network\""))
