@@ -13,7 +13,9 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(request) = parse_body::<QuoteRequest>(data) {
         let _ = check_id("quote_id", &request.quote_id);
         let _ = request.request.validate("request");
-        let _ = request.request.to_policy(&request.quote_id, &request.client_id);
+        let _ = request
+            .request
+            .to_policy(&request.quote_id, &request.client_id);
     }
     if let Ok(lease) = parse_body::<LeaseRequest>(data) {
         let _ = check_id("lease_id", &lease.lease_id);

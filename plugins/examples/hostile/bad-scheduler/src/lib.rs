@@ -36,7 +36,9 @@ impl Guest for BadScheduler {
                 (0..req.gpu_count).map(|n| 1000 + n).collect(),
             )),
             "twice" => Ok(ScheduleDecision::Admit(vec![
-                free.first().copied().unwrap_or(0);
+                free.first()
+                    .copied()
+                    .unwrap_or(0);
                 req.gpu_count.max(2) as usize
             ])),
             _ => Ok(ScheduleDecision::Admit(
