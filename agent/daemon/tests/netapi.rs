@@ -699,6 +699,10 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation() {
             "examples,coverage,fuzzing",
             "--suppress-health-check",
             "all",
+            // Under a loaded 2-core CI machine an answer (a TPM quote on swtpm above
+            // all) can take longer than schemathesis' 10 s default.
+            "--request-timeout",
+            "60",
         ])
         .env("SCHEMATHESIS_HOOKS", "")
         .env("NO_COLOR", "1");
@@ -708,6 +712,23 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     let output = command.output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     eprintln!("{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    if !output.status.success() {
+        let log = std::fs::read_to_string(node.path("agent.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(80).collect();
+        eprintln!(
+            "agent log (last 80 lines, newest first):\n{}",
+            tail.join("\n")
+        );
+        for pid in std::fs::read_dir("/proc").unwrap().flatten() {
+            let cmdline = std::fs::read(pid.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(node.config().to_str().unwrap()) {
+                let fds = std::fs::read_dir(pid.path().join("fd")).map_or(0, |dir| dir.count());
+                let threads =
+                    std::fs::read_dir(pid.path().join("task")).map_or(0, |dir| dir.count());
+                eprintln!("agent {:?}: {fds} fds, {threads} threads", pid.file_name());
+            }
+        }
+    }
     assert!(
         output.status.success(),
         "schemathesis found failures (above)"
