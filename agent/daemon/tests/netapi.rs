@@ -703,6 +703,9 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation() {
             // all) can take longer than schemathesis' 10 s default.
             "--request-timeout",
             "60",
+            // No example database left in the working tree between runs.
+            "--generation-database",
+            "none",
         ])
         .env("SCHEMATHESIS_HOOKS", "")
         .env("NO_COLOR", "1");
