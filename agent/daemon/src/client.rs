@@ -203,21 +203,8 @@ impl AdminClient {
             path: path.to_owned(),
             source,
         };
-        let Connection { mut sender, host } = self.connect_for(&method, path).await?;
-        let mut builder = Request::builder()
-            .method(method.clone())
-            .uri(path)
-            .header(hyper::header::HOST, host);
-        if body.is_some() {
-            builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
-        }
-        let request = builder
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|err| ClientError::Request {
-                path: path.to_owned(),
-                message: err.to_string(),
-            })?;
-        let response = sender.send_request(request).await.map_err(http)?;
+        let mut connection = self.connect_for(&method, path).await?;
+        let response = connection.send_request(method.clone(), path, body).await?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -318,6 +305,36 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// Sends one request on this connection (a JSON body when one is given); answers
+    /// the response with its body still to be read.
+    async fn send_request(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
+        let http = |source| ClientError::Http {
+            method: method.clone(),
+            path: path.to_owned(),
+            source,
+        };
+        self.sender.ready().await.map_err(http)?;
+        let mut builder = Request::builder()
+            .method(method.clone())
+            .uri(path)
+            .header(hyper::header::HOST, &self.host);
+        if body.is_some() {
+            builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let request = builder
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|err| ClientError::Request {
+                path: path.to_owned(),
+                message: err.to_string(),
+            })?;
+        self.sender.send_request(request).await.map_err(http)
+    }
+
     /// Sends one JSON request on this connection; answers the status and the body.
     pub async fn exchange(
         &mut self,
@@ -325,29 +342,17 @@ impl Connection {
         path: &str,
         body: Vec<u8>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
-        let http = |source| ClientError::Http {
-            method: method.clone(),
-            path: path.to_owned(),
-            source,
-        };
-        self.sender.ready().await.map_err(http)?;
-        let request = Request::builder()
-            .method(method.clone())
-            .uri(path)
-            .header(hyper::header::HOST, &self.host)
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|err| ClientError::Request {
-                path: path.to_owned(),
-                message: err.to_string(),
-            })?;
-        let response = self.sender.send_request(request).await.map_err(http)?;
+        let response = self.send_request(method.clone(), path, Some(body)).await?;
         let status = response.status();
         let bytes = response
             .into_body()
             .collect()
             .await
-            .map_err(http)?
+            .map_err(|source| ClientError::Http {
+                method,
+                path: path.to_owned(),
+                source,
+            })?
             .to_bytes();
         Ok((status, bytes))
     }

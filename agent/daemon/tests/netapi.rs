@@ -78,6 +78,16 @@ impl Remote {
     }
 }
 
+/// No answer of the network API, counted by the metrics middleware, was a 5xx.
+fn assert_no_server_error(metrics: &str) {
+    for line in metrics
+        .lines()
+        .filter(|line| line.starts_with("plinth_api_requests_total{api=\"network\""))
+    {
+        assert!(!line.contains("status=\"5"), "{line}");
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -627,12 +637,7 @@ fn network_api_end_to_end_over_mutual_tls() {
         "{metrics}"
     );
     assert!(value("plinth_receipts_appended_total") >= 1.0, "{metrics}");
-    for line in metrics
-        .lines()
-        .filter(|line| line.starts_with("plinth_api_requests_total{api=\"network\""))
-    {
-        assert!(!line.contains("status=\"5"), "{line}");
-    }
+    assert_no_server_error(&metrics);
 }
 
 /// schemathesis (PyPI, installed by `make test` into `target/py`) against the OpenAPI
@@ -737,12 +742,7 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation() {
         "schemathesis found failures (above)"
     );
     let metrics = node.ctl_ok(&["metrics"]);
-    for line in metrics
-        .lines()
-        .filter(|line| line.starts_with("plinth_api_requests_total{api=\"network\""))
-    {
-        assert!(!line.contains("status=\"5"), "{line}");
-    }
+    assert_no_server_error(&metrics);
 }
 
 /// A bounded loopback load test: 400 quotes offered at 200 a second over 4 keep-alive
