@@ -1,7 +1,7 @@
 #!/bin/bash
 # make dist-check: lints both packages (lintian, rpmlint: no errors; overrides only with
 # a written reason, in packaging/lintian-overrides and packaging/rpmlintrc) and checks
-# that the .deb is reproducible: the staging and packaging steps are run again from the
+# that both packages are reproducible: the staging and packaging steps are run again from the
 # same binaries and must give the same bytes.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,22 +19,30 @@ else
 fi
 if command -v rpmlint >/dev/null; then
     echo "== rpmlint $RPM"
-    rpmlint -f packaging/rpmlintrc "$RPM" || status=1
+    rpmlint -c packaging/rpmlint.toml -r packaging/rpmlintrc "$RPM" || status=1
 else
     echo "SKIP rpmlint: not installed"
 fi
 
-first=$(sha256sum "$DEB" | cut -d' ' -f1)
-cp "$DEB" "$OUT/first.deb.tmp"
+# Both packages built a second time from the same binaries must have the same bytes.
+declare -A first
+FIRST=$ROOT/target/dist-first
+rm -rf "$FIRST" && mkdir -p "$FIRST"
+for pkg in "$DEB" "$RPM"; do
+    first[$pkg]=$(sha256sum "$pkg" | cut -d' ' -f1)
+    cp "$pkg" "$FIRST/"
+done
 sleep 1
 bash packaging/dist.sh --packages-only >/dev/null
-second=$(sha256sum "$DEB" | cut -d' ' -f1)
-if [ "$first" = "$second" ]; then
-    echo "== reproducible: $(basename "$DEB") built twice, sha256 $first both times"
-    rm "$OUT/first.deb.tmp"
-else
-    echo "NOT reproducible: $first then $second (first build kept as $OUT/first.deb.tmp)"
-    command -v diffoscope >/dev/null && diffoscope "$OUT/first.deb.tmp" "$DEB" | head -40
-    status=1
-fi
+for pkg in "$DEB" "$RPM"; do
+    second=$(sha256sum "$pkg" | cut -d' ' -f1)
+    if [ "${first[$pkg]}" = "$second" ]; then
+        echo "== reproducible: $(basename "$pkg") built twice, sha256 $second both times"
+        rm "$FIRST/$(basename "$pkg")"
+    else
+        echo "NOT reproducible: $(basename "$pkg"): ${first[$pkg]} then $second (first build kept in $FIRST)"
+        command -v diffoscope >/dev/null && diffoscope "$FIRST/$(basename "$pkg")" "$pkg" | head -40
+        status=1
+    fi
+done
 exit $status

@@ -10,7 +10,7 @@
 #    DIST_EXCLUDE, so new ones are picked up), units, sysusers/tmpfiles, configuration,
 #    man pages and completions (plinth-dist-docs, from the clap definitions), the example
 #    plugins signed with the packaging key, docs, the dependency licences (cargo-about);
-# 4. cargo deb and cargo generate-rpm into target/dist/.
+# 4. cargo deb and rpmbuild (packaging/rpm/plinth.spec) into target/dist/.
 # Every timestamp is SOURCE_DATE_EPOCH (the last commit's time unless set).
 set -euo pipefail
 
@@ -22,7 +22,6 @@ TOOLS=$ROOT/target/dist-tools
 STAGE=$ROOT/target/dist-stage
 OUT=$ROOT/target/dist
 CARGO_DEB_VERSION=3.8.0
-CARGO_GENERATE_RPM_VERSION=0.21.1
 CARGO_ABOUT_VERSION=0.9.3
 # Workspace binaries that are not shipped: the docs generator and the jobs crate's
 # stand-alone test supervisor (the runner supervises with `plinth-runner supervise`).
@@ -43,7 +42,6 @@ if [ -n "${PLINTH_DIST_TOOLS:-}" ] && [ ! -e "$TOOLS" ]; then
     mkdir -p "$(dirname "$TOOLS")" && ln -s "$PLINTH_DIST_TOOLS" "$TOOLS"
 fi
 install_tool cargo-deb "$CARGO_DEB_VERSION" cargo-deb
-install_tool cargo-generate-rpm "$CARGO_GENERATE_RPM_VERSION" cargo-generate-rpm
 install_tool cargo-about "$CARGO_ABOUT_VERSION" cargo-about --features cli
 export PATH="$TOOLS/bin:$PATH"
 
@@ -119,20 +117,36 @@ done
 # Docs, changelog, licences.
 install -m 644 README.md "$STAGE/usr/share/doc/plinth/README.md"
 for doc in docs/*.md; do install -m 644 "$doc" "$STAGE/usr/share/doc/plinth/"; done
-cargo-about generate --locked --frozen -c packaging/about.toml --workspace packaging/about.hbs \
-    > "$STAGE/copyright.deps" 2>"$DOCS/about.log" || { cat "$DOCS/about.log" >&2; exit 1; }
-{
-    echo "plinth: Copyright 2026 plinth developers; licensed under the Apache License 2.0"
-    echo "(on Debian systems: /usr/share/common-licenses/Apache-2.0)."
-    echo
-    cat "$STAGE/copyright.deps"
-} > "$STAGE/copyright"
-rm "$STAGE/copyright.deps"
+# The dependency licences (cargo-about's JSON, rendered by packaging/licences.py into the
+# .deb's copyright and the .rpm's LICENSES). The listing depends only on the locked
+# dependency set and the manifests; it is cached under that key (cargo-about takes
+# about 90 s on two cores).
+LICENCE_KEY=$(cat Cargo.lock packaging/about.toml \
+    $(git ls-files '*Cargo.toml' 2>/dev/null || find . -name Cargo.toml -not -path './target/*') |
+    sha256sum | cut -c1-16)
+LICENCES=$ROOT/target/dist-licences/$LICENCE_KEY.json
+if [ ! -s "$LICENCES" ]; then
+    mkdir -p "$(dirname "$LICENCES")"
+    cargo-about generate --locked --frozen -c packaging/about.toml --workspace --format json \
+        > "$LICENCES.tmp" 2>"$DOCS/about.log" || { cat "$DOCS/about.log" >&2; exit 1; }
+    mv "$LICENCES.tmp" "$LICENCES"
+fi
+python3 packaging/licences.py "$LICENCES" "$STAGE/copyright" "$STAGE/LICENSES"
 
 find "$STAGE" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 
 mkdir -p "$OUT"
 rm -f "$OUT"/*.deb "$OUT"/*.rpm
-cargo-deb -p plinth --no-build --no-strip --locked -o "$OUT/" >/dev/null
-cargo-generate-rpm -p packaging -o "$OUT/" >/dev/null
+# (cargo-deb warns that staged paths are not under target/release: that is intended.)
+cargo-deb -p plinth --no-build --no-strip --locked -o "$OUT/" > "$DOCS/cargo-deb.log" 2>&1 || { cat "$DOCS/cargo-deb.log" >&2; exit 1; }
+# The .rpm: rpmbuild from the same staged tree (packaging/rpm/plinth.spec says how).
+VERSION=$("$CARGO" metadata --no-deps --format-version 1 --locked |
+    python3 -c 'import json,sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"] == "plinth"))')
+RPMTOP=$ROOT/target/rpmbuild
+rm -rf "$RPMTOP"
+rpmbuild -bb --quiet --define "_topdir $RPMTOP" --define "_rpmdir $OUT" \
+    --define "_build_name_fmt %%{NAME}-%%{VERSION}-%%{RELEASE}.%%{ARCH}.rpm" \
+    --define "plinth_version $VERSION" --define "plinth_stage $STAGE" \
+    packaging/rpm/plinth.spec > "$DOCS/rpmbuild.log" 2>&1 || { cat "$DOCS/rpmbuild.log" >&2; exit 1; }
+rm -rf "$RPMTOP"
 ls -l "$OUT"/*.deb "$OUT"/*.rpm
