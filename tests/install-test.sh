@@ -28,7 +28,15 @@ RPM=$(ls "$OUT"/plinth-*.rpm 2>/dev/null | head -1)
 [ -n "$DEB" ] && [ -n "$RPM" ] || { echo "no packages in $OUT: run make dist first"; exit 1; }
 
 step() { echo "== $(( $(date +%s) - T0 ))s: $*"; }
-fail() { echo "FAIL install-test: $*"; exit 1; }
+fail() {
+    echo "FAIL install-test: $*"
+    # PLINTH_INSTALL_TEST_HOLD=SECONDS keeps the booted container for a look.
+    if [ -n "${PLINTH_INSTALL_TEST_HOLD:-}" ] && [ -n "${LEADER:-}" ]; then
+        echo "holding the container: nsenter -t $LEADER -m -u -i -n -p -C"
+        sleep "$PLINTH_INSTALL_TEST_HOLD"
+    fi
+    exit 1
+}
 
 # 1. The cached Debian 12 root file system (its package list is part of its name).
 KEY=$(echo "$BASE_PACKAGES" | sha256sum | cut -c1-12)
@@ -63,8 +71,8 @@ cp "$DEB" "$WORK/pkgs/plinth.deb"
 
 # A newer build of the same package: the same staged tree with a higher revision.
 step "building the upgrade package (revision 2)"
-PATH="$ROOT/target/dist-tools/bin:$PATH" cargo-deb -p plinth --no-build --no-strip --locked \
-    --deb-revision 2 -o "$WORK/pkgs/plinth-2.deb" >/dev/null
+PATH="$ROOT/target/dist-tools/bin:$PATH" cargo-deb -p plinth --no-build --no-strip --locked --fast \
+    --deb-revision 2 -o "$WORK/pkgs/plinth-2.deb" >"$WORK/cargo-deb.log" 2>&1 || { cat "$WORK/cargo-deb.log"; fail "cargo-deb"; }
 
 # A busybox OCI image for the job (one uncompressed layer).
 python3 - "$WORK/pkgs/busybox" <<'PY'
@@ -173,7 +181,11 @@ if ! run_job /pkgs/hello.json >"$WORK/job.txt" 2>&1; then
     fail "the busybox job failed"
 fi
 JOB=$(head -1 "$WORK/job.txt")
-in_ct runuser -u alice -- plinthctl jobs logs "$JOB" | grep -q "hello from the runner" || fail "job output missing"
+in_ct runuser -u alice -- plinthctl jobs logs "$JOB" >"$WORK/job-logs.txt" 2>&1 || true
+grep -q "hello from the runner" "$WORK/job-logs.txt" || {
+    cat "$WORK/job.txt" "$WORK/job-logs.txt"; in_ct runuser -u alice -- plinthctl jobs show "$JOB" || true
+    fail "job output missing"
+}
 step "busybox job $JOB ran through plinth-runner"
 
 # 7. Upgrade with an edited config, state and a running job.

@@ -230,11 +230,68 @@ impl<R: Read> Read for HashingReader<R> {
 /// resolves the path with `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`); symlinks
 /// that stay inside are followed. Anything but a regular file (a FIFO, a
 /// device, a directory) is refused without blocking.
+///
+/// Where `openat2` is missing (kernels before 5.6) or answers `ENOSYS` (systemd
+/// does so under `RestrictSUIDSGID=`, which the packaged units set, because it
+/// cannot inspect the flags `openat2` takes by pointer), the path is walked one
+/// component at a time with `openat(O_NOFOLLOW)` instead: stricter, as it
+/// follows no symlink at all.
 pub fn open_beneath(dir: &OwnedFd, relative: &Path) -> io::Result<std::fs::File> {
+    let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK | OFlag::O_NOCTTY;
     let how = OpenHow::new()
-        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK | OFlag::O_NOCTTY)
+        .flags(flags)
         .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    let fd = openat2(dir.as_fd(), relative, how).map_err(io::Error::from)?;
+    let fd = match openat2(dir.as_fd(), relative, how) {
+        Ok(fd) => fd,
+        Err(Errno::ENOSYS) => open_beneath_walk(dir, relative, flags)?,
+        Err(errno) => return Err(io::Error::from(errno)),
+    };
+    regular_file(fd)
+}
+
+/// [`open_beneath`] without `openat2`: every component opened with `O_NOFOLLOW`
+/// from the one before, so no symlink and no `..` is followed.
+fn open_beneath_walk(dir: &OwnedFd, relative: &Path, flags: OFlag) -> io::Result<OwnedFd> {
+    let mut components = Vec::new();
+    for component in relative.components() {
+        match component {
+            Component::Normal(name) => components.push(name),
+            Component::CurDir => {}
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{} leaves the directory", relative.display()),
+                ));
+            }
+        }
+    }
+    let Some((last, parents)) = components.split_last() else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "an empty path names no file",
+        ));
+    };
+    let mut current: Option<OwnedFd> = None;
+    for name in parents {
+        let parent = current.as_ref().unwrap_or(dir);
+        let next = openat(
+            parent.as_fd(),
+            *name,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        current = Some(next);
+    }
+    let parent = current.as_ref().unwrap_or(dir);
+    Ok(openat(
+        parent.as_fd(),
+        *last,
+        flags | OFlag::O_NOFOLLOW,
+        Mode::empty(),
+    )?)
+}
+
+fn regular_file(fd: OwnedFd) -> io::Result<std::fs::File> {
     let file = std::fs::File::from(fd);
     if !file.metadata()?.file_type().is_file() {
         return Err(io::Error::other("not a regular file"));
@@ -858,6 +915,46 @@ mod tests {
             "/etc/passwd",
             "fifo",
             "blobs",
+        ] {
+            assert!(read(refused).is_err(), "{refused} was opened");
+        }
+    }
+
+    #[test]
+    fn the_walk_without_openat2_opens_beneath_and_follows_no_symlink() {
+        let outer = tempfile::tempdir().unwrap();
+        let dir = outer.path().join("src");
+        std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        std::fs::write(dir.join("blobs/sha256/a"), b"a").unwrap();
+        std::fs::write(dir.join("top"), b"t").unwrap();
+        std::fs::write(outer.path().join("secret"), b"s").unwrap();
+        std::os::unix::fs::symlink("sha256", dir.join("blobs/link")).unwrap();
+        std::os::unix::fs::symlink("../../secret", dir.join("blobs/up")).unwrap();
+        nix::unistd::mkfifo(&dir.join("fifo"), Mode::from_bits_truncate(0o600)).unwrap();
+        let fd = open_dir(&dir).unwrap();
+        let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK | OFlag::O_NOCTTY;
+        let read = |name: &str| {
+            open_beneath_walk(&fd, Path::new(name), flags)
+                .and_then(regular_file)
+                .map(|mut file| {
+                    let mut text = String::new();
+                    file.read_to_string(&mut text).unwrap();
+                    text
+                })
+        };
+        assert_eq!(read("blobs/sha256/a").unwrap(), "a");
+        assert_eq!(read("./blobs/./sha256/a").unwrap(), "a");
+        assert_eq!(read("top").unwrap(), "t");
+        for refused in [
+            "blobs/link/a",
+            "blobs/up",
+            "../secret",
+            "blobs/../top",
+            "/etc/passwd",
+            "fifo",
+            "blobs",
+            "",
+            "missing",
         ] {
             assert!(read(refused).is_err(), "{refused} was opened");
         }

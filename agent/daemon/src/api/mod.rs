@@ -7,7 +7,7 @@
 //! router merged here.
 
 use std::io;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -239,8 +239,15 @@ pub fn bind_admin_socket(
                 group: group.to_owned(),
             })?
             .gid;
-        nix::unistd::chown(path, None, Some(gid))
-            .map_err(|errno| socket_error("set the group of")(io::Error::from(errno)))?;
+        // A socket made by a process whose group is already `group` (the packaged unit's
+        // Group=plinth) needs no chown, which the unit's system-call filter denies.
+        let current = std::fs::symlink_metadata(path)
+            .map_err(socket_error("inspect"))?
+            .gid();
+        if current != gid.as_raw() {
+            nix::unistd::chown(path, None, Some(gid))
+                .map_err(|errno| socket_error("set the group of")(io::Error::from(errno)))?;
+        }
     }
     Ok(AdminSocket {
         listener,
