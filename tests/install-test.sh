@@ -137,6 +137,17 @@ for _ in $(seq 1 600); do
 done
 case "$state" in running|degraded) ;; *) cat "$WORK/console.log"; fail "the container did not boot ($state)" ;; esac
 step "booted ($state)"
+# On a host with cgroup v1 controllers (this CI machine's hybrid layout), nspawn hands
+# them to the container read-only: the container's systemd may not delegate v1
+# controllers. plinth-runner creates each job's cgroup in them, as it does on a real
+# v1 host, so they are made writable inside the container's mount namespace (before the
+# runner starts: its unit's namespace copies them). A v2-only host needs nothing.
+while read -r _ mnt fstype opts _; do
+    case "$fstype,$opts" in
+        cgroup,ro,*) nsenter -t "$LEADER" -m -- mount -o remount,bind,rw "$mnt" ||
+            fail "cannot make $mnt writable in the container" ;;
+    esac
+done < <(nsenter -t "$LEADER" -m -p -- cat /proc/1/mounts)
 
 # 2. Install: enabled, not started.
 T_INSTALL=$(date +%s.%N)
@@ -234,14 +245,45 @@ if command -v rpm >/dev/null; then
     done
     rpm -qp --configfiles "$RPM" | grep -qx /etc/plinth/agent.toml || fail "agent.toml is not %config in the rpm"
     rpm -qp --scripts "$RPM" > "$WORK/rpm-scripts.txt"
-    for needle in "preinstall" "systemd-sysusers" "postinstall" "try-restart" "preuninstall" "disable"; do
-        grep -q "$needle" "$WORK/rpm-scripts.txt" || fail "the rpm scriptlets lack $needle"
+    for needle in "preinstall" "postinstall" "preuninstall" "postuninstall"; do
+        grep -q "$needle" "$WORK/rpm-scripts.txt" || fail "the rpm has no $needle scriptlet"
     done
+    # The scriptlets run for real in the booted container, as rpm would run them: the
+    # .deb purged, the payload unpacked, %pre and %post of a first install ($1 = 1),
+    # an upgrade's %post ($1 = 2), then %preun and %postun of the last removal ($1 = 0).
+    in_ct dpkg -P plinth >"$WORK/dpkg6.log" 2>&1 || { cat "$WORK/dpkg6.log"; fail "purge before the rpm"; }
+    in_ct userdel plinth 2>/dev/null || true
+    for tag in PREIN POSTIN PREUN POSTUN; do
+        rpm -qp --qf "%{$tag}\n" "$RPM" > "$WORK/pkgs/$tag.sh"
+    done
+    (cd "$WORK/root" && rpm2cpio "$RPM" | cpio -idm --quiet) || fail "unpacking the rpm's payload"
+    in_ct sh -e /pkgs/PREIN.sh 1 || fail "%pre"
+    in_ct getent passwd plinth >/dev/null || fail "%pre did not create the user plinth"
+    in_ct sh -e /pkgs/POSTIN.sh 1 || fail "%post"
+    for unit in plinth-runner plinth-agent; do
+        [ "$(in_ct systemctl is-enabled $unit 2>&1)" = enabled ] || fail "%post did not enable $unit"
+        [ "$(in_ct systemctl is-active $unit 2>&1)" = inactive ] || fail "%post started $unit"
+    done
+    in_ct systemctl start plinth-runner plinth-agent || fail "start after the rpm's %post"
+    in_ct runuser -u alice -- plinthctl status >/dev/null || fail "plinthctl after the rpm install"
+    AGENT_PID=$(in_ct systemctl show -p MainPID --value plinth-agent)
+    in_ct sh -e /pkgs/POSTIN.sh 2 || fail "%post of an upgrade"
+    [ "$(in_ct systemctl show -p MainPID --value plinth-agent)" != "$AGENT_PID" ] ||
+        fail "the rpm's upgrade %post did not restart the agent"
+    in_ct sh -e /pkgs/PREUN.sh 0 || fail "%preun"
+    in_ct sh -e /pkgs/POSTUN.sh 0 || fail "%postun"
+    for unit in plinth-runner plinth-agent; do
+        [ "$(in_ct systemctl is-enabled $unit 2>&1)" = disabled ] || fail "%preun did not disable $unit"
+        [ "$(in_ct systemctl is-active $unit 2>&1)" = inactive ] || fail "%preun did not stop $unit"
+    done
+    in_ct test -f /etc/plinth/agent.toml || fail "the rpm's removal deleted the configuration"
+    step "rpm scriptlets in the booted container: user, enable without start, restart on upgrade, disable and stop on removal"
     mkdir -p "$WORK/rpmroot"
     rpm --root "$WORK/rpmroot" --initdb
     rpm --root "$WORK/rpmroot" -i --nodeps --noscripts "$RPM"
     test -x "$WORK/rpmroot/usr/bin/plinth-runner" || fail "rpm install into the alternate root"
-    rpm --root "$WORK/rpmroot" -V plinth || fail "rpm -V in the alternate root"
+    # --nodeps: the alternate root holds only plinth, not the libraries it needs.
+    rpm --root "$WORK/rpmroot" -V --nodeps plinth || fail "rpm -V in the alternate root"
     step "rpm: files, %config, scriptlets checked; installed and verified in an alternate root"
 else
     echo "SKIP rpm checks: rpm is not installed"

@@ -923,16 +923,17 @@ impl ImageStore {
         };
         // No marker: not a layout. Any other failure (permissions, a symlink out of the
         // layout, a marker too large) is reported as it is.
-        let marker = source
-            .read_capped(Path::new("oci-layout"), 4096)
-            .map_err(|err| match &err {
-                ImageError::SourceFile { source, .. }
-                    if source.kind() == io::ErrorKind::NotFound =>
-                {
-                    not_a_layout()
-                }
-                _ => err,
-            })?;
+        let marker =
+            source
+                .read_capped(Path::new("oci-layout"), 4096)
+                .map_err(|err| match &err {
+                    ImageError::SourceFile { source, .. }
+                        if source.kind() == io::ErrorKind::NotFound =>
+                    {
+                        not_a_layout()
+                    }
+                    _ => err,
+                })?;
         let marker: serde_json::Value =
             parse_json(&marker, "oci-layout", &source.path.join("oci-layout"))?;
         if marker.get("imageLayoutVersion").and_then(|v| v.as_str()) != Some("1.0.0") {

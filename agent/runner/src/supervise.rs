@@ -49,6 +49,11 @@ pub fn run(bundle_dir: &Path) -> Result<JobResult, SuperviseError> {
             source,
         })?
         .ok_or(SuperviseError::Missing { path })?;
+    // The runner's unit runs with UMask=0077; the OCI runtime (root, after execve)
+    // writes the container's pid file into the job directory, which the agent and
+    // this supervisor (as the agent) must read. 022 makes it root-owned 0644 in a
+    // directory only the agent can enter.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     // Before any thread exists, so every thread of the supervisor inherits it.
     nix::unistd::setfsgid(nix::unistd::Gid::from_raw(order.owner_gid));
     nix::unistd::setfsuid(nix::unistd::Uid::from_raw(order.owner_uid));
