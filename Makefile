@@ -96,8 +96,8 @@ bench-quotes: deps
 	bash benches/quote-load.sh
 
 # Packaging (docs/packaging.md). `make dist` builds the .deb and the .rpm into target/dist/
-# (installing the pinned cargo-deb, cargo-generate-rpm and cargo-about it needs);
-# `make dist-check` also lints both and builds the .deb a second time to compare bytes.
+# (installing the pinned cargo-deb and cargo-about it needs; the .rpm comes from rpmbuild);
+# `make dist-check` also lints both and builds both a second time to compare bytes.
 dist: deps
 	bash packaging/dist.sh
 

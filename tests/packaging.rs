@@ -93,3 +93,29 @@ fn verify_unit(name: &str, restart_prevent: &str) {
         .collect();
     assert!(own_problems.is_empty(), "{stderr}");
 }
+
+/// The .rpm's `%pre` creates the user from a copy of sysusers.d/plinth.conf (the file is
+/// not on disk yet when `%pre` runs): the copy must say what the file says.
+#[test]
+fn rpm_pre_scriptlet_repeats_the_sysusers_entries() {
+    let conf = std::fs::read_to_string(repo_root().join("systemd/sysusers.d/plinth.conf")).unwrap();
+    let expected: Vec<&str> = conf
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .collect();
+    let spec = std::fs::read_to_string(repo_root().join("packaging/rpm/plinth.spec")).unwrap();
+    let start = spec
+        .find("printf '%s\\n'")
+        .expect("%pre has no printf of the entries");
+    let end = start
+        + spec[start..]
+            .find("systemd-sysusers --replace=/usr/lib/sysusers.d/plinth.conf -")
+            .expect("%pre does not pipe the entries into systemd-sysusers");
+    let quoted: Vec<&str> = spec[start + "printf '%s\\n'".len()..end]
+        .split('\'')
+        .skip(1)
+        .step_by(2)
+        .collect();
+    assert_eq!(quoted, expected, "packaging/rpm/plinth.spec %pre");
+}
