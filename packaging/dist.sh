@@ -127,6 +127,10 @@ LICENCE_KEY=$(cat Cargo.lock packaging/about.toml \
 LICENCES=$ROOT/target/dist-licences/$LICENCE_KEY.json
 if [ ! -s "$LICENCES" ]; then
     mkdir -p "$(dirname "$LICENCES")"
+    # Every locked crate's sources, for every target: cargo-about reads their licence
+    # files, and a build downloads only the host's (android_system_properties, say, is
+    # never built here). Then cargo-about reads them without the network (--frozen).
+    "$CARGO" fetch --locked
     cargo-about generate --locked --frozen -c packaging/about.toml --workspace --format json \
         > "$LICENCES.tmp" 2>"$DOCS/about.log" || { cat "$DOCS/about.log" >&2; exit 1; }
     mv "$LICENCES.tmp" "$LICENCES"
