@@ -111,7 +111,9 @@ job_spec() { # command...
         "image": {"source": "oci-layout", "path": "/var/lib/plinth/import/busybox", "reference": "latest"},
         "command": sys.argv[1:], "resources": {"memory_bytes": 67108864, "pids": 64, "max_duration_s": 600}}))' "$@"
 }
-job_spec /bin/sh -c "echo hello from the runner" > "$WORK/pkgs/hello.json"
+# (A little work, so the meter has CPU time and memory to record.)
+job_spec /bin/sh -c 'echo hello from the runner; i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done' \
+    > "$WORK/pkgs/hello.json"
 job_spec /bin/sh -c "sleep 25; echo survived" > "$WORK/pkgs/long.json"
 
 step "booting Debian 12 with systemd-nspawn"
@@ -197,7 +199,13 @@ grep -q "hello from the runner" "$WORK/job-logs.txt" || {
     cat "$WORK/job.txt" "$WORK/job-logs.txt"; in_ct runuser -u alice -- plinthctl jobs show "$JOB" || true
     fail "job output missing"
 }
-step "busybox job $JOB ran through plinth-runner"
+# Metered through the runner's supervisor from the job's cgroup (what receipts bill).
+USAGE=$(in_ct runuser -u alice -- plinthctl jobs show "$JOB" | grep -E '^ *usage ') || fail "no usage for $JOB"
+CPU_MS=$(sed -nE 's/.*cpu ([0-9]+) ms.*/\1/p' <<<"$USAGE")
+PEAK_KIB=$(sed -nE 's/.*peak memory ([0-9]+) KiB.*/\1/p' <<<"$USAGE")
+[ "${CPU_MS:-0}" -gt 0 ] && [ "${PEAK_KIB:-0}" -gt 0 ] ||
+    fail "the job's cgroup was not metered ($USAGE)"
+step "busybox job $JOB ran through plinth-runner, metered: $(sed -E 's/^ *usage +//' <<<"$USAGE")"
 
 # 7. Upgrade with an edited config, state and a running job.
 echo '# edited by the sysadmin' | in_ct tee -a /etc/plinth/agent.toml >/dev/null
